@@ -1,0 +1,50 @@
+# medexp: `make train` and `make test` set everything up themselves (a .venv beside this file).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch with a matching torchvision (MONAI's detection stack needs it); override for another platform/CUDA
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+ARGS ?=
+PORT ?= 5000
+HOST ?= 127.0.0.1
+OUTPUTS := $(CURDIR)/outputs
+
+.PHONY: install train test test-fast lint format ui server bench clean
+
+$(BIN)/medexp-train: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+	touch $@
+
+install: $(BIN)/medexp-train  ## create .venv and install medexp (editable) with its test/dev tools
+
+train: install  ## train the default experiment (synthetic lesions, offline); pass overrides with ARGS="..."
+	$(BIN)/medexp-train $(ARGS)
+
+test: install  ## the whole test suite (slow-marked end-to-end tests included)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: install  ## the suite without the slow-marked tests
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+format: install
+	$(BIN)/ruff format src tests benchmarks
+
+ui: install  ## MLflow UI over outputs/ on http://$(HOST):$(PORT) (loopback only by default)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(HOST) --port $(PORT)
+
+server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
+	mkdir -p $(OUTPUTS)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(OUTPUTS)/mlflow-server.db \
+		--artifacts-destination $(OUTPUTS)/mlartifacts-server --host $(HOST) --port $(PORT)
+
+bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop
+	$(BIN)/python benchmarks/bench_train.py $(ARGS)
+
+clean:
+	rm -rf outputs .pytest_cache .ruff_cache build dist src/*.egg-info
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

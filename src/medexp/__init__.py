@@ -1,0 +1,1 @@
+"""medexp: config-driven deep-learning experiments on medical images."""

@@ -1,0 +1,25 @@
+"""What the entry points share: user errors as one line, never a traceback."""
+from __future__ import annotations
+
+import contextlib
+import sys
+
+from medexp.errors import MedexpError
+
+
+@contextlib.contextmanager
+def user_errors():
+    """Print a ``MedexpError`` as ``error: <message>`` and exit 2.
+
+    Inside a multirun the error is re-raised instead, so the sweeper records a failed trial and goes on.
+    """
+    try:
+        yield
+    except MedexpError as exc:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,1 @@
+"""medexp.data"""

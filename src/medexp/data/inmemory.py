@@ -1,0 +1,183 @@
+"""Classification data that fits in memory: tensors resident on the training device, batches taken by index.
+
+No worker processes and no per-sample Python: each batch is one index into a tensor, augmented in one batched call
+(``BatchAugmentation``) on the device. Under DDP every rank takes its own share of the indices: equal shares of a
+shared permutation for training (ranks must step together), and an unpadded share for evaluation so that metrics,
+gathered by torchmetrics, count every sample exactly once.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Optional, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from medexp.data.augmentation import AugmentationRecipe
+from medexp.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class ArraySplits:
+    """Images ``(N, C, H, W)`` (any numeric dtype) and integer labels ``(N,)`` per split."""
+
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    source: str  # a path or generator description, for the fingerprint
+    extra: dict = field(default_factory=dict)
+
+
+class IndexBatches:
+    """An iterable of ``(images, labels)`` batches over resident tensors; a fresh permutation every epoch.
+
+    ``epoch`` is read when an epoch starts, so the order depends on (seed, epoch) only and a resumed run sees the
+    same batches as an uninterrupted one.
+    """
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
+                 epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1, drop_last: bool = False):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+
+    def _indices(self) -> torch.Tensor:
+        n = len(self.labels)
+        if self.shuffle:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch()))
+            order = order[: n - n % self.world_size]  # equal shares: every rank takes the same number of steps
+        else:
+            order = torch.arange(n)
+        return order[self.rank :: self.world_size]
+
+    def __len__(self) -> int:
+        n = len(self.labels)
+        share = n // self.world_size if self.shuffle else len(range(self.rank, n, self.world_size))
+        return share // self.batch_size if self.drop_last else -(-share // self.batch_size)
+
+    def __iter__(self):
+        indices = self._indices().to(self.labels.device)
+        stop = len(indices) - len(indices) % self.batch_size if self.drop_last else len(indices)
+        for start in range(0, stop, self.batch_size):
+            idx = indices[start : start + self.batch_size]
+            yield self.images[idx], self.labels[idx]
+
+
+class InMemoryClassificationDataModule(pl.LightningDataModule):
+    """Base for array-backed classification sets; subclasses implement ``load_arrays``."""
+
+    def __init__(self, batch_size: int, num_classes: int, in_channels: int, spatial_dims: int, image_size: int,
+                 class_names: Optional[Sequence[str]] = None, augmentation: Optional[Mapping] = None,
+                 eval_batch_size: int = 512, seed: int = 0):
+        super().__init__()
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
+        self.num_classes, self.in_channels = num_classes, in_channels
+        self.spatial_dims, self.image_size = spatial_dims, image_size
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.recipe = AugmentationRecipe.from_config(augmentation)
+        self.seed = seed
+        self.arrays: Optional[ArraySplits] = None
+        self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.mean = self.std = None
+        self._augment = None
+
+    # -- subclasses -------------------------------------------------------------------------------------------
+    def load_arrays(self) -> ArraySplits:
+        raise NotImplementedError
+
+    # -- Lightning hooks --------------------------------------------------------------------------------------
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.arrays is None:
+            self.arrays = self.load_arrays()
+            self._validate(self.arrays)
+            self._to_tensors(self.arrays)
+        device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
+        self.tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self.tensors.items()}
+        if not self.recipe.is_identity and self._augment is None:
+            from medexp.data.batch_augment import BatchAugmentation
+
+            self._augment = BatchAugmentation(self.recipe)
+
+    def train_dataloader(self):
+        return self._batches("train", shuffle=True)
+
+    def val_dataloader(self):
+        return self._batches("val", shuffle=False)
+
+    def test_dataloader(self):
+        return self._batches("test", shuffle=False)
+
+    def predict_dataloader(self):
+        return self._batches("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if self._augment is not None and self.trainer is not None and self.trainer.training:
+            images, labels = batch
+            return self._augment(images), labels
+        return batch
+
+    # -- facts about the data ---------------------------------------------------------------------------------
+    def class_counts(self, split: str = "train") -> list[int]:
+        labels = self.arrays.labels[split]
+        return np.bincount(labels, minlength=self.num_classes).tolist()
+
+    def fingerprint(self) -> dict:
+        """What this run saw, so a result can be traced to its data (nnU-Net's habit): sizes, classes, a hash."""
+        a = self.arrays
+        digest = hashlib.sha256()
+        for split in SPLITS:
+            digest.update(np.ascontiguousarray(a.images[split]).tobytes())
+            digest.update(np.ascontiguousarray(a.labels[split]).tobytes())
+        return {
+            "source": a.source,
+            "sha256": digest.hexdigest(),
+            "image_shape": list(a.images["train"].shape[1:]),
+            "dtype": str(a.images["train"].dtype),
+            "sizes": {s: int(len(a.labels[s])) for s in SPLITS},
+            "class_counts": {s: np.bincount(a.labels[s], minlength=self.num_classes).tolist() for s in SPLITS},
+            "class_names": self.class_names,
+            "normalisation": {"mean": self.mean, "std": self.std},
+            **a.extra,
+        }
+
+    # -- internals --------------------------------------------------------------------------------------------
+    def _batches(self, split: str, shuffle: bool) -> IndexBatches:
+        images, labels = self.tensors[split]
+        trainer = self.trainer
+        return IndexBatches(
+            images, labels, self.batch_size if shuffle else self.eval_batch_size, shuffle=shuffle, seed=self.seed,
+            epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
+            rank=trainer.global_rank if trainer is not None else 0,
+            world_size=trainer.world_size if trainer is not None else 1,
+        )
+
+    def _validate(self, a: ArraySplits) -> None:
+        for split in SPLITS:
+            x, y = a.images.get(split), a.labels.get(split)
+            if x is None or y is None or len(x) == 0:
+                raise DataError(f"{a.source}: the {split} split is empty or missing")
+            if len(x) != len(y):
+                raise DataError(f"{a.source}: {split} has {len(x)} images but {len(y)} labels")
+            if x.ndim != 4 or x.shape[1] != self.in_channels:
+                raise DataError(f"{a.source}: {split} images have shape {x.shape[1:]} (C, H, W); the config says "
+                                f"in_channels={self.in_channels}: set data.in_channels to match")
+            if y.min() < 0 or y.max() >= self.num_classes:
+                raise DataError(f"{a.source}: {split} labels span {int(y.min())}..{int(y.max())}, outside "
+                                f"0..{self.num_classes - 1}: set data.num_classes to match the data")
+
+    def _to_tensors(self, a: ArraySplits) -> None:
+        """Scale to [0, 1] for integer images, then standardise by the training set's per-channel mean/std."""
+        def as_float(x: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(np.ascontiguousarray(x)).float()
+            return t / 255.0 if np.issubdtype(x.dtype, np.integer) else t
+
+        train = as_float(a.images["train"])
+        mean = train.mean(dim=(0, 2, 3), keepdim=True)
+        std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+        self.mean, self.std = mean.flatten().tolist(), std.flatten().tolist()
+        for split in SPLITS:
+            x = train if split == "train" else as_float(a.images[split])
+            self.tensors[split] = ((x - mean) / std, torch.from_numpy(a.labels[split].astype(np.int64)))

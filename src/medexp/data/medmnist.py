@@ -1,0 +1,80 @@
+"""MedMNIST (v2/v3) ``.npz`` files: ``{train,val,test}_{images,labels}`` with the official splits."""
+from __future__ import annotations
+
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from medexp.data.inmemory import SPLITS, ArraySplits, InMemoryClassificationDataModule
+from medexp.errors import DataError
+
+ZENODO_RECORD = "https://zenodo.org/records/10519652/files"
+REQUIRED_KEYS = [f"{split}_{kind}" for split in SPLITS for kind in ("images", "labels")]
+
+
+def medmnist_filename(name: str, image_size: int) -> str:
+    return f"{name}.npz" if image_size == 28 else f"{name}_{image_size}.npz"
+
+
+def download(url: str, target: Path, timeout: float = 20.0) -> None:
+    """Fetch ``url`` to ``target`` atomically (a partial download never looks like a file)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_suffix(".part")
+    with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+        while chunk := response.read(1 << 20):
+            out.write(chunk)
+    partial.replace(target)
+
+
+def load_medmnist(path: Path) -> dict[str, np.ndarray]:
+    """Read and check a MedMNIST file: images become ``(N, C, H, W)`` uint8, labels ``(N,)`` int64."""
+    try:
+        with np.load(path) as npz:
+            missing = [k for k in REQUIRED_KEYS if k not in npz.files]
+            if missing:
+                raise DataError(f"{path} is not a MedMNIST file: it lacks {', '.join(missing)} "
+                                f"(has {', '.join(npz.files) or 'nothing'}); expected keys {', '.join(REQUIRED_KEYS)}")
+            arrays = {k: npz[k] for k in REQUIRED_KEYS}
+    except DataError:
+        raise
+    except Exception as exc:  # zip/pickle/format errors: name the file, not numpy's internals
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}; re-download it or point data.root elsewhere") from None
+    out = {}
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if labels.ndim == 2 and labels.shape[1] > 1:
+            raise DataError(f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label, e.g. ChestMNIST); "
+                            "medexp's classification task takes one label per image")
+        out[f"{split}_images"] = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
+        out[f"{split}_labels"] = labels.reshape(-1).astype(np.int64)
+    return out
+
+
+class MedMNISTDataModule(InMemoryClassificationDataModule):
+    """A 2D MedMNIST set read from ``root``; downloaded there first when absent and ``download`` is true."""
+
+    def __init__(self, name: str, root: str, download: bool = True, **kwargs):
+        super().__init__(**kwargs)
+        self.name, self.root, self.download = name, Path(root).expanduser(), download
+
+    @property
+    def path(self) -> Path:
+        return self.root / medmnist_filename(self.name, self.image_size)
+
+    def load_arrays(self) -> ArraySplits:
+        path = self.path
+        if not path.is_file():
+            url = f"{ZENODO_RECORD}/{path.name}?download=1"
+            if not self.download:
+                raise DataError(f"{path} not found: put {path.name} there (from {url}) or set data.root to its folder")
+            try:
+                download(url, path)
+            except Exception as exc:
+                raise DataError(f"{path} not found and downloading it failed ({type(exc).__name__}: {exc}): "
+                                f"put {path.name} from {url} in {self.root} or set data.root to its folder") from None
+        a = load_medmnist(path)
+        return ArraySplits(
+            images={s: a[f"{s}_images"] for s in SPLITS}, labels={s: a[f"{s}_labels"] for s in SPLITS},
+            source=str(path.resolve()), extra={"dataset": self.name},
+        )

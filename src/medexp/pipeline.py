@@ -1,0 +1,229 @@
+"""From a composed config to a trained, tested and tracked model: the one flow behind ``medexp-train``.
+
+Every object comes from ``hydra.utils.instantiate`` on its config group; this module only adds what needs two
+groups at once (class weights need the data, the task needs the network and the optimizer) and the run's
+bookkeeping (seed, MLflow run, status on failure, returned metrics for sweeps).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from medexp.errors import ConfigError
+
+
+def run_experiment(cfg: DictConfig) -> dict[str, float]:
+    """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    run_dir = Path(cfg.paths.output_dir)
+    datamodule = build_datamodule(cfg)
+    task = build_task(cfg, datamodule, config)
+    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    mlflow_logger, loggers = build_loggers(cfg, run_dir, resuming=ckpt_path is not None)
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+    trial_callbacks = build_trial_callbacks(cfg)
+    if mlflow_logger is not None:
+        from medexp.tracking.mlflow import RunRecorder
+
+        callbacks.append(RunRecorder(
+            mlflow_logger, config, run_dir, tags=run_tags(cfg), fingerprint=datamodule.fingerprint,
+            resumed=ckpt_path is not None,
+        ))
+    trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks + trial_callbacks)
+    with tracked(mlflow_logger, trainer):
+        if cfg.train:
+            trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
+            finish_trial(trial_callbacks, mlflow_logger)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+        best = best_checkpoint(trainer)
+        if best is not None:
+            metrics[task.monitor] = float(trainer.checkpoint_callback.best_model_score)
+        if cfg.test:
+            tested = trainer.test(task, datamodule=datamodule, ckpt_path=best if cfg.train else None, verbose=False)
+            metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
+    return metrics
+
+
+def build_datamodule(cfg: DictConfig):
+    """The data module with the augmentation recipe and seed wired in, loaded once so the task can see it."""
+    from hydra.utils import instantiate
+
+    augmentation = OmegaConf.to_container(cfg.augmentation, resolve=True) if cfg.get("augmentation") else None
+    datamodule = instantiate(cfg.data, augmentation=augmentation, seed=cfg.seed)
+    datamodule.prepare_data()
+    datamodule.setup("fit")
+    return datamodule
+
+
+def build_task(cfg: DictConfig, datamodule, config: dict):
+    """The LightningModule: network + optimizer/scheduler partials + class weights from the training labels."""
+    from hydra.utils import instantiate
+
+    net = instantiate(cfg.model)
+    extra: dict[str, Any] = {}
+    task_cfg = cfg.task
+    if "class_weights" in task_cfg:
+        extra["class_weights"] = class_weights(task_cfg.class_weights, datamodule)
+    if "class_names" in task_cfg or hasattr(datamodule, "class_names"):
+        extra["class_names"] = list(getattr(datamodule, "class_names", []) or []) or None
+    scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    task = instantiate(task_cfg, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, **extra)
+    task.remember_config(config)
+    return task
+
+
+def class_weights(spec, datamodule) -> Optional[list[float]]:
+    """``null`` -> none; ``balanced`` -> N / (K * n_c) from the training labels; a list -> as given."""
+    if spec is None:
+        return None
+    if isinstance(spec, str):
+        if spec != "balanced":
+            raise ConfigError(f"task.class_weights={spec!r} is not understood: use null, balanced or a list")
+        counts = datamodule.class_counts("train")
+        if min(counts) == 0:
+            raise ConfigError(f"task.class_weights=balanced: a class has no training samples (counts {counts})")
+        return [sum(counts) / (len(counts) * c) for c in counts]
+    return [float(w) for w in spec]
+
+
+def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool):
+    """Lightning loggers from the ``logger`` group; the MLflow one (if any) gets its run name, tags and parent."""
+    from hydra.utils import instantiate
+
+    mlflow_logger, loggers = None, []
+    for name, spec in (cfg.logger or {}).items():
+        if spec is None or "_target_" not in spec:
+            continue
+        if name == "mlflow":
+            from medexp.tracking.mlflow import RUN_ID_FILE
+
+            run_id_file = run_dir / RUN_ID_FILE
+            run_id = run_id_file.read_text().strip() if resuming and run_id_file.is_file() else None
+            name_and_tags = sweep_child_context() or {}
+            mlflow_logger = instantiate(
+                spec, run_name=spec.run_name or name_and_tags.get("run_name") or default_run_name(cfg),
+                tags=name_and_tags.get("tags", {}), run_id=run_id,
+            )
+            loggers.append(mlflow_logger)
+        else:
+            loggers.append(instantiate(spec))
+    return mlflow_logger, loggers
+
+
+def default_run_name(cfg: DictConfig) -> str:
+    """``<model>-<data>-seed<seed>-<HHMMSS>``: readable in the MLflow run list, distinct within a day."""
+    choices = hydra_choices()
+    return f"{choices.get('model', 'model')}-{choices.get('data', 'data')}-seed{cfg.seed}-{time.strftime('%H%M%S')}"
+
+
+def hydra_choices() -> dict[str, str]:
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return {}
+    return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def sweep_child_context() -> Optional[dict]:
+    """Parent run, name and tags of this job within a sweep (``medexp.tracking.sweep``); None for a single run."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return None
+    from medexp.tracking.sweep import child_run_context
+
+    return child_run_context()
+
+
+def run_tags(cfg: DictConfig) -> dict[str, str]:
+    import medexp
+    from hydra.core.hydra_config import HydraConfig
+
+    from medexp.tracking.mlflow import git_state
+
+    tags = git_state(Path(medexp.__file__).parent) or git_state(Path.cwd())
+    tags["run_dir"] = str(Path(cfg.paths.output_dir).resolve())
+    if HydraConfig.initialized():
+        tags["hydra.overrides"] = " ".join(HydraConfig.get().overrides.task) or "(none)"
+        tags.update({f"choice.{k}": v for k, v in hydra_choices().items() if not k.startswith("hydra/")})
+    return tags
+
+
+def build_trial_callbacks(cfg: DictConfig) -> list:
+    """The Optuna pruning callback when this job is a trial of a ``hparams_search=optuna`` sweep."""
+    if cfg.get("optuna_trial") is None:
+        return []
+    from medexp.sweeps.pruning import make_pruning_callback
+
+    callback = make_pruning_callback(cfg)
+    return [callback] if callback is not None else []
+
+
+def finish_trial(trial_callbacks: list, mlflow_logger) -> None:
+    """A pruned trial is tagged in MLflow, then reported to the sweeper (``optuna.TrialPruned``)."""
+    if not trial_callbacks:
+        return
+    from medexp.sweeps.pruning import raise_if_pruned
+
+    if mlflow_logger is not None and any(getattr(c, "pruned", False) for c in trial_callbacks):
+        mlflow_logger.experiment.set_tag(mlflow_logger.run_id, "trial_state", "PRUNED")
+    raise_if_pruned(trial_callbacks)
+
+
+def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
+    """``last`` -> this run directory's last checkpoint; a path must exist."""
+    from medexp.errors import DataError
+
+    if ckpt_path is None:
+        return None
+    if ckpt_path == "last":
+        last = run_dir / "checkpoints" / "last.ckpt"
+        if not last.is_file():
+            raise DataError(f"ckpt_path=last but {last} does not exist: resume with hydra.run.dir=<the old run's folder>")
+        return str(last)
+    if not Path(ckpt_path).is_file():
+        raise DataError(f"checkpoint {ckpt_path} does not exist: give ckpt_path=<path to a .ckpt> or ckpt_path=last")
+    return str(ckpt_path)
+
+
+def best_checkpoint(trainer) -> Optional[str]:
+    callback = trainer.checkpoint_callback
+    path = getattr(callback, "best_model_path", "") if callback is not None else ""
+    return path if path and Path(path).is_file() else None
+
+
+class tracked:
+    """Close the MLflow run with the right status: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
+
+    def __init__(self, mlflow_logger, trainer):
+        self.logger, self.trainer = mlflow_logger, trainer
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.logger is None:
+            return False
+        from medexp.tracking.mlflow import end_run
+
+        if exc_type is None:
+            end_run(self.logger, "FINISHED")
+        elif issubclass(exc_type, KeyboardInterrupt) or getattr(self.trainer, "interrupted", False):
+            end_run(self.logger, "KILLED")
+        elif not _is_pruned(exc):
+            end_run(self.logger, "FAILED")
+        else:
+            end_run(self.logger, "FINISHED")
+        return False
+
+
+def _is_pruned(exc: BaseException) -> bool:
+    return type(exc).__name__ == "TrialPruned"

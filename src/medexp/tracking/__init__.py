@@ -1,0 +1,1 @@
+"""MLflow tracking: run naming, tags, artifacts, parent/child runs of sweeps."""
