@@ -27,7 +27,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg, datamodule, config)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     mlflow_logger, loggers = build_loggers(cfg, run_dir, resuming=ckpt_path is not None)
-    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
     trial_callbacks = build_trial_callbacks(cfg)
     if mlflow_logger is not None:
         from medexp.tracking.mlflow import RunRecorder
@@ -37,7 +37,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, float]:
             resumed=ckpt_path is not None,
         ))
     trainer = instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks + trial_callbacks)
-    with tracked(mlflow_logger, trainer):
+    with tracked(mlflow_logger):
         if cfg.train:
             trainer.fit(task, datamodule=datamodule, ckpt_path=ckpt_path)
             finish_trial(trial_callbacks, mlflow_logger)
@@ -91,6 +91,15 @@ def class_weights(spec, datamodule) -> Optional[list[float]]:
             raise ConfigError(f"task.class_weights=balanced: a class has no training samples (counts {counts})")
         return [sum(counts) / (len(counts) * c) for c in counts]
     return [float(w) for w in spec]
+
+
+def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
+    """The ``callbacks`` group; the LR monitor only where a logger can receive what it measures."""
+    from hydra.utils import instantiate
+    from pytorch_lightning.callbacks import LearningRateMonitor
+
+    callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
+    return [c for c in callbacks if has_logger or not isinstance(c, LearningRateMonitor)]
 
 
 def build_loggers(cfg: DictConfig, run_dir: Path, resuming: bool):
@@ -203,8 +212,8 @@ def best_checkpoint(trainer) -> Optional[str]:
 class tracked:
     """Close the MLflow run with the right status: FINISHED, FAILED on an error, KILLED on Ctrl-C."""
 
-    def __init__(self, mlflow_logger, trainer):
-        self.logger, self.trainer = mlflow_logger, trainer
+    def __init__(self, mlflow_logger):
+        self.logger = mlflow_logger
 
     def __enter__(self):
         return self
@@ -216,7 +225,7 @@ class tracked:
 
         if exc_type is None:
             end_run(self.logger, "FINISHED")
-        elif issubclass(exc_type, KeyboardInterrupt) or getattr(self.trainer, "interrupted", False):
+        elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into sys.exit(1)
             end_run(self.logger, "KILLED")
         elif not _is_pruned(exc):
             end_run(self.logger, "FAILED")

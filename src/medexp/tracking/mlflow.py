@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Optional
 
 import pytorch_lightning as pl
+import yaml
 from pytorch_lightning.loggers import MLFlowLogger
 from pytorch_lightning.utilities import rank_zero_only
 
@@ -85,9 +86,10 @@ class RunRecorder(pl.Callback):
         for key, value in {**self.tags, "dataset.sha256": fingerprint.get("sha256", "")}.items():
             self.client.set_tag(run_id, key, value)
         self._log_text(json.dumps(fingerprint, indent=2, default=str), "dataset_fingerprint.json")
-        for name in ("config.yaml", "overrides.yaml"):
-            if (self.run_dir / ".hydra" / name).is_file():
-                self.client.log_artifact(run_id, str(self.run_dir / ".hydra" / name), "config")
+        self._log_text(yaml.safe_dump(dict(self.config), sort_keys=False), "config.yaml", "config")
+        overrides = self.run_dir / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
+            self.client.log_artifact(run_id, str(overrides), "config")
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -104,10 +106,10 @@ class RunRecorder(pl.Callback):
         for path in pl_module.write_test_report(folder):
             self.client.log_artifact(self.logger.run_id, str(path), "report")
 
-    def _log_text(self, text: str, name: str) -> None:
+    def _log_text(self, text: str, name: str, artifact_path: Optional[str] = None) -> None:
         path = self.run_dir / name
         path.write_text(text)
-        self.client.log_artifact(self.logger.run_id, str(path))
+        self.client.log_artifact(self.logger.run_id, str(path), artifact_path)
 
 
 def end_run(logger: MLFlowLogger, status: str) -> None:
