@@ -1,0 +1,248 @@
+"""Reading one case from disk: images channel-first, masks as class indices, every failure one ``DataError`` line.
+
+MONAI's ``LoadImage`` picks the reader: NIfTI via nibabel, DICOM series folders and other medical formats via
+ITK, and 2D formats (PNG/JPEG/BMP/TIFF/GIF) via PIL with rows first (``(C, H, W)``, as numpy and the npz
+datasets index them; MONAI's own PIL default would give ``(C, W, H)``). 2D images are normalised by PIL mode:
+palette → RGB (or grayscale when the palette is gray), RGBA → RGB and LA → L (alpha dropped), 1-bit → L.
+Masks keep their stored values and are mapped to class indices 0..K-1 (``to_class_indices``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Hashable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+from monai.config import KeysCollection
+from monai.data import PILReader
+from monai.data.meta_tensor import MetaTensor
+from monai.data.utils import is_supported_format
+from monai.transforms import LoadImage, MapTransform
+
+from medexp.errors import DataError
+
+PIL_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif")
+_PIL_MODES_FOR_IMAGES = {"RGBA": "RGB", "LA": "L", "1": "L", "CMYK": "RGB"}
+
+
+def _normalise_pil_image(image):
+    """Pixels a network can read: colour stays RGB, gray stays one channel, alpha and palettes disappear."""
+    if image.mode in ("P", "PA"):
+        rgb = image.convert("RGB")
+        return rgb.convert("L") if _is_gray(rgb) else rgb
+    return image.convert(_PIL_MODES_FOR_IMAGES[image.mode]) if image.mode in _PIL_MODES_FOR_IMAGES else image
+
+
+def _is_gray(rgb_image) -> bool:
+    array = np.asarray(rgb_image)
+    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
+
+
+class _PILReader2D(PILReader):
+    """MONAI's PIL reader, extended to TIFF and GIF."""
+
+    def verify_suffix(self, filename) -> bool:
+        return is_supported_format(filename, PIL_SUFFIXES)
+
+
+@lru_cache(maxsize=2)
+def _make_loader(for_images: bool) -> LoadImage:
+    """One loader per role and process: building one registers every MONAI reader (and logs about nvImageCodec)."""
+    loader = LoadImage(image_only=True, dtype=np.float32, ensure_channel_first=True)
+    converter = _normalise_pil_image if for_images else None
+    loader.register(_PILReader2D(converter=converter, reverse_indexing=False))  # registered last = tried first
+    return loader
+
+
+def _read(loader: LoadImage, path: str) -> MetaTensor:
+    try:
+        return loader(path)
+    except Exception as error:  # any reader failure (PIL, nibabel, ITK, pydicom) becomes one line
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise DataError(f"cannot read image {path}: {reason}") from None
+
+
+def to_class_indices(
+    mask: np.ndarray, path: str, num_classes: int | None, label_values: Sequence[float] | None
+) -> np.ndarray:
+    """Stored mask values → class indices 0..K-1.
+
+    ``label_values[i]`` is the stored value of class ``i`` (e.g. ``[0, 128, 255]``); without it a mask that holds
+    only 0 and 255 is read as binary 0/1 and other masks must already hold indices. Anything else is a DataError.
+    """
+    values = np.unique(mask)
+    if label_values is not None:
+        unknown = sorted(set(values.tolist()) - {float(v) for v in label_values})
+        if unknown:
+            raise DataError(
+                f"mask {path} holds values {unknown[:5]} not in label_values {list(label_values)}: fix label_values"
+            )
+        indices = np.zeros(mask.shape, dtype=np.float32)
+        for index, value in enumerate(label_values):
+            indices[mask == value] = index
+        return indices
+    if set(values.tolist()) <= {0.0, 255.0}:
+        return (mask > 0).astype(np.float32)
+    if (
+        not np.array_equal(values, np.round(values))
+        or values.min() < 0
+        or (num_classes and values.max() >= num_classes)
+    ):
+        raise DataError(
+            f"mask {path} holds values {values[:5].tolist()}{'...' if len(values) > 5 else ''} outside classes "
+            f"0..{(num_classes or 0) - 1}: set data.num_classes or data.label_values (stored value of each class)"
+        )
+    return mask
+
+
+class LoadCased(MapTransform):
+    """Load one case's files: ``image`` as (C, *spatial) float32, ``label`` as (1, *spatial) class indices and
+    each binary mask (e.g. ``fov``) as (1, *spatial) 0/1, with their spatial shapes checked against each other."""
+
+    def __init__(
+        self,
+        image_key: str = "image",
+        label_key: str | None = "label",
+        mask_keys: KeysCollection = ("fov",),
+        num_classes: int | None = None,
+        label_values: Sequence[float] | None = None,
+    ) -> None:
+        keys = [image_key] + ([label_key] if label_key else []) + list(mask_keys)
+        super().__init__(keys, allow_missing_keys=True)
+        self.image_key, self.label_key, self.mask_keys = image_key, label_key, tuple(mask_keys)
+        self.num_classes = num_classes
+        self.label_values = None if label_values is None else [float(v) for v in label_values]
+        self._image_loader = _make_loader(for_images=True)
+        self._mask_loader = _make_loader(for_images=False)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        case = dict(data)
+        paths = {key: str(case[key]) for key in self.key_iterator(case) if isinstance(case[key], (str, os.PathLike))}
+        if self.image_key not in paths:
+            raise DataError(f"case {case.get('case_id', case)} has no {self.image_key!r} path: fix the datalist")
+        case[self.image_key] = _read(self._image_loader, paths[self.image_key])
+        if self.label_key in paths:
+            case[self.label_key] = self._read_mask(paths[self.label_key], as_classes=True)
+        for key in self.mask_keys:
+            if key in paths:
+                case[key] = self._read_mask(paths[key], as_classes=False)
+        _check_shapes(case, paths, self.image_key)
+        return case
+
+    def _read_mask(self, path: str, as_classes: bool) -> MetaTensor:
+        mask = _read(self._mask_loader, path)
+        array = _single_channel(mask.numpy(), path)
+        array = (
+            to_class_indices(array, path, self.num_classes, self.label_values)
+            if as_classes
+            else (array != 0).astype(np.float32)
+        )
+        return MetaTensor(array, meta=mask.meta)
+
+
+def _single_channel(mask: np.ndarray, path: str) -> np.ndarray:
+    """Masks saved as RGB(A) gray images are common; a truly coloured mask needs an explicit mapping."""
+    if mask.shape[0] == 1:
+        return mask
+    if all(np.array_equal(mask[0], mask[c]) for c in range(1, min(mask.shape[0], 3))):
+        return mask[:1]
+    raise DataError(f"mask {path} has {mask.shape[0]} differing colour channels: save it as a gray or palette image")
+
+
+def _check_shapes(case: Mapping[Hashable, Any], paths: Mapping[Hashable, str], image_key: str) -> None:
+    expected = tuple(case[image_key].shape[1:])
+    for key, path in paths.items():
+        shape = tuple(case[key].shape[1:])
+        if shape != expected:
+            raise DataError(
+                f"{key} {path} has spatial shape {shape} but image {paths[image_key]} has {expected}: "
+                "pair the right files or resample them to the same grid"
+            )
+
+
+@dataclass(frozen=True)
+class CaseSummary:
+    """What the validation pass keeps of one case: enough for the dataset fingerprint, small enough to log."""
+
+    case_id: str
+    shape: tuple[int, ...]
+    spacing: tuple[float, ...]
+    channels: int
+    intensity_sample: np.ndarray  # (channels, n) strided sample of voxel values
+    class_counts: np.ndarray  # voxels per class index
+
+
+def inspect_cases(
+    records: Sequence[Mapping[str, Any]],
+    loader: LoadCased,
+    in_channels: int,
+    spatial_dims: int,
+    workers: int = 1,
+    sample_size: int = 20000,
+) -> list[CaseSummary]:
+    """Load every case once (threads, order kept), failing early with a DataError on the first bad case."""
+
+    def inspect(record: Mapping[str, Any]) -> CaseSummary:
+        case = loader(record)
+        image = case[loader.image_key]
+        where = f"image {record[loader.image_key]}"
+        if image.ndim - 1 != spatial_dims:
+            raise DataError(
+                f"{where} has {image.ndim - 1} spatial dims but data.spatial_dims={spatial_dims}: fix spatial_dims"
+            )
+        if image.shape[0] != in_channels:
+            raise DataError(
+                f"{where} has {image.shape[0]} channels but data.in_channels={in_channels}: fix in_channels"
+            )
+        flat = image.numpy().reshape(image.shape[0], -1)
+        label = case.get(loader.label_key)
+        counts = (
+            np.bincount(label.numpy().astype(np.int64).ravel())
+            if isinstance(label, MetaTensor)
+            else np.zeros(0, np.int64)
+        )
+        return CaseSummary(
+            case_id=str(record.get("case_id", record[loader.image_key])),
+            shape=tuple(int(s) for s in image.shape[1:]),
+            spacing=tuple(float(s) for s in image.pixdim),
+            channels=int(image.shape[0]),
+            intensity_sample=flat[:, :: max(1, flat.shape[1] // sample_size)],
+            class_counts=counts,
+        )
+
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        return list(pool.map(inspect, records))
+
+
+def dataset_fingerprint(summaries: Sequence[CaseSummary]) -> dict[str, Any]:
+    """nnU-Net's dataset fingerprint, cheap: shapes, spacings, intensity percentiles and class fractions."""
+    shapes = np.array([s.shape for s in summaries])
+    spacings = np.array([s.spacing for s in summaries])
+    samples = np.concatenate([s.intensity_sample for s in summaries], axis=1)
+    counts = np.zeros(max(len(s.class_counts) for s in summaries), np.int64)
+    for summary in summaries:
+        counts[: len(summary.class_counts)] += summary.class_counts
+    return {
+        "n_cases": len(summaries),
+        "shape": {
+            "min": shapes.min(0).tolist(),
+            "median": np.median(shapes, 0).tolist(),
+            "max": shapes.max(0).tolist(),
+        },
+        "spacing": {
+            "min": spacings.min(0).tolist(),
+            "median": np.median(spacings, 0).tolist(),
+            "max": spacings.max(0).tolist(),
+        },
+        "intensity": {
+            "mean": samples.mean(1).tolist(),
+            "std": samples.std(1).tolist(),
+            "percentile_00_5": np.percentile(samples, 0.5, axis=1).tolist(),
+            "percentile_99_5": np.percentile(samples, 99.5, axis=1).tolist(),
+        },
+        "class_fraction": (counts / max(1, counts.sum())).round(6).tolist(),
+    }

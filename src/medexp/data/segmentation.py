@@ -1,0 +1,230 @@
+"""``SegmentationDataModule``: a file-based segmentation dataset (2D or 3D) from a datalist, a patient-grouped
+split and MONAI pipelines, all described by config (``conf/data/*.yaml``, instantiated by Hydra).
+
+Train batches: ``{"image": (B, C, *patch) float32, "label": (B, 1, *patch) int64}`` with B = batch_size ×
+samples_per_image. Val/test batches: one whole image each, in datalist order, ``{"image", "label", "fov"
+(1, 1, *spatial) bool when known, "case_id", "patient_id"}``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+
+from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.datalist import build_datalist
+from medexp.data.io import CaseSummary, LoadCased, dataset_fingerprint, inspect_cases
+from medexp.data.splits import Split, split_from_config
+from medexp.data.transforms import eval_pipeline, train_pipeline
+from medexp.errors import ConfigError, DataError
+
+CACHE_MODES = ("none", "memory", "disk")
+_ITEM_KEYS = ("image", "label", "fov", "case_id", "patient_id")
+
+
+def _plain(value: Any) -> Any:
+    """Hydra's DictConfig/ListConfig → dict/list, so hyperparameters pickle and load with ``weights_only``."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain(v) for v in value]
+    return value
+
+
+class SegmentationDataModule(pl.LightningDataModule):
+    """Datalist → split → (cached) MONAI pipelines → DataLoaders; validates every case once in ``setup``.
+
+    Args:
+        datalist: spec for ``medexp.data.datalist.build_datalist`` (``kind`` folder|csv|json|decathlon + options),
+            or a list of such specs.
+        root: folder that relative datalist paths start from.
+        split: options of ``medexp.data.splits.make_split`` (kind, ratios, seed, fold, num_folds, patients...).
+        preprocessing: options of ``medexp.data.transforms.preprocessing_transforms``.
+        patch_size / samples_per_image / pos_neg_ratio / sampler: training patches (None = whole images).
+        augmentation: an ``AugmentationRecipe`` mapping (None = no augmentation).
+        cache: "none", "memory" (CacheDataset) or "disk" (PersistentDataset under ``cache_dir``).
+        label_values: stored mask value of each class, when masks do not hold 0..K-1 (0/255 masks need none).
+        fov_threshold: derive a field-of-view mask for val/test as "image channel mean > threshold"; a datalist
+            ``fov`` file is used when there is one and no threshold.
+        validate: read every case in ``setup`` to check channels, shapes and label range (and fingerprint them).
+        class_names / name: for reports and the fingerprint.
+        seed: seeds the training DataLoader's generator, which fixes the shuffle order and (through MONAI's
+            DataLoader, in the main process or the workers) the patch sampling and augmentation; the split has its own
+            ``split.seed`` so it stays fixed across training seeds.
+    """
+
+    def __init__(
+        self,
+        datalist: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        root: str | None = None,
+        split: Mapping[str, Any] | None = None,
+        preprocessing: Mapping[str, Any] | None = None,
+        patch_size: Sequence[int] | None = None,
+        samples_per_image: int = 1,
+        pos_neg_ratio: float = 1.0,
+        sampler: str = "posneg",
+        augmentation: Mapping[str, Any] | None = None,
+        batch_size: int = 2,
+        num_workers: int = 0,
+        cache: str = "none",
+        cache_dir: str | None = None,
+        num_classes: int = 2,
+        in_channels: int = 1,
+        spatial_dims: int = 2,
+        label_values: Sequence[float] | None = None,
+        fov_threshold: float | None = None,
+        validate: bool = True,
+        class_names: Sequence[str] | None = None,
+        name: str | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache={cache!r} is unknown: use one of {list(CACHE_MODES)}")
+        if cache == "disk" and not cache_dir:
+            raise ConfigError("data.cache=disk needs data.cache_dir (a folder for the cached preprocessed cases)")
+        self.datalist_spec, self.root = _plain(datalist), root
+        self.split_config, self.preprocessing = _plain(split) or {}, _plain(preprocessing) or {}
+        self.patch_size = None if patch_size is None else [int(s) for s in patch_size]
+        self.samples_per_image, self.pos_neg_ratio, self.sampler = samples_per_image, pos_neg_ratio, sampler
+        self.recipe = AugmentationRecipe.from_config(_plain(augmentation))
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self.cache, self.cache_dir = cache, cache_dir
+        self.num_classes, self.in_channels, self.spatial_dims = num_classes, in_channels, spatial_dims
+        self.label_values = _plain(label_values)
+        self.fov_threshold, self.validate = fov_threshold, validate
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.name, self.seed = name, seed
+        self._split: Split | None = None
+        self._summaries: dict[str, CaseSummary] | None = None
+        self._datasets: dict[str, Dataset] = {}
+
+    # ----------------------------------------------------------------------------------------------- setup
+    def _loader(self) -> LoadCased:
+        return LoadCased(num_classes=self.num_classes, label_values=self.label_values)
+
+    def setup(self, stage: str | None = None) -> None:
+        """List, split and (once) validate the cases; datasets are built on first use of each loader."""
+        if self._split is not None:
+            return
+        records = build_datalist(self.datalist_spec, self.root)
+        unlabelled = [r["image"] for r in records if not isinstance(r.get("label"), str)]
+        if unlabelled:
+            raise DataError(
+                f"image {unlabelled[0]} has no mask path ({len(unlabelled)} such): give every case a label file"
+            )
+        self._split = split_from_config(records, self.split_config)
+        if self.validate:
+            self._inspect()
+
+    def _inspect(self) -> None:
+        split = self.split
+        records = split.train + split.val + split.test
+        summaries = inspect_cases(
+            records, self._loader(), self.in_channels, self.spatial_dims, workers=max(1, self.num_workers)
+        )
+        self._summaries = {summary.case_id: summary for summary in summaries}
+
+    @property
+    def split(self) -> Split:
+        if self._split is None:
+            self.setup()
+        return self._split
+
+    # ------------------------------------------------------------------------------------------ datasets
+    def _dataset(self, name: str) -> Dataset:
+        if name not in self._datasets:
+            records = getattr(self.split, name)
+            items = [{k: r[k] for k in _ITEM_KEYS if k in r} for r in records]
+            loader = self._loader()
+            if name == "train":
+                transform = train_pipeline(
+                    loader,
+                    self.preprocessing,
+                    self.recipe,
+                    self.spatial_dims,
+                    self.patch_size,
+                    self.samples_per_image,
+                    self.pos_neg_ratio,
+                    self.sampler,
+                )
+            else:
+                transform = eval_pipeline(loader, self.preprocessing, self.fov_threshold)
+            self._datasets[name] = self._cached(items, transform, name)
+        return self._datasets[name]
+
+    def _cached(self, items: list[dict], transform, name: str) -> Dataset:
+        if self.cache == "memory":
+            return CacheDataset(items, transform, num_workers=max(1, self.num_workers), progress=False)
+        if self.cache == "disk":
+            return PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / self._cache_key(name))
+        return Dataset(items, transform)
+
+    def _cache_key(self, name: str) -> str:
+        """Cache folder per pipeline and settings, so a changed preprocessing never reuses stale files."""
+        settings = [name == "train", self.preprocessing, self.num_classes, self.label_values, self.fov_threshold]
+        return ("train-" if name == "train" else "eval-") + hashlib.sha1(
+            json.dumps(settings, sort_keys=True).encode()
+        ).hexdigest()[:12]
+
+    def _dataloader(self, name: str, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
+        return DataLoader(
+            self._dataset(name),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            **kwargs,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        generator = torch.Generator().manual_seed(self.seed)
+        return self._dataloader("train", self.batch_size, shuffle=True, generator=generator)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._dataloader("val", 1, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        if not self.split.test:
+            raise DataError(
+                "the split has no test cases: set data.split.test_patients or test_ratio to evaluate on a test set"
+            )
+        return self._dataloader("test", 1, shuffle=False)
+
+    # --------------------------------------------------------------------------------------- artifacts
+    def split_json(self) -> str:
+        """The split (case and patient ids per set, settings) as JSON, for an MLflow artifact beside the run."""
+        return self.split.to_json()
+
+    def fingerprint(self) -> dict[str, Any]:
+        """Cases per set, a hash of the case ids per set (portable across machines, unlike paths), and
+        shape/spacing/intensity/class statistics of the training cases as stored on disk (before preprocessing)."""
+        sets = {name: [r["case_id"] for r in getattr(self.split, name)] for name in ("train", "val", "test")}
+        return {
+            "dataset": self.name,
+            "class_names": self.class_names,
+            "cases_per_split": {name: len(ids) for name, ids in sets.items()},
+            "split_sha256": hashlib.sha256(json.dumps(sets).encode()).hexdigest(),
+            **dataset_fingerprint(self._summaries_of("train")),
+        }
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Voxels per class in a set (for ``task.class_weights=balanced``)."""
+        counts = [0] * self.num_classes
+        for summary in self._summaries_of(split):
+            for index, count in enumerate(summary.class_counts[: self.num_classes]):
+                counts[index] += int(count)
+        return counts
+
+    def _summaries_of(self, split: str) -> list[CaseSummary]:
+        if self._summaries is None:
+            self._inspect()
+        return [self._summaries[record["case_id"]] for record in getattr(self.split, split)]
