@@ -16,10 +16,9 @@ def user_errors():
     try:
         yield
     except MedexpError as exc:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
+        from medexp.pipeline import in_multirun
 
-        if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        if in_multirun():
             raise
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

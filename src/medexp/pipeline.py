@@ -17,6 +17,25 @@ from medexp.errors import ConfigError
 
 def run_experiment(cfg: DictConfig) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
+    if not in_multirun():
+        return _run(cfg)
+    from medexp.distributed import end_job_distributed, use_job_rank_commands
+
+    use_job_rank_commands()
+    try:
+        return _run(cfg)
+    finally:
+        end_job_distributed()
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _run(cfg: DictConfig) -> dict[str, float]:
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
@@ -142,10 +161,7 @@ def hydra_choices() -> dict[str, str]:
 
 def sweep_child_context() -> Optional[dict]:
     """Parent run, name and tags of this job within a sweep (``medexp.tracking.sweep``); None for a single run."""
-    from hydra.core.hydra_config import HydraConfig
-    from hydra.types import RunMode
-
-    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+    if not in_multirun():
         return None
     from medexp.tracking.sweep import child_run_context
 

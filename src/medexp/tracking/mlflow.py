@@ -60,7 +60,7 @@ class RunRecorder(pl.Callback):
 
     - fit start: flattened resolved config as params; tags (git, overrides, dataset fingerprint); config.yaml,
       dataset fingerprint JSON; the run id into the run directory for resume;
-    - fit end: the best checkpoint;
+    - fit end: the best checkpoint, and the task's validation report where it has one (segmentation overlays);
     - test end: the task's test report (``task.write_test_report(folder) -> [files]``, where the task has one).
     """
 
@@ -96,14 +96,18 @@ class RunRecorder(pl.Callback):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).is_file():
             self.client.log_artifact(self.logger.run_id, best, "checkpoints")
+        self._log_report(pl_module, "write_validation_report")
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
-        if not hasattr(pl_module, "write_test_report"):
+        self._log_report(pl_module, "write_test_report")
+
+    def _log_report(self, pl_module, writer: str) -> None:
+        if not hasattr(pl_module, writer):
             return
         folder = self.run_dir / "report"
         folder.mkdir(exist_ok=True)
-        for path in pl_module.write_test_report(folder):
+        for path in getattr(pl_module, writer)(folder):
             self.client.log_artifact(self.logger.run_id, str(path), "report")
 
     def _log_text(self, text: str, name: str, artifact_path: Optional[str] = None) -> None:

@@ -48,3 +48,25 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_segmentation_overlay(image, truth, predicted, path: Path, title: str = "") -> Path:
+    """Image | ground truth | prediction, side by side; 3D volumes show their middle slice."""
+    plt = _pyplot()
+    image, truth, predicted = (np.asarray(a, dtype=np.float32) for a in (image, truth, predicted))
+    if truth.ndim == 3:  # (H, W, D): the middle slice along the last axis
+        middle = truth.shape[-1] // 2
+        image, truth, predicted = image[..., middle], truth[..., middle], predicted[..., middle]
+    shown = np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0]
+    shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-6)
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=110)
+    for ax, mask, name in zip(axes, (None, truth, predicted), ("image", "ground truth", "prediction")):
+        ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray")
+        if mask is not None:
+            ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6, interpolation="nearest")
+        ax.set(title=name, xticks=[], yticks=[])
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -1,0 +1,67 @@
+"""DDP inside Hydra multiruns.
+
+Lightning starts DDP ranks 1..N-1 by re-running the whole command line (``_hydra_subprocess_cmd``): under ``-m``
+every rank would launch its own sweep, and the DDP variables left in ``os.environ`` after job 0 make job 1 believe
+it is a child and spawn nobody (Lightning #11300, #18145; hydra #2070). Here a rank is re-launched as a *single
+run* of its job: the job's own overrides, its output folder, the same config source; and each job's DDP state is
+torn down after it, so the next job starts clean.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "RANK",
+           "LOCAL_WORLD_SIZE")
+CONFIG_SOURCE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
+
+
+def config_source_args(argv: list[str]) -> list[str]:
+    """The ``--config-path/--config-name/--config-dir`` options of a command line (both ``-x v`` and ``-x=v``)."""
+    kept, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        flag = arg.split("=", 1)[0]
+        if flag in CONFIG_SOURCE_FLAGS:
+            kept.append(arg)
+            if "=" not in arg and i + 1 < len(argv):
+                kept.append(argv[i + 1])
+                i += 1
+        i += 1
+    return kept
+
+
+def job_rank_command(local_rank: int) -> tuple[list[str], str]:
+    """The command that starts DDP rank ``local_rank`` of the current multirun job, and its working directory."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import get_original_cwd
+
+    import __main__
+
+    hydra_cfg = HydraConfig.get()
+    if __main__.__spec__ is None:
+        command = [sys.executable, os.path.abspath(sys.argv[0])]
+    else:
+        command = [sys.executable, "-m", __main__.__spec__.name]
+    command += config_source_args(sys.argv[1:])
+    command += list(hydra_cfg.overrides.task)
+    command += [f"hydra.run.dir={hydra_cfg.runtime.output_dir}", f"hydra.job.name=train_ddp_process_{local_rank}",
+                "hydra.output_subdir=null"]
+    return command, get_original_cwd()
+
+
+def use_job_rank_commands() -> None:
+    """Make Lightning's subprocess launcher start ranks with ``job_rank_command`` (multirun jobs only)."""
+    from pytorch_lightning.strategies.launchers import subprocess_script
+
+    subprocess_script._hydra_subprocess_cmd = job_rank_command
+
+
+def end_job_distributed() -> None:
+    """Forget this job's process group and DDP variables so the next job of the sweep starts its own ranks."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    for name in DDP_ENV:
+        os.environ.pop(name, None)

@@ -1,0 +1,138 @@
+"""Semantic segmentation, 2D or 3D: patches in training, sliding windows over whole images in evaluation.
+
+Metrics are MONAI's: Dice per foreground class (and their mean, ``dice``) and the 95% Hausdorff distance; for a
+binary task also the pixel-level AUROC of the foreground probability. When a batch carries a field-of-view mask
+(``fov``; e.g. the retina in fundus photographs), the metrics count only pixels inside it, as the CHASEDB1/DRIVE
+protocols do.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+from torchmetrics.classification import BinaryAUROC
+
+from medexp.tasks.base import BaseTask
+
+EVAL_STAGES = ("val", "test")
+
+
+def as_tensor(x: torch.Tensor) -> torch.Tensor:
+    """MONAI's MetaTensor -> plain tensor (metadata tracking costs time in every op)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+class SegmentationTask(BaseTask):
+    def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, roi_size: Sequence[int],
+                 loss: Callable[..., nn.Module], scheduler: Optional[Callable] = None, sw_batch_size: int = 4,
+                 sw_overlap: float = 0.25, hd95_stages: Sequence[str] = ("test",), auroc_thresholds: int = 1000,
+                 report_cases: int = 3, monitor: str = "val/dice", monitor_mode: str = "max",
+                 class_names: Optional[Sequence[str]] = None):
+        super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
+        from monai.inferers import SlidingWindowInferer
+        from monai.metrics import DiceMetric, HausdorffDistanceMetric
+
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        self.criterion = loss()
+        self.inferer = SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=sw_overlap,
+                                            mode="gaussian")
+        self.dice = {s: DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
+                     for s in EVAL_STAGES}
+        self.hd95 = {s: HausdorffDistanceMetric(include_background=False, percentile=95, reduction="mean_batch")
+                     for s in EVAL_STAGES}
+        self.hd95_stages = set(hd95_stages)
+        self.eval_losses = nn.ModuleList([MeanMetric() for _ in EVAL_STAGES])
+        # binned AUROC: constant memory however many pixels a full-size image has
+        self.aurocs = nn.ModuleList([BinaryAUROC(thresholds=auroc_thresholds) for _ in EVAL_STAGES]) \
+            if num_classes == 2 else None
+        self.report_cases = report_cases
+        self.cases: dict[str, list] = {s: [] for s in EVAL_STAGES}
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        images, labels = as_tensor(batch["image"]), as_tensor(batch["label"])
+        loss = self.criterion(self(images), labels)
+        self.log_train_loss(loss)
+        return loss
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def _eval_step(self, stage: str, batch) -> None:
+        images, labels = as_tensor(batch["image"]), as_tensor(batch["label"]).long()
+        logits = self.inferer(images, self.net)
+        self.eval_losses[EVAL_STAGES.index(stage)].update(self.criterion(logits, labels))
+        probs = torch.softmax(logits.float(), dim=1)
+        predicted = probs.argmax(dim=1, keepdim=True)
+        fov = as_tensor(batch["fov"]).bool() if "fov" in batch else None
+        if fov is not None:  # outside the field of view both become background: it counts for nothing
+            predicted, labels = predicted * fov, labels * fov
+        onehot_pred = nn.functional.one_hot(predicted[:, 0], self.num_classes).movedim(-1, 1)
+        onehot_true = nn.functional.one_hot(labels[:, 0], self.num_classes).movedim(-1, 1)
+        self.dice[stage](onehot_pred, onehot_true)
+        if stage in self.hd95_stages:
+            self.hd95[stage](onehot_pred, onehot_true)
+        if self.aurocs is not None:
+            scores, truth = probs[:, 1:2], labels
+            if fov is not None:
+                scores, truth = scores[fov], truth[fov]
+            self.aurocs[EVAL_STAGES.index(stage)].update(scores.flatten(), truth.flatten())
+        if len(self.cases[stage]) < self.report_cases and self.global_rank == 0:
+            self.cases[stage].append((images[0].cpu(), labels[0, 0].cpu(), predicted[0, 0].cpu()))
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def predict_step(self, batch, batch_idx):
+        return torch.softmax(self.inferer(as_tensor(batch["image"]), self.net).float(), dim=1)
+
+    def _start_eval(self, stage: str) -> None:
+        self.cases[stage] = []
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval("test")
+
+    def _end_eval(self, stage: str) -> None:
+        index = EVAL_STAGES.index(stage)
+        per_class = self.dice[stage].aggregate()  # (num_classes - 1,), gathered across DDP ranks by MONAI
+        self.dice[stage].reset()
+        values = {"dice": per_class.mean(), "mean_dice": per_class.mean(),
+                  "loss": self.eval_losses[index].compute()}
+        self.eval_losses[index].reset()
+        if self.num_classes > 2:
+            values.update({f"dice_{name}": d for name, d in zip(self.class_names[1:], per_class)})
+        if stage in self.hd95_stages:
+            values["hd95"] = self.hd95[stage].aggregate().nanmean()
+            self.hd95[stage].reset()
+        if self.aurocs is not None:
+            values["auroc"] = self.aurocs[index].compute()
+            self.aurocs[index].reset()
+        self.log_metrics(stage, {k: v.to(self.device) for k, v in values.items()})
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    # -- reports ----------------------------------------------------------------------------------------------
+    def write_test_report(self, folder: Path) -> list[Path]:
+        return self._write_overlays("test", folder)
+
+    def write_validation_report(self, folder: Path) -> list[Path]:
+        return self._write_overlays("val", folder)
+
+    def _write_overlays(self, stage: str, folder: Path) -> list[Path]:
+        from medexp.tracking.plots import plot_segmentation_overlay
+
+        return [plot_segmentation_overlay(image, truth, pred, folder / f"{stage}_case{i}.png",
+                                          title=f"{stage} case {i}")
+                for i, (image, truth, pred) in enumerate(self.cases[stage])]
