@@ -15,15 +15,16 @@ from omegaconf import DictConfig, OmegaConf
 from medexp.errors import ConfigError
 
 
-def run_experiment(cfg: DictConfig) -> dict[str, float]:
+def run_experiment(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
+    launched_at = launched_at if launched_at is not None else time.time()
     if not in_multirun():
-        return _run(cfg)
+        return _run(cfg, launched_at)
     from medexp.distributed import end_job_distributed, use_job_rank_commands
 
     use_job_rank_commands()
     try:
-        return _run(cfg)
+        return _run(cfg, launched_at)
     finally:
         end_job_distributed()
 
@@ -35,8 +36,10 @@ def in_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-def _run(cfg: DictConfig) -> dict[str, float]:
+def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     import pytorch_lightning as pl
+
+    from medexp.tracking.timing import RunTimer
     from hydra.utils import instantiate
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -46,7 +49,7 @@ def _run(cfg: DictConfig) -> dict[str, float]:
     task = build_task(cfg, datamodule, config)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     mlflow_logger, loggers = build_loggers(cfg, run_dir, resuming=ckpt_path is not None)
-    callbacks = build_callbacks(cfg, has_logger=bool(loggers))
+    callbacks = build_callbacks(cfg, has_logger=bool(loggers)) + [RunTimer(run_dir, launched_at)]
     trial_callbacks = build_trial_callbacks(cfg)
     if mlflow_logger is not None:
         from medexp.tracking.mlflow import RunRecorder

@@ -4,10 +4,14 @@ Only Hydra is imported at module level, so ``--help`` and ``--cfg job`` stay fas
 """
 from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig
+import time
 
-from medexp.cli import user_errors
+LAUNCHED_AT = time.time()  # ~process start: this module is the first thing the console script imports
+
+import hydra  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from medexp.cli import user_errors  # noqa: E402
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -15,7 +19,7 @@ def main(cfg: DictConfig) -> dict:
     from medexp.pipeline import run_experiment
 
     with user_errors():
-        return run_experiment(cfg)
+        return run_experiment(cfg, launched_at=LAUNCHED_AT)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,96 @@
+"""Whole-command speed of medexp-train against a plain PyTorch loop, the way a user times them.
+
+Both are started as processes, one after the other in this run, on the same data, model, batch size, epochs,
+optimizer and seed; timed from launch to exit (imports, MLflow store creation and test evaluation included).
+Prints, per model: wall seconds and their ratio medexp/plain, peak memory ratio, training images/s, medexp's
+seconds from launch to its first training step and that time's share of the whole run, and both test accuracies.
+
+    python benchmarks/bench_train.py --npz ../shared/data/pneumoniamnist.npz            # CPU: cnn x30, resnet18 x5
+    python benchmarks/bench_train.py --npz ... --device cuda --models cnn:10 --resident  # GPU, data resident
+    python benchmarks/bench_train.py --npz ... --device cuda --models resnet18:3 --precision 32 bf16-mixed
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def timed(command: list[str], env: dict) -> tuple[float, float, str]:
+    """Wall seconds, peak RSS (MiB) and stdout of one command run to completion."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}")
+    return wall, usage.ru_maxrss / 1024, out
+
+
+def medexp_command(npz: Path, model: str, epochs: int, run_dir: Path, device: str, precision: str) -> list[str]:
+    return [str(BIN / "medexp-train"), "data=pneumoniamnist", f"data.root={npz.parent}", f"model={model}",
+            "optimizer=adam", "optimizer.lr=1e-3", "augmentation=none", "data.batch_size=128",
+            f"trainer.max_epochs={epochs}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
+            f"trainer.precision={precision}", f"hydra.run.dir={run_dir}"]
+
+
+def mlflow_test_accuracy(uri: str) -> float:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return runs[0].data.metrics.get("test/accuracy", float("nan"))
+
+
+def bench(npz: Path, model: str, epochs: int, device: str, resident: bool, precision: str, work: Path) -> dict:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    plain_cmd = [sys.executable, str(HERE / "plain_loop.py"), str(npz), "--model", model, "--epochs", str(epochs),
+                 "--device", device] + (["--resident"] if resident else [])
+    plain_wall, plain_rss, plain_out = timed(plain_cmd, env)
+    plain = json.loads(plain_out.strip().splitlines()[-1])
+    run_dir = work / f"{model}-{precision}"
+    uri = f"sqlite:///{work / f'mlflow-{model}-{precision}.db'}"  # a fresh store, as on a user's first run
+    launched = time.time()
+    medexp_wall, medexp_rss, _ = timed(medexp_command(npz, model, epochs, run_dir, device, precision),
+                                       {**env, "MLFLOW_TRACKING_URI": uri})
+    timing = json.loads((run_dir / "timing.json").read_text())
+    first_step = timing["first_step_at"] - launched
+    return {
+        "model": model, "epochs": epochs, "device": device, "precision": precision,
+        "plain_s": round(plain_wall, 1), "medexp_s": round(medexp_wall, 1),
+        "wall_ratio": round(medexp_wall / plain_wall, 3), "peak_mem_ratio": round(medexp_rss / plain_rss, 3),
+        "plain_img_per_s": plain["img_per_s"], "medexp_img_per_s": round(timing["train_images_per_second"], 1),
+        "throughput_ratio": round(timing["train_images_per_second"] / plain["img_per_s"], 3),
+        "medexp_first_step_s": round(first_step, 2), "medexp_share_before_first_step": round(first_step / medexp_wall, 3),
+        "plain_test_acc": plain["test_acc"], "medexp_test_acc": round(mlflow_test_accuracy(uri), 4),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--npz", type=Path, required=True, help="a MedMNIST pneumoniamnist.npz")
+    ap.add_argument("--models", nargs="+", default=["cnn:30", "resnet18:5"], help="model:epochs")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--resident", action="store_true", help="plain loop keeps data on the device (GPU baseline)")
+    ap.add_argument("--precision", nargs="+", default=["32"])
+    a = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="medexp-bench-") as tmp:
+        for spec in a.models:
+            model, epochs = spec.split(":")
+            for precision in a.precision:
+                print(json.dumps(bench(a.npz.resolve(), model, int(epochs), a.device, a.resident, precision,
+                                       Path(tmp))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
