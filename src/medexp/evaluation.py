@@ -58,7 +58,7 @@ def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data
         report_dir.mkdir(parents=True, exist_ok=True)
         for path in task.write_test_report(report_dir):
             if logger is not None:
-                logger.experiment.log_artifact(logger.run_id, str(path), "eval_report")
+                logger.submit(lambda client, run_id, path=path: client.log_artifact(run_id, str(path), "eval_report"))
     if logger is not None:
         end_run(logger, "FINISHED")
     return {k: float(v) for k, v in metrics.items()}

@@ -202,7 +202,7 @@ def finish_trial(trial_callbacks: list, mlflow_logger) -> None:
     from medexp.sweeps.pruning import raise_if_pruned
 
     if mlflow_logger is not None and any(getattr(c, "pruned", False) for c in trial_callbacks):
-        mlflow_logger.experiment.set_tag(mlflow_logger.run_id, "trial_state", "PRUNED")
+        mlflow_logger.submit(lambda client, run_id: client.set_tag(run_id, "trial_state", "PRUNED"))
     raise_if_pruned(trial_callbacks)
 
 
