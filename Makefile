@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 # torch with a matching torchvision (MONAI's detection stack needs it); override for another platform/CUDA
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
+BENCH_NPZ ?= ../shared/data/pneumoniamnist.npz
 PORT ?= 5000
 HOST ?= 127.0.0.1
 OUTPUTS := $(CURDIR)/outputs
@@ -42,8 +43,8 @@ server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http:
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(OUTPUTS)/mlflow-server.db \
 		--artifacts-destination $(OUTPUTS)/mlartifacts-server --host $(HOST) --port $(PORT)
 
-bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop
-	$(BIN)/python benchmarks/bench_train.py $(ARGS)
+bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18 x5)
+	$(BIN)/python benchmarks/bench_train.py --npz $(BENCH_NPZ) $(ARGS)
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache build dist src/*.egg-info
