@@ -10,7 +10,7 @@ PORT ?= 5000
 HOST ?= 127.0.0.1
 OUTPUTS := $(CURDIR)/outputs
 
-.PHONY: install train test test-fast lint format ui server bench clean
+.PHONY: install train test test-fast lint format ui server compare bench clean
 
 $(BIN)/medexp-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,11 @@ ui: install  ## MLflow UI over outputs/ on http://$(HOST):$(PORT) (loopback only
 
 server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
 	mkdir -p $(OUTPUTS)
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(OUTPUTS)/mlflow-server.db \
-		--artifacts-destination $(OUTPUTS)/mlartifacts-server --host $(HOST) --port $(PORT)
+	$(BIN)/mlflow server --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db \
+		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(HOST) --port $(PORT)
+
+compare: install  ## ranked runs of an experiment or sweep: make compare EXP=medexp [SWEEP=<parent run id | sweep name>]
+	$(BIN)/medexp-compare $(EXP) $(if $(SWEEP),--sweep $(SWEEP))
 
 bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18 x5)
 	$(BIN)/python benchmarks/bench_train.py --npz $(BENCH_NPZ) $(ARGS)

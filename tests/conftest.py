@@ -10,6 +10,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import open_dict
 
+from medexp.hydra_setup import prepare_hydra
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
@@ -17,6 +19,7 @@ PNEUMONIA = SHARED_DATA / "pneumoniamnist.npz"
 
 def compose_config(overrides: list[str], out: Path):
     """The train config as ``medexp-train`` would see it, with run dir, outputs and data under ``out``."""
+    prepare_hydra()
     GlobalHydra.instance().clear()
     with initialize_config_module(config_module="medexp.conf", version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)

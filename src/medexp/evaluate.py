@@ -7,6 +7,9 @@ import hydra
 from omegaconf import DictConfig
 
 from medexp.cli import user_errors
+from medexp.hydra_setup import prepare_hydra
+
+prepare_hydra()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="eval")

@@ -12,6 +12,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 from medexp.cli import user_errors  # noqa: E402
+from medexp.hydra_setup import prepare_hydra  # noqa: E402
+
+prepare_hydra()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")

@@ -1,0 +1,1 @@
+"""medexp's Optuna sweeper for Hydra (current Optuna, pruning, resumable studies). Logic: ``medexp.sweeps``."""
