@@ -8,6 +8,7 @@ seconds from launch to its first training step and that time's share of the whol
     python benchmarks/bench_train.py --npz ../shared/data/pneumoniamnist.npz            # CPU: cnn x30, resnet18 x5
     python benchmarks/bench_train.py --npz ... --device cuda --models cnn:10 --resident  # GPU, data resident
     python benchmarks/bench_train.py --npz ... --device cuda --models resnet18:3 --precision 32 bf16-mixed
+    (MEDEXP_TRAIN=<path> picks another medexp-train executable)
 """
 from __future__ import annotations
 
@@ -37,14 +38,22 @@ def timed(command: list[str], env: dict) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out
 
 
-def medexp_command(npz: Path, model: str, epochs: int, run_dir: Path, device: str, precision: str) -> list[str]:
-    return [str(BIN / "medexp-train"), "data=pneumoniamnist", f"data.root={npz.parent}", f"model={model}",
+def medexp_command(npz: Path, model: str, epochs: int, run_dir: Path, device: str, precision: str,
+                   logger: str) -> list[str]:
+    return [os.environ.get("MEDEXP_TRAIN", str(BIN / "medexp-train")), f"logger={logger}", "data=pneumoniamnist", f"data.root={npz.parent}", f"model={model}",
             "optimizer=adam", "optimizer.lr=1e-3", "augmentation=none", "data.batch_size=128",
             f"trainer.max_epochs={epochs}", f"trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
             f"trainer.precision={precision}", f"hydra.run.dir={run_dir}"]
 
 
-def mlflow_test_accuracy(uri: str) -> float:
+def test_accuracy(uri: str, run_dir: Path) -> float:
+    """medexp's test accuracy, read back from MLflow or, with logger=csv, from the run's metrics.csv."""
+    csv = run_dir / "csv" / "metrics.csv"
+    if csv.is_file():
+        import csv as csvlib
+
+        rows = [r for r in csvlib.DictReader(csv.open()) if r.get("test/accuracy")]
+        return float(rows[-1]["test/accuracy"]) if rows else float("nan")
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -52,7 +61,8 @@ def mlflow_test_accuracy(uri: str) -> float:
     return runs[0].data.metrics.get("test/accuracy", float("nan"))
 
 
-def bench(npz: Path, model: str, epochs: int, device: str, resident: bool, precision: str, work: Path) -> dict:
+def bench(npz: Path, model: str, epochs: int, device: str, resident: bool, precision: str, work: Path,
+          logger: str = "mlflow") -> dict:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     plain_cmd = [sys.executable, str(HERE / "plain_loop.py"), str(npz), "--model", model, "--epochs", str(epochs),
                  "--device", device] + (["--resident"] if resident else [])
@@ -61,7 +71,7 @@ def bench(npz: Path, model: str, epochs: int, device: str, resident: bool, preci
     run_dir = work / f"{model}-{precision}"
     uri = f"sqlite:///{work / f'mlflow-{model}-{precision}.db'}"  # a fresh store, as on a user's first run
     launched = time.time()
-    medexp_wall, medexp_rss, _ = timed(medexp_command(npz, model, epochs, run_dir, device, precision),
+    medexp_wall, medexp_rss, _ = timed(medexp_command(npz, model, epochs, run_dir, device, precision, logger),
                                        {**env, "MLFLOW_TRACKING_URI": uri})
     timing = json.loads((run_dir / "timing.json").read_text())
     first_step = timing["first_step_at"] - launched
@@ -72,7 +82,7 @@ def bench(npz: Path, model: str, epochs: int, device: str, resident: bool, preci
         "plain_img_per_s": plain["img_per_s"], "medexp_img_per_s": round(timing["train_images_per_second"], 1),
         "throughput_ratio": round(timing["train_images_per_second"] / plain["img_per_s"], 3),
         "medexp_first_step_s": round(first_step, 2), "medexp_share_before_first_step": round(first_step / medexp_wall, 3),
-        "plain_test_acc": plain["test_acc"], "medexp_test_acc": round(mlflow_test_accuracy(uri), 4),
+        "plain_test_acc": plain["test_acc"], "medexp_test_acc": round(test_accuracy(uri, run_dir), 4),
     }
 
 
@@ -83,13 +93,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resident", action="store_true", help="plain loop keeps data on the device (GPU baseline)")
     ap.add_argument("--precision", nargs="+", default=["32"])
+    ap.add_argument("--logger", default="mlflow", help="medexp's logger group: mlflow (default), csv, none")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="medexp-bench-") as tmp:
         for spec in a.models:
             model, epochs = spec.split(":")
             for precision in a.precision:
                 print(json.dumps(bench(a.npz.resolve(), model, int(epochs), a.device, a.resident, precision,
-                                       Path(tmp))), flush=True)
+                                       Path(tmp), a.logger)), flush=True)
 
 
 if __name__ == "__main__":
