@@ -102,3 +102,16 @@ def test_eval_reproduces_the_test_metrics_of_the_best_checkpoint(make_cfg, track
     client = MlflowClient(tracking_uri)
     (run,) = client.search_runs([client.get_experiment_by_name("medexp").experiment_id])
     assert len(client.get_metric_history(run.info.run_id, "test/auroc")) == 2  # training's test + the re-evaluation
+
+
+def test_bf16_mixed_precision_smoke_on_cpu(make_cfg):
+    metrics = run_experiment(make_cfg("debug=fast_dev_run", "trainer.precision=bf16-mixed", *SMALL_SYNTHETIC))
+    assert 0.0 <= metrics["test/auroc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_short_training_on_real_pneumoniamnist(make_cfg, pneumonia_npz):
+    metrics = run_experiment(make_cfg(
+        "data=pneumoniamnist", f"data.root={pneumonia_npz.parent}", "data.download=false", "model=cnn",
+        "task.class_weights=balanced", "trainer.max_epochs=4", "logger=none", "callbacks.progress_bar.refresh_rate=0"))
+    assert metrics["test/auroc"] >= 0.90, metrics

@@ -2,9 +2,10 @@
 
 For data that sits in memory (MedMNIST-size sets), augmenting the whole batch on its device after transfer is far
 cheaper than per-sample Python transforms in worker processes, and it runs on the GPU when there is one.
-Semantics follow the per-sample MONAI engine (``medexp.data.transforms``) so one recipe means the same thing on both:
-the affine maps output to input coordinates (scale > 1 shows more of the image), translations are fractions of the
-image extent, intensity changes act on the normalised image. Elastic deformation is per-sample only.
+Semantics follow the per-sample MONAI engine (``medexp.data.transforms``) so one recipe means the same thing on both
+(``tests/test_augmentation_parity.py`` compares them): a zoom factor above 1 enlarges the content, translations are
+fractions of the image extent, the intensity steps (shift, contrast, gamma) fire independently in that order, all
+on the normalised image. Elastic deformation is per-sample only.
 """
 from __future__ import annotations
 
@@ -63,8 +64,9 @@ class BatchAugmentation(nn.Module):
         if use_affine:
             hit = _chance(n, r.affine_prob, device)
             angle = _uniform(n, -r.rotate_deg, r.rotate_deg, device) * (math.pi / 180) * hit
-            scale = torch.where(hit, _uniform(n, r.scale[0], r.scale[1], device), torch.ones(n, device=device))
-            cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+            zoom = torch.where(hit, _uniform(n, r.scale[0], r.scale[1], device), torch.ones(n, device=device))
+            # theta maps output to input coordinates: content zoomed by f means coordinates scaled by 1/f
+            cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
             theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
             # affine_grid spans [-1, 1]: a shift by a fraction f of the extent is 2f
             theta[:, :, 2] = _uniform(2 * n, -2 * r.translate, 2 * r.translate, device).view(n, 2) * hit[:, None]
@@ -75,20 +77,25 @@ class BatchAugmentation(nn.Module):
         return theta
 
     def _random_intensity(self, images: torch.Tensor) -> torch.Tensor:
+        """Shift, contrast around the mean, gamma: each applied to a sample with ``intensity_prob``."""
         r = self.recipe
         n, device = images.shape[0], images.device
-        hit = _chance(n, r.intensity_prob, device).view(-1, 1, 1, 1)
+
+        def where_hit(changed: torch.Tensor, unchanged: torch.Tensor) -> torch.Tensor:
+            return torch.where(_chance(n, r.intensity_prob, device).view(-1, 1, 1, 1), changed, unchanged)
+
         out = images
+        if r.intensity_shift:
+            shift = _uniform(n, -r.intensity_shift, r.intensity_shift, device).view(-1, 1, 1, 1)
+            out = where_hit(out + shift, out)
         if tuple(r.contrast) != (1.0, 1.0):
             mean = out.mean(dim=(1, 2, 3), keepdim=True)
             factor = _uniform(n, r.contrast[0], r.contrast[1], device).view(-1, 1, 1, 1)
-            out = (out - mean) * factor + mean
+            out = where_hit((out - mean) * factor + mean, out)
         if tuple(r.gamma) != (1.0, 1.0):
             # as MONAI's RandAdjustContrast: rescale to [0, 1], raise to gamma, rescale back
             low = out.amin(dim=(1, 2, 3), keepdim=True)
             span = (out.amax(dim=(1, 2, 3), keepdim=True) - low).clamp_min(1e-7)
             gamma = _uniform(n, r.gamma[0], r.gamma[1], device).view(-1, 1, 1, 1)
-            out = ((out - low) / span).clamp(0, 1).pow(gamma) * span + low
-        if r.intensity_shift:
-            out = out + _uniform(n, -r.intensity_shift, r.intensity_shift, device).view(-1, 1, 1, 1)
-        return torch.where(hit, out, images)
+            out = where_hit(((out - low) / span).clamp(0, 1).pow(gamma) * span + low, out)
+        return out
