@@ -346,3 +346,14 @@ def test_the_chasedb1_config_instantiates_through_hydra(tmp_path):
     assert module.split.patients("test") == {"11", "12", "13", "14"}
     assert next(iter(module.train_dataloader()))["image"].shape == (32, 3, 16, 16)
     assert module.class_names == ["background", "vessel"]
+
+
+def test_data_fold_makes_k_fold_splits_that_cover_every_patient_once(chase_root):
+    folds = [chase_module(chase_root, fold=k, num_folds=3) for k in range(3)]
+    for module in folds:
+        module.setup("fit")
+    val = [set(m.split.patients("val")) for m in folds]
+    test = {p for m in folds for p in m.split.patients("test")}
+    assert all(a.isdisjoint(b) for i, a in enumerate(val) for b in val[i + 1 :])
+    every = {p for m in folds[:1] for part in ("train", "val") for p in m.split.patients(part)}
+    assert set().union(*val) == every and test.isdisjoint(every)

@@ -55,6 +55,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             ``fov`` file is used when there is one and no threshold.
         validate: read every case in ``setup`` to check channels, shapes and label range (and fingerprint them).
         class_names / name: for reports and the fingerprint.
+        fold / num_folds: when ``fold`` is set, the split becomes k-fold (``kind: kfold``) over the non-test
+            patients, keeping the split's test set: ``-m data.fold=0,1,2,3,4`` runs every fold.
         seed: seeds the training DataLoader's generator, which fixes the shuffle order and (through MONAI's
             DataLoader, in the main process or the workers) the patch sampling and augmentation; the split has its own
             ``split.seed`` so it stays fixed across training seeds.
@@ -84,6 +86,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         class_names: Sequence[str] | None = None,
         name: str | None = None,
         seed: int = 0,
+        fold: int | None = None,
+        num_folds: int = 5,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -92,6 +96,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ConfigError("data.cache=disk needs data.cache_dir (a folder for the cached preprocessed cases)")
         self.datalist_spec, self.root = _plain(datalist), root
         self.split_config, self.preprocessing = _plain(split) or {}, _plain(preprocessing) or {}
+        if fold is not None:  # `-m data.fold=0,1,2,3,4`: k-fold cross-validation over the non-test patients
+            self.split_config = {**self.split_config, "kind": "kfold", "fold": fold, "num_folds": num_folds}
         self.patch_size = None if patch_size is None else [int(s) for s in patch_size]
         self.samples_per_image, self.pos_neg_ratio, self.sampler = samples_per_image, pos_neg_ratio, sampler
         self.recipe = AugmentationRecipe.from_config(_plain(augmentation))

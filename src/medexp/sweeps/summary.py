@@ -111,6 +111,19 @@ def plot_objective(rows: Sequence[Row], x: str, y: str, state: str, maximize: bo
     fig.savefig(path)
 
 
+def mean_and_std(rows: Sequence[Row], columns: Sequence[str]) -> dict[str, tuple[float, float, int]]:
+    """Mean, sample standard deviation and count of each numeric column over the rows that have it: the
+    cross-validation summary of a ``-m data.fold=0,1,2,3,4`` sweep (or of repeated seeds)."""
+    out = {}
+    for column in columns:
+        values = [float(r[column]) for r in rows if is_number(r.get(column))]
+        if len(values) >= 2:
+            mean = sum(values) / len(values)
+            std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+            out[column] = (mean, std, len(values))
+    return out
+
+
 def best_row(rows: Sequence[Row], key: str, maximize: bool, state: str | None = None) -> Row | None:
     """The best complete row by ``key``, or None."""
     candidates = [r for r in rows if is_number(r.get(key)) and (state is None or r.get(state, "COMPLETE") == "COMPLETE")]

@@ -27,7 +27,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from medexp.sweeps import OPTUNA_SWEEPER_TARGET, redact_url
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
-from medexp.sweeps.summary import best_row, columns_of, plot_objective, rank, to_markdown, write_csv
+from medexp.sweeps.summary import (
+    best_row,
+    columns_of,
+    mean_and_std,
+    plot_objective,
+    rank,
+    to_markdown,
+    write_csv,
+)
 from medexp.tracking.store import get_or_create_experiment
 
 log = logging.getLogger(__name__)
@@ -222,6 +230,12 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
     objective = record.metric or OBJECTIVE_METRIC
     ranked = rank(rows, objective, record.maximize)
     table = to_markdown(ranked, [c for c in columns if c != "run_id"])
+    complete = [r for r in rows if r["state"] == COMPLETE]
+    spread = mean_and_std(complete, [c for c in columns if c == objective or c.startswith("test")])
+    if spread:
+        table += "\n**Mean ± std over complete runs:**\n\n" + to_markdown(
+            [{"metric": k, "mean ± std": f"{m:.4f} ± {s:.4f}", "runs": n} for k, (m, s, n) in spread.items()],
+            ["metric", "mean ± std", "runs"])
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         write_csv(ranked, columns, out / "summary.csv")
@@ -229,7 +243,9 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
         plot_objective(rows, "trial", objective, "state", record.maximize, record.name, out / "objective.png")
         client.log_artifacts(record.parent_run_id, tmp, "summary")
     tags = [RunTag("mlflow.note.content", f"Sweep `{record.name}`: {len(rows)} run(s), ranked by {objective}\n\n{table}")]
-    metrics = []
+    stamp = int(time.time() * 1000)
+    metrics = [Metric(f"{stat}/{k}", v, stamp, 0) for k, (m, sd, _) in spread.items()
+               for stat, v in (("mean", m), ("std", sd))]
     best = best_row(rows, objective, record.maximize, state="state")
     if best is not None:
         tags += [RunTag("best.run_id", best["run_id"]), RunTag("best.trial", str(best["trial"]))]
