@@ -20,9 +20,15 @@ STAGES = ("train", "val", "test")
 
 class BaseTask(pl.LightningModule):
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Optional[Callable[..., Any]] = None, monitor: str = "val/loss", monitor_mode: str = "min"):
+                 scheduler: Optional[Callable[..., Any]] = None, monitor: str = "val/loss", monitor_mode: str = "min",
+                 channels_last: bool | str = False):
         super().__init__()
-        self.net = net
+        # channels_last (NHWC) speeds 2D convolutions up on CPUs (oneDNN) and on tensor cores; "auto" = 2D CNNs
+        if channels_last == "auto":
+            channels_last = any(isinstance(m, nn.Conv2d) for m in net.modules()) and not any(
+                isinstance(m, nn.Conv3d) for m in net.modules())
+        self.channels_last = bool(channels_last)
+        self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self._train_loss_sum: Optional[torch.Tensor] = None
@@ -34,6 +40,8 @@ class BaseTask(pl.LightningModule):
         self.save_hyperparameters({"config": dict(config)}, logger=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
     # -- optimisation -----------------------------------------------------------------------------------------

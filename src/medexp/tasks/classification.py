@@ -40,8 +40,9 @@ class ClassificationTask(BaseTask):
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int,
                  loss: Callable[..., nn.Module] = nn.CrossEntropyLoss, scheduler: Optional[Callable] = None,
                  class_weights: Optional[Sequence[float]] = None, monitor: str = "val/auroc",
-                 monitor_mode: str = "max", class_names: Optional[Sequence[str]] = None):
-        super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
+                 monitor_mode: str = "max", class_names: Optional[Sequence[str]] = None,
+                 channels_last: bool | str = "auto"):
+        super().__init__(net, optimizer, scheduler, monitor, monitor_mode, channels_last)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         weight = torch.tensor(list(class_weights), dtype=torch.float32) if class_weights is not None else None
