@@ -2,7 +2,6 @@
 distribution of augmented images, and both keep masks aligned with images."""
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 

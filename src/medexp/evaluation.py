@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 from omegaconf import OmegaConf
 
@@ -24,8 +23,8 @@ def load_checkpoint(ckpt_path: str) -> dict:
     return ckpt
 
 
-def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data_root: Optional[str] = None,
-                        log_to: str = "same", accelerator: str = "cpu", report_dir: Optional[Path] = None) -> dict:
+def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data_root: str | None = None,
+                        log_to: str = "same", accelerator: str = "cpu", report_dir: Path | None = None) -> dict:
     """Test metrics of ``ckpt_path`` on its test split; logged to its training run, a new run, or nowhere."""
     import pytorch_lightning as pl
 

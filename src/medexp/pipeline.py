@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from medexp.errors import ConfigError
 
 
-def run_experiment(cfg: DictConfig, launched_at: Optional[float] = None) -> dict[str, float]:
+def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
     launched_at = launched_at if launched_at is not None else time.time()
     if not in_multirun():
@@ -38,9 +38,9 @@ def in_multirun() -> bool:
 
 def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     import pytorch_lightning as pl
+    from hydra.utils import instantiate
 
     from medexp.tracking.timing import RunTimer
-    from hydra.utils import instantiate
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -101,7 +101,7 @@ def build_task(cfg: DictConfig, datamodule, config: dict):
     return task
 
 
-def class_weights(spec, datamodule) -> Optional[list[float]]:
+def class_weights(spec, datamodule) -> list[float] | None:
     """``null`` -> none; ``balanced`` -> N / (K * n_c) from the training labels; a list -> as given."""
     if spec is None:
         return None
@@ -162,7 +162,7 @@ def hydra_choices() -> dict[str, str]:
     return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
 
 
-def sweep_child_context() -> Optional[dict]:
+def sweep_child_context() -> dict | None:
     """Parent run, name and tags of this job within a sweep (``medexp.tracking.sweep``); None for a single run."""
     if not in_multirun():
         return None
@@ -172,9 +172,9 @@ def sweep_child_context() -> Optional[dict]:
 
 
 def run_tags(cfg: DictConfig) -> dict[str, str]:
-    import medexp
     from hydra.core.hydra_config import HydraConfig
 
+    import medexp
     from medexp.tracking.mlflow import git_state
 
     tags = git_state(Path(medexp.__file__).parent) or git_state(Path.cwd())
@@ -206,7 +206,7 @@ def finish_trial(trial_callbacks: list, mlflow_logger) -> None:
     raise_if_pruned(trial_callbacks)
 
 
-def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
+def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
     """``last`` -> this run directory's last checkpoint; a path must exist."""
     from medexp.errors import DataError
 
@@ -222,7 +222,7 @@ def resolve_ckpt_path(ckpt_path: Optional[str], run_dir: Path) -> Optional[str]:
     return str(ckpt_path)
 
 
-def best_checkpoint(trainer) -> Optional[str]:
+def best_checkpoint(trainer) -> str | None:
     callback = trainer.checkpoint_callback
     path = getattr(callback, "best_model_path", "") if callback is not None else ""
     return path if path and Path(path).is_file() else None

@@ -7,8 +7,9 @@ with MONAI dictionary transforms (``medexp.data.transforms.monai_augmentation``)
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ class AugmentationRecipe:
     extras: Mapping[str, Any] = field(default_factory=dict)  # reserved for engine-specific options
 
     @classmethod
-    def from_config(cls, cfg: Optional[Mapping[str, Any]]) -> "AugmentationRecipe":
+    def from_config(cls, cfg: Mapping[str, Any] | None) -> AugmentationRecipe:
         """Build from a config mapping; unknown keys are an error so a typo never silently disables a transform."""
         if cfg is None:
             return cls()

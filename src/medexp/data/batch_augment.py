@@ -10,7 +10,6 @@ on the normalised image. Elastic deformation is per-sample only.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,7 +33,7 @@ class BatchAugmentation(nn.Module):
         super().__init__()
         self.recipe = recipe
 
-    def forward(self, images: torch.Tensor, masks: Optional[torch.Tensor] = None):
+    def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
         if images.ndim != 4:
             raise ValueError(f"BatchAugmentation takes 2D batches (B, C, H, W), got shape {tuple(images.shape)}")
         r = self.recipe
@@ -52,7 +51,7 @@ class BatchAugmentation(nn.Module):
             images = images + hit * torch.randn_like(images) * r.noise_std
         return images if masks is None else (images, masks)
 
-    def _random_affine(self, n: int, device) -> Optional[torch.Tensor]:
+    def _random_affine(self, n: int, device) -> torch.Tensor | None:
         """Per-sample 2x3 matrices (output -> input, affine_grid's x = columns, y = rows), or None if all identity."""
         r = self.recipe
         use_affine = r.affine_prob > 0 and (r.rotate_deg or tuple(r.scale) != (1.0, 1.0) or r.translate)

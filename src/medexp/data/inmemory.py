@@ -8,8 +8,8 @@ gathered by torchmetrics, count every sample exactly once.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Optional, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -70,7 +70,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
     """Base for array-backed classification sets; subclasses implement ``load_arrays``."""
 
     def __init__(self, batch_size: int, num_classes: int, in_channels: int, spatial_dims: int, image_size: int,
-                 class_names: Optional[Sequence[str]] = None, augmentation: Optional[Mapping] = None,
+                 class_names: Sequence[str] | None = None, augmentation: Mapping | None = None,
                  eval_batch_size: int = 512, seed: int = 0):
         super().__init__()
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -79,7 +79,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.recipe = AugmentationRecipe.from_config(augmentation)
         self.seed = seed
-        self.arrays: Optional[ArraySplits] = None
+        self.arrays: ArraySplits | None = None
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean = self.std = None
         self._augment = None
@@ -89,7 +89,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         raise NotImplementedError
 
     # -- Lightning hooks --------------------------------------------------------------------------------------
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.arrays is None:
             self.arrays = self.load_arrays()
             self._validate(self.arrays)

@@ -7,7 +7,8 @@ sqlite store cost ~7 ms each) and synchronised across DDP ranks by torchmetrics 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
@@ -20,7 +21,7 @@ STAGES = ("train", "val", "test")
 
 class BaseTask(pl.LightningModule):
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
-                 scheduler: Optional[Callable[..., Any]] = None, monitor: str = "val/loss", monitor_mode: str = "min",
+                 scheduler: Callable[..., Any] | None = None, monitor: str = "val/loss", monitor_mode: str = "min",
                  channels_last: bool | str = False):
         super().__init__()
         # channels_last (NHWC) speeds 2D convolutions up on CPUs (oneDNN) and on tensor cores; "auto" = 2D CNNs
@@ -31,7 +32,7 @@ class BaseTask(pl.LightningModule):
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
-        self._train_loss_sum: Optional[torch.Tensor] = None
+        self._train_loss_sum: torch.Tensor | None = None
         self._train_steps = 0
 
     def remember_config(self, config: Mapping) -> None:

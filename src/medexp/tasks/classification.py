@@ -6,8 +6,8 @@ multi-class), specificity its counterpart; balanced accuracy is the mean per-cla
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -38,9 +38,9 @@ def classification_metrics(num_classes: int) -> MetricCollection:
 
 class ClassificationTask(BaseTask):
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int,
-                 loss: Callable[..., nn.Module] = nn.CrossEntropyLoss, scheduler: Optional[Callable] = None,
-                 class_weights: Optional[Sequence[float]] = None, monitor: str = "val/auroc",
-                 monitor_mode: str = "max", class_names: Optional[Sequence[str]] = None,
+                 loss: Callable[..., nn.Module] = nn.CrossEntropyLoss, scheduler: Callable | None = None,
+                 class_weights: Sequence[float] | None = None, monitor: str = "val/auroc",
+                 monitor_mode: str = "max", class_names: Sequence[str] | None = None,
                  channels_last: bool | str = "auto"):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode, channels_last)
         self.num_classes = num_classes
@@ -132,7 +132,7 @@ class ClassificationTask(BaseTask):
         if self.num_classes == 2:
             curves = [(self.class_names[1], fpr.numpy(), tpr.numpy())]
         else:
-            curves = [(name, f.numpy(), t.numpy()) for name, f, t in zip(self.class_names, fpr, tpr)]
+            curves = [(name, f.numpy(), t.numpy()) for name, f, t in zip(self.class_names, fpr, tpr, strict=True)]
         return [
             plot_roc(curves, folder / "roc_test.png"),
             plot_confusion_matrix(self.test_report["confusion_matrix"].numpy(), self.class_names,

@@ -7,8 +7,8 @@ protocols do.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
 
 import torch
 from torch import nn
@@ -27,10 +27,10 @@ def as_tensor(x: torch.Tensor) -> torch.Tensor:
 
 class SegmentationTask(BaseTask):
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, roi_size: Sequence[int],
-                 loss: Callable[..., nn.Module], scheduler: Optional[Callable] = None, sw_batch_size: int = 4,
+                 loss: Callable[..., nn.Module], scheduler: Callable | None = None, sw_batch_size: int = 4,
                  sw_overlap: float = 0.25, hd95_stages: Sequence[str] = ("test",), auroc_thresholds: int = 1000,
                  report_cases: int = 3, monitor: str = "val/dice", monitor_mode: str = "max",
-                 class_names: Optional[Sequence[str]] = None):
+                 class_names: Sequence[str] | None = None):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         from monai.inferers import SlidingWindowInferer
         from monai.metrics import DiceMetric, HausdorffDistanceMetric
@@ -108,7 +108,7 @@ class SegmentationTask(BaseTask):
                   "loss": self.eval_losses[index].compute()}
         self.eval_losses[index].reset()
         if self.num_classes > 2:
-            values.update({f"dice_{name}": d for name, d in zip(self.class_names[1:], per_class)})
+            values.update({f"dice_{name}": d for name, d in zip(self.class_names[1:], per_class, strict=True)})
         if stage in self.hd95_stages:
             values["hd95"] = self.hd95[stage].aggregate().nanmean()
             self.hd95[stage].reset()

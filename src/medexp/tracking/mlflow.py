@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import subprocess
 import threading
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional
+from typing import Any
 
 import pytorch_lightning as pl
 import yaml
@@ -32,8 +33,8 @@ MAX_PARAM_LENGTH = 500
 class MlflowRunLogger(Logger):
     """One MLflow run, written from a background thread (see the module docstring)."""
 
-    def __init__(self, tracking_uri: str, experiment_name: str, run_name: Optional[str] = None,
-                 tags: Optional[Mapping[str, str]] = None, run_id: Optional[str] = None):
+    def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None):
         super().__init__()
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self._run_name, self._tags, self._run_id = run_name, dict(tags or {}), run_id
@@ -72,7 +73,7 @@ class MlflowRunLogger(Logger):
         return self._wait_open()
 
     @property
-    def run_id(self) -> Optional[str]:
+    def run_id(self) -> str | None:
         if self._opened is None:
             return None
         self._wait_open()
@@ -111,7 +112,7 @@ class MlflowRunLogger(Logger):
         return self.experiment_name
 
     @property
-    def version(self) -> Optional[str]:
+    def version(self) -> str | None:
         return self._run_id
 
     @rank_zero_only
@@ -124,7 +125,7 @@ class MlflowRunLogger(Logger):
             self.submit(lambda client, run_id, chunk=chunk: client.log_batch(run_id, params=chunk))
 
     @rank_zero_only
-    def log_metrics(self, metrics: Mapping[str, float], step: Optional[int] = None) -> None:
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         import time
 
         from mlflow.entities import Metric
@@ -142,8 +143,8 @@ class MlflowRunLogger(Logger):
             self.flush()
 
 
-def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: Optional[str] = None,
-                        tags: Optional[Mapping[str, str]] = None, run_id: Optional[str] = None) -> MlflowRunLogger:
+def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
+                        tags: Mapping[str, str] | None = None, run_id: str | None = None) -> MlflowRunLogger:
     return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id)
 
 
@@ -229,7 +230,7 @@ class RunRecorder(pl.Callback):
         path.write_text(text)
         return path
 
-    def _log_file(self, path: Path, artifact_path: Optional[str] = None) -> None:
+    def _log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.logger.submit(lambda client, run_id: client.log_artifact(run_id, str(path), artifact_path))
 
 

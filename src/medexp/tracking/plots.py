@@ -1,8 +1,8 @@
 """Pictures of a test evaluation (matplotlib, headless): ROC curves and the confusion matrix."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -60,7 +60,7 @@ def plot_segmentation_overlay(image, truth, predicted, path: Path, title: str = 
     shown = np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0]
     shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-6)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=110)
-    for ax, mask, name in zip(axes, (None, truth, predicted), ("image", "ground truth", "prediction")):
+    for ax, mask, name in zip(axes, (None, truth, predicted), ("image", "ground truth", "prediction"), strict=True):
         ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray")
         if mask is not None:
             ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6, interpolation="nearest")

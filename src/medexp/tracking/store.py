@@ -3,17 +3,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
 
 
-def local_store_path(tracking_uri: str) -> Optional[Path]:
+def local_store_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for servers and other stores."""
     if tracking_uri.startswith("sqlite:///"):
         return Path(tracking_uri[len("sqlite:///"):])
     return None
 
 
-def artifact_location(tracking_uri: str, experiment_name: str) -> Optional[str]:
+def artifact_location(tracking_uri: str, experiment_name: str) -> str | None:
     """Artifacts of a local sqlite store live in ``mlartifacts/<experiment>`` beside the database, so the store and
     its artifacts move together and ``make ui`` serves both; a server decides for itself (None)."""
     db = local_store_path(tracking_uri)
