@@ -357,3 +357,11 @@ def test_data_fold_makes_k_fold_splits_that_cover_every_patient_once(chase_root)
     assert all(a.isdisjoint(b) for i, a in enumerate(val) for b in val[i + 1 :])
     every = {p for m in folds[:1] for part in ("train", "val") for p in m.split.patients(part)}
     assert set().union(*val) == every and test.isdisjoint(every)
+
+
+def test_preprocessing_can_keep_the_green_channel(chase_root):
+    module = chase_module(chase_root, in_channels=1, preprocessing={"channels": [1]})
+    module.setup("fit")
+    assert next(iter(module.val_dataloader()))["image"].shape[1] == 1
+    with pytest.raises(ConfigError, match="keeps 1 channel"):
+        chase_module(chase_root, in_channels=3, preprocessing={"channels": [1]})

@@ -183,8 +183,11 @@ def inspect_cases(
     spatial_dims: int,
     workers: int = 1,
     sample_size: int = 20000,
+    channels: Sequence[int] | None = None,
 ) -> list[CaseSummary]:
-    """Load every case once (threads, order kept), failing early with a DataError on the first bad case."""
+    """Load every case once (threads, order kept), failing early with a DataError on the first bad case.
+
+    ``channels``: the stored channels preprocessing keeps; the model then sees ``len(channels)`` of them."""
 
     def inspect(record: Mapping[str, Any]) -> CaseSummary:
         case = loader(record)
@@ -194,7 +197,11 @@ def inspect_cases(
             raise DataError(
                 f"{where} has {image.ndim - 1} spatial dims but data.spatial_dims={spatial_dims}: fix spatial_dims"
             )
-        if image.shape[0] != in_channels:
+        if channels and max(channels) >= image.shape[0]:
+            raise DataError(
+                f"{where} has {image.shape[0]} channels; data.preprocessing.channels={list(channels)} asks for more"
+            )
+        if not channels and image.shape[0] != in_channels:
             raise DataError(
                 f"{where} has {image.shape[0]} channels but data.in_channels={in_channels}: fix in_channels"
             )

@@ -96,6 +96,10 @@ class SegmentationDataModule(pl.LightningDataModule):
             raise ConfigError("data.cache=disk needs data.cache_dir (a folder for the cached preprocessed cases)")
         self.datalist_spec, self.root = _plain(datalist), root
         self.split_config, self.preprocessing = _plain(split) or {}, _plain(preprocessing) or {}
+        channels = self.preprocessing.get("channels")
+        if channels and len(channels) != in_channels:
+            raise ConfigError(f"data.preprocessing.channels={channels} keeps {len(channels)} channel(s) but "
+                              f"data.in_channels={in_channels}: make them agree")
         if fold is not None:  # `-m data.fold=0,1,2,3,4`: k-fold cross-validation over the non-test patients
             self.split_config = {**self.split_config, "kind": "kfold", "fold": fold, "num_folds": num_folds}
         self.patch_size = None if patch_size is None else [int(s) for s in patch_size]
@@ -134,7 +138,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         split = self.split
         records = split.train + split.val + split.test
         summaries = inspect_cases(
-            records, self._loader(), self.in_channels, self.spatial_dims, workers=max(1, self.num_workers)
+            records, self._loader(), self.in_channels, self.spatial_dims, workers=max(1, self.num_workers),
+            channels=self.preprocessing.get("channels"),
         )
         self._summaries = {summary.case_id: summary for summary in summaries}
 

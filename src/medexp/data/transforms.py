@@ -41,7 +41,7 @@ from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.io import LoadCased
 from medexp.errors import ConfigError
 
-PREPROCESSING_OPTIONS = ("spacing", "resize", "clip_percentiles", "window", "normalize")
+PREPROCESSING_OPTIONS = ("channels", "spacing", "resize", "clip_percentiles", "window", "normalize")
 NORMALIZATIONS = ("zscore", "minmax", "none")
 SAMPLERS = ("posneg", "uniform")
 
@@ -53,6 +53,7 @@ def _modes(keys: Sequence[str], image_mode: str = "bilinear") -> list[str]:
 def preprocessing_transforms(config: Mapping[str, Any] | None, keys: Sequence[str] = ("image", "label")) -> list:
     """Deterministic preprocessing, in methods-section order::
 
+    channels: [1]                # keep these stored channels (e.g. the green one of an RGB fundus photograph)
     spacing: [0.8, 0.8, 2.5]     # resample to this voxel spacing (image bilinear, masks nearest); null = keep
     resize: [512, 512]           # resize to this spatial size; null = keep
     clip_percentiles: [0.5, 99.5]  # clip each image's channels to these percentiles
@@ -69,6 +70,8 @@ def preprocessing_transforms(config: Mapping[str, Any] | None, keys: Sequence[st
         )
     image = keys[0]
     steps: list = []
+    if options.get("channels"):
+        steps.append(SelectChannelsd(image, list(options["channels"])))
     if options.get("spacing"):
         steps.append(Spacingd(keys, pixdim=list(options["spacing"]), mode=_modes(keys), allow_missing_keys=True))
     if options.get("resize"):
@@ -84,6 +87,20 @@ def preprocessing_transforms(config: Mapping[str, Any] | None, keys: Sequence[st
     elif options["normalize"] == "minmax":
         steps.append(ScaleIntensityd(image, minv=0.0, maxv=1.0, channel_wise=True))
     return steps
+
+
+class SelectChannelsd(MapTransform):
+    """Keep the listed channels of a channel-first image."""
+
+    def __init__(self, image_key: str, channels: Sequence[int]) -> None:
+        super().__init__([image_key])
+        self.channels = list(channels)
+
+    def __call__(self, data: Mapping) -> dict:
+        case = dict(data)
+        for key in self.key_iterator(case):
+            case[key] = case[key][self.channels]
+        return case
 
 
 class ThresholdFOVd(MapTransform):
