@@ -16,8 +16,9 @@ SMALL = ["data.num_train=256", "data.num_val=100", "data.num_test=101", "callbac
          "+trainer.limit_train_batches=2"]
 
 
-def train(*args: str, cwd: Path, uri: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([str(BIN / "medexp-train"), "trainer=ddp_cpu", *SMALL, *args], cwd=cwd, text=True,
+def train(*args: str, cwd: Path, uri: str, multirun: bool = False) -> subprocess.CompletedProcess:
+    flags = ["-m"] if multirun else []
+    done = subprocess.run([str(BIN / "medexp-train"), *flags, "trainer=ddp_cpu", *SMALL, *args], cwd=cwd, text=True,
                           capture_output=True, timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": uri})
     assert done.returncode == 0, done.stderr[-3000:]
     return done
@@ -49,8 +50,8 @@ def test_ddp_trains_resumes_and_matches_single_process_metrics(tmp_path, trackin
 
 def test_multirun_with_ddp_runs_each_job_once(tmp_path, tracking_uri):
     sweep = tmp_path / "multirun"
-    done = train("-m", "model=cnn,resnet18", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
-                 uri=tracking_uri)
+    done = train("model=cnn,resnet18", "trainer.max_epochs=1", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
+                 uri=tracking_uri, multirun=True)
     assert (done.stdout + done.stderr).count("Launching 2 jobs") == 1
     assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
     _, found = runs(tracking_uri)
