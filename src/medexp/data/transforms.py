@@ -17,7 +17,9 @@ from monai.transforms import (
     Affine,
     ClipIntensityPercentilesd,
     Compose,
+    DeleteItemsd,
     EnsureTyped,
+    FgBgToIndicesd,
     MapTransform,
     NormalizeIntensityd,
     Rand2DElasticd,
@@ -138,11 +140,17 @@ def sampling_transforms(
         return [pad, RandSpatialCropSamplesd(keys, roi_size=size, num_samples=samples_per_image, random_size=False)]
     if pos_neg_ratio < 0:
         raise ConfigError(f"data.pos_neg_ratio={pos_neg_ratio} must be >= 0 (foreground patches per background patch)")
+    # foreground/background voxel indices computed once (and cached with the preprocessed case): otherwise every
+    # crop scans the whole label again, which dominates an iteration on megapixel images
+    fg, bg = f"{keys[1]}_fg_indices", f"{keys[1]}_bg_indices"
     return [
         pad,
+        FgBgToIndicesd(keys[1], fg_postfix="_fg_indices", bg_postfix="_bg_indices"),
         RandCropByPosNegLabeld(
-            keys, label_key=keys[1], spatial_size=size, pos=pos_neg_ratio, neg=1.0, num_samples=samples_per_image
+            keys, label_key=keys[1], spatial_size=size, pos=pos_neg_ratio, neg=1.0, num_samples=samples_per_image,
+            fg_indices_key=fg, bg_indices_key=bg,
         ),
+        DeleteItemsd([fg, bg]),
     ]
 
 
