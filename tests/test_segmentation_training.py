@@ -41,8 +41,7 @@ def test_short_chasedb1_run_learns_vessels(make_cfg):
     if not REAL_CHASE.is_dir():
         pytest.skip(f"real data not found at {REAL_CHASE}")
     metrics = run_experiment(make_cfg(
-        "data=chasedb1", f"data.root={REAL_CHASE}", "model=unet", "task=segmentation", "data.patch_size=[96,96]",
-        "data.samples_per_image=8", "trainer.max_epochs=4", "+trainer.limit_val_batches=1", "optimizer.lr=3e-3",
-        "logger=none", *QUIET))
+        "experiment=chasedb1_vessels", f"data.root={REAL_CHASE}", "trainer.max_epochs=30",
+        "trainer.check_val_every_n_epoch=30", "logger=none", *QUIET))  # 270 steps: a tenth of the full recipe
     # a trivial predictor: all background -> Dice 0; all vessel -> ~0.2 (vessels are ~11% of the field of view)
-    assert metrics["test/dice"] > 0.5 and metrics["test/auroc"] > 0.9, metrics
+    assert metrics["test/dice"] > 0.4 and metrics["test/auroc"] > 0.9, metrics
