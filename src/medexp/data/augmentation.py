@@ -8,7 +8,7 @@ with MONAI dictionary transforms (``medexp.data.transforms.monai_augmentation``)
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -31,7 +31,6 @@ class AugmentationRecipe:
     intensity_prob: float = 0.0
     noise_std: float = 0.0
     noise_prob: float = 0.0
-    extras: Mapping[str, Any] = field(default_factory=dict)  # reserved for engine-specific options
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> AugmentationRecipe:
@@ -44,7 +43,7 @@ class AugmentationRecipe:
             from medexp.errors import ConfigError
 
             raise ConfigError(
-                f"unknown augmentation option(s) {unknown}: valid options are {sorted(known - {'extras'})}"
+                f"unknown augmentation option(s) {unknown}: valid options are {sorted(known)}"
             )
         return cls(**{k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in cfg.items()})
 
