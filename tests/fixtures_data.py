@@ -16,6 +16,22 @@ from PIL import Image
 FUNDUS_SIZE = (40, 48)  # rows, columns: deliberately not square so a transposed axis shows
 
 
+# datalist specs (conf/data style) for the layouts the writers below produce
+CHASE_DATALIST = {
+    "kind": "folder",
+    "image_glob": "Image_*.jpg",
+    "label_pattern": "{stem}_1stHO.png",
+    "patient_regex": r"Image_(\d+)[LR]",
+}
+DRIVE_DATALIST = {
+    "kind": "folder",
+    "image_glob": "images/*.tif",
+    "key_regex": r"(?P<id>\d+)_",
+    "label_pattern": "1st_manual/{id}_manual1.gif",
+    "extra_patterns": {"fov": "mask/{id}_*mask.gif"},
+}
+
+
 def fundus_pair(seed: int, size: Sequence[int] = FUNDUS_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """A fake fundus photograph (RGB uint8, black corners outside a disc) and its binary vessel mask."""
     rng = np.random.default_rng(seed)

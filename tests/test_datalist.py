@@ -5,29 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from fixtures_data import write_chase_like, write_decathlon_like, write_drive_like
+from fixtures_data import CHASE_DATALIST, DRIVE_DATALIST, write_chase_like, write_decathlon_like, write_drive_like
 from medexp.data.datalist import build_datalist, folder_datalist, table_datalist
 from medexp.errors import DataError
 
-CHASE_SPEC = {
-    "kind": "folder",
-    "image_glob": "Image_*.jpg",
-    "label_pattern": "{stem}_1stHO.png",
-    "patient_regex": r"Image_(\d+)[LR]",
-}
-DRIVE_SPEC = {
-    "kind": "folder",
-    "image_glob": "images/*.tif",
-    "key_regex": r"(?P<id>\d+)_",
-    "label_pattern": "1st_manual/{id}_manual1.gif",
-    "extra_patterns": {"fov": "mask/{id}_*mask.gif"},
-}
 REAL_CHASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "CHASEDB1"
 
 
 def test_folder_pairs_images_with_masks_and_groups_eyes_by_child(tmp_path):
     root = write_chase_like(tmp_path / "chase", patients=(1, 2, 3))
-    records = build_datalist(CHASE_SPEC, root)
+    records = build_datalist(CHASE_DATALIST, root)
     assert [r["case_id"] for r in records] == [
         "Image_01L",
         "Image_01R",
@@ -45,7 +32,7 @@ def test_missing_mask_names_the_expected_path(tmp_path):
     root = write_chase_like(tmp_path / "chase", patients=(1, 2))
     (root / "Image_02R_1stHO.png").unlink()
     with pytest.raises(DataError, match="Image_02R_1stHO.png"):
-        build_datalist(CHASE_SPEC, root)
+        build_datalist(CHASE_DATALIST, root)
 
 
 def test_empty_match_and_missing_root_name_the_pattern(tmp_path):
@@ -59,12 +46,12 @@ def test_empty_match_and_missing_root_name_the_pattern(tmp_path):
 def test_patient_regex_that_does_not_match_is_an_error(tmp_path):
     root = write_chase_like(tmp_path / "chase", patients=(1,))
     with pytest.raises(DataError, match="patient_regex 'Patient_"):
-        build_datalist({**CHASE_SPEC, "patient_regex": r"Patient_(\d+)"}, root)
+        build_datalist({**CHASE_DATALIST, "patient_regex": r"Patient_(\d+)"}, root)
 
 
 def test_drive_layout_pairs_by_key_regex(tmp_path):
     root = write_drive_like(tmp_path / "DRIVE", ids=(21, 22))
-    records = build_datalist(DRIVE_SPEC, root)
+    records = build_datalist(DRIVE_DATALIST, root)
     assert [(r["patient_id"], Path(r["label"]).name, Path(r["fov"]).name) for r in records] == [
         ("21", "21_manual1.gif", "21_training_mask.gif"),
         ("22", "22_manual1.gif", "22_training_mask.gif"),
@@ -75,19 +62,19 @@ def test_a_wildcard_pattern_must_match_exactly_one_file(tmp_path):
     root = write_drive_like(tmp_path / "DRIVE", ids=(21,))
     (root / "mask" / "21_other_mask.gif").write_bytes(b"")
     with pytest.raises(DataError, match="2 files at .*mask/21_\\*mask.gif"):
-        build_datalist(DRIVE_SPEC, root)
+        build_datalist(DRIVE_DATALIST, root)
 
 
 def test_pattern_with_unknown_field_is_explained(tmp_path):
     root = write_drive_like(tmp_path / "DRIVE", ids=(21,))
     with pytest.raises(DataError, match="field 'case'"):
-        build_datalist({**DRIVE_SPEC, "label_pattern": "1st_manual/{case}.gif"}, root)
+        build_datalist({**DRIVE_DATALIST, "label_pattern": "1st_manual/{case}.gif"}, root)
 
 
 def test_list_of_specs_sets_official_splits(tmp_path):
     write_drive_like(tmp_path / "training", ids=(21, 22))
     write_drive_like(tmp_path / "test", ids=(1, 2))
-    specs = [{**DRIVE_SPEC, "root": "training", "split": "training"}, {**DRIVE_SPEC, "root": "test", "split": "test"}]
+    specs = [{**DRIVE_DATALIST, "root": "training", "split": "training"}, {**DRIVE_DATALIST, "root": "test", "split": "test"}]
     records = build_datalist(specs, tmp_path)
     assert [(r["patient_id"], r["split"]) for r in records] == [
         ("21", "train"),
@@ -101,7 +88,7 @@ def test_duplicate_case_ids_are_rejected(tmp_path):
     write_drive_like(tmp_path / "a", ids=(21,))
     write_drive_like(tmp_path / "b", ids=(21,))
     with pytest.raises(DataError, match="21_training"):
-        build_datalist([{**DRIVE_SPEC, "root": "a"}, {**DRIVE_SPEC, "root": "b"}], tmp_path)
+        build_datalist([{**DRIVE_DATALIST, "root": "a"}, {**DRIVE_DATALIST, "root": "b"}], tmp_path)
 
 
 def test_classification_labels_from_class_folders(tmp_path):
@@ -172,7 +159,7 @@ def test_unknown_kind_and_missing_path(tmp_path):
 
 @pytest.mark.skipif(not REAL_CHASE.is_dir(), reason="shared CHASEDB1 not present")
 def test_real_chasedb1_lists_28_images_of_14_children():
-    records = build_datalist(CHASE_SPEC, REAL_CHASE)
+    records = build_datalist(CHASE_DATALIST, REAL_CHASE)
     assert len(records) == 28
     assert sorted({r["patient_id"] for r in records}) == [f"{i:02d}" for i in range(1, 15)]
     assert all(r["label"].endswith(r["case_id"] + "_1stHO.png") for r in records)

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 
 from fixtures_data import (
+    CHASE_DATALIST,
+    DRIVE_DATALIST,
     fundus_pair,
     phantom_volume,
     write_chase_like,
@@ -22,19 +24,6 @@ from medexp.data.segmentation import SegmentationDataModule
 from medexp.errors import ConfigError, DataError
 
 REAL_CHASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "CHASEDB1"
-CHASE = {
-    "kind": "folder",
-    "image_glob": "Image_*.jpg",
-    "label_pattern": "{stem}_1stHO.png",
-    "patient_regex": r"Image_(\d+)[LR]",
-}
-DRIVE = {
-    "kind": "folder",
-    "image_glob": "images/*.tif",
-    "key_regex": r"(?P<id>\d+)_",
-    "label_pattern": "1st_manual/{id}_manual1.gif",
-    "extra_patterns": {"fov": "mask/{id}_*mask.gif"},
-}
 
 
 def save(path: Path, array: np.ndarray, mode=None, palette=None) -> str:
@@ -149,7 +138,7 @@ def test_dicom_series_folder_is_one_volume(tmp_path):
 # ------------------------------------------------------------------------------------------------ data module
 def chase_module(root: Path, **overrides) -> SegmentationDataModule:
     options = dict(
-        root=str(root), datalist=CHASE, split={"kind": "patients", "test_patients": ["05", "06"], "val_count": 1},
+        root=str(root), datalist=CHASE_DATALIST, split={"kind": "patients", "test_patients": ["05", "06"], "val_count": 1},
         patch_size=[16, 16], samples_per_image=2, batch_size=2, in_channels=3, fov_threshold=10,
         augmentation={"rotate_deg": 10, "affine_prob": 0.5, "flip_axes": [1], "flip_prob": 0.5},
     )  # fmt: skip
@@ -243,7 +232,7 @@ def test_workers_are_persistent(chase_root):
 
 def test_drive_layout_uses_the_fov_files(tmp_path):
     root = write_drive_like(tmp_path / "DRIVE", ids=(21, 22, 23, 24))
-    module = SegmentationDataModule(root=str(root), datalist=DRIVE, split={"kind": "ratio", "seed": 1}, in_channels=3)
+    module = SegmentationDataModule(root=str(root), datalist=DRIVE_DATALIST, split={"kind": "ratio", "seed": 1}, in_channels=3)
     batch = next(iter(module.val_dataloader()))
     assert batch["fov"].shape == (1, 1, 40, 48) and batch["fov"].any() and not batch["fov"].all()
 
@@ -269,7 +258,7 @@ def test_3d_decathlon_with_resampling_and_patches(tmp_path):
         ({"in_channels": 1}, DataError, "has 3 channels but data.in_channels=1"),
         ({"spatial_dims": 3}, DataError, "2 spatial dims but data.spatial_dims=3"),
         ({"num_classes": 1}, DataError, "outside classes 0..0"),
-        ({"datalist": {**CHASE, "label_pattern": None}}, DataError, "has no mask path"),
+        ({"datalist": {**CHASE_DATALIST, "label_pattern": None}}, DataError, "has no mask path"),
         ({"split": {"kind": "ratio", "test_ratio": 0.0}}, DataError, "no test cases"),
         ({"cache": "gpu"}, ConfigError, "data.cache='gpu'"),
         ({"cache": "disk"}, ConfigError, "needs data.cache_dir"),
@@ -286,7 +275,7 @@ def test_config_and_data_problems_are_one_line_errors(chase_root, overrides, err
 @pytest.mark.skipif(not REAL_CHASE.is_dir(), reason="shared CHASEDB1 not present")
 def test_real_chasedb1_protocol():
     module = SegmentationDataModule(
-        root=str(REAL_CHASE), datalist=CHASE, in_channels=3, fov_threshold=10, patch_size=[64, 64],
+        root=str(REAL_CHASE), datalist=CHASE_DATALIST, in_channels=3, fov_threshold=10, patch_size=[64, 64],
         split={"kind": "patients", "test_patients": ["11", "12", "13", "14"], "val_count": 2},
     )  # fmt: skip
     module.setup("fit")

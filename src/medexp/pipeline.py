@@ -93,8 +93,8 @@ def build_task(cfg: DictConfig, datamodule, config: dict):
     task_cfg = cfg.task
     if "class_weights" in task_cfg:
         extra["class_weights"] = class_weights(task_cfg.class_weights, datamodule)
-    if "class_names" in task_cfg or hasattr(datamodule, "class_names"):
-        extra["class_names"] = list(getattr(datamodule, "class_names", []) or []) or None
+    if getattr(datamodule, "class_names", None):
+        extra["class_names"] = list(datamodule.class_names)
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     task = instantiate(task_cfg, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, **extra)
     task.remember_config(config)
