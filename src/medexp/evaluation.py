@@ -28,8 +28,8 @@ def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data
     """Test metrics of ``ckpt_path`` on its test split; logged to its training run, a new run, or nowhere."""
     import pytorch_lightning as pl
 
-    from medexp.pipeline import build_datamodule, build_task
-    from medexp.tracking.mlflow import RUN_ID_FILE, build_mlflow_logger, end_run
+    from medexp.pipeline import build_datamodule, build_task, tracked
+    from medexp.tracking.mlflow import RUN_ID_FILE, build_mlflow_logger
 
     if log_to not in ("same", "new", "none"):
         raise DataError(f"log_to={log_to!r}: use same, new or none")
@@ -52,12 +52,11 @@ def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data
                                          tags={"evaluated_checkpoint": str(Path(ckpt_path).resolve())})
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=logger or False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
-    (metrics,) = trainer.test(task, datamodule=datamodule, verbose=False)
-    if report_dir is not None and hasattr(task, "write_test_report"):
-        report_dir.mkdir(parents=True, exist_ok=True)
-        for path in task.write_test_report(report_dir):
-            if logger is not None:
-                logger.submit(lambda client, run_id, path=path: client.log_artifact(run_id, str(path), "eval_report"))
-    if logger is not None:
-        end_run(logger, "FINISHED")
+    with tracked(logger):
+        (metrics,) = trainer.test(task, datamodule=datamodule, verbose=False)
+        if report_dir is not None and hasattr(task, "write_test_report"):
+            report_dir.mkdir(parents=True, exist_ok=True)
+            for path in task.write_test_report(report_dir):
+                if logger is not None:
+                    logger.log_artifact(path, "eval_report")
     return {k: float(v) for k, v in metrics.items()}

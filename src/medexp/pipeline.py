@@ -6,6 +6,7 @@ bookkeeping (seed, MLflow run, status on failure, returned metrics for sweeps).
 """
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from medexp.errors import ConfigError
 def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
     launched_at = launched_at if launched_at is not None else time.time()
+    start_tracking_early(cfg)
     if not in_multirun():
         return _run(cfg, launched_at)
     from medexp.distributed import end_job_distributed, use_job_rank_commands
@@ -27,6 +29,21 @@ def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[st
         return _run(cfg, launched_at)
     finally:
         end_job_distributed()
+
+
+def start_tracking_early(cfg: DictConfig) -> None:
+    """With an MLflow logger, start its writer process now: it opens the store while this one imports torch."""
+    spec = (cfg.get("logger") or {}).get("mlflow")
+    if spec is None or "_target_" not in spec or not launched_as_rank_zero():
+        return
+    from medexp.tracking.writer import start_early
+
+    start_early(str(spec.tracking_uri))
+
+
+def launched_as_rank_zero() -> bool:
+    """Rank zero as the launcher's environment says (Lightning is not imported yet to ask it)."""
+    return all(os.environ.get(var, "0") == "0" for var in ("RANK", "LOCAL_RANK", "SLURM_PROCID"))
 
 
 def in_multirun() -> bool:
@@ -202,7 +219,7 @@ def finish_trial(trial_callbacks: list, mlflow_logger) -> None:
     from medexp.sweeps.pruning import raise_if_pruned
 
     if mlflow_logger is not None and any(getattr(c, "pruned", False) for c in trial_callbacks):
-        mlflow_logger.submit(lambda client, run_id: client.set_tag(run_id, "trial_state", "PRUNED"))
+        mlflow_logger.log_tags({"trial_state": "PRUNED"})
     raise_if_pruned(trial_callbacks)
 
 

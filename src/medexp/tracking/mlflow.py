@@ -1,9 +1,10 @@
 """MLflow for a training run: the logger, what a run records about itself, and its artifacts.
 
-``MlflowRunLogger`` is a Lightning logger whose MLflow work runs on one background thread, in order: importing
-MLflow, opening (or migrating) the store, creating the run, and every write after that. Training starts while a
-fresh sqlite store still migrates (3-7 s), and per-epoch writes never stall a step. ``end`` waits for the queue and
-closes the run with its status; a write that failed surfaces there, never silently.
+``MlflowRunLogger`` is a Lightning logger that hands every MLflow write to the writer process
+(``medexp.tracking.writer``): opening (or migrating) the store, creating the run and each write after that happen
+off the trainer's process, in order, so training never waits for MLflow and a killed trainer's run still ends FAILED.
+``end`` waits until everything is written and closes the run with its status; a write that failed surfaces at the
+next epoch's logging or at ``flush``/``end``, never silently.
 
 ``RunRecorder`` (a callback, rank zero only under DDP) writes what a run should carry besides metrics: the flattened
 config as params, git state, overrides, dataset fingerprint, config/checkpoint/plots as artifacts.
@@ -12,99 +13,89 @@ from __future__ import annotations
 
 import json
 import subprocess
-import threading
+import time
+import uuid
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import yaml
-from pytorch_lightning.loggers.logger import Logger, rank_zero_experiment
+from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from medexp.errors import MedexpError
-from medexp.tracking.store import get_or_create_experiment
+from medexp.tracking.writer import writer_process
 
 RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run logs into the same MLflow run
 MAX_PARAM_LENGTH = 500
 
 
 class MlflowRunLogger(Logger):
-    """One MLflow run, written from a background thread (see the module docstring)."""
+    """One MLflow run, written by the writer process (see the module docstring); inert on ranks other than zero."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None):
         super().__init__()
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
-        self._run_name, self._tags, self._run_id = run_name, dict(tags or {}), run_id
-        self._client = None
-        self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow")
-        self._pending: list[Future] = []
-        self._opened = self._queue.submit(self._open) if rank_zero_only.rank == 0 else None
-        self._lock = threading.Lock()
-
-    def _open(self) -> None:
-        from mlflow.tracking import MlflowClient
-        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
-
-        client = MlflowClient(self.tracking_uri)
-        if self._run_id is None:
-            experiment_id = get_or_create_experiment(client, self.experiment_name, self.tracking_uri)
-            tags = {**self._tags, **({MLFLOW_RUN_NAME: self._run_name} if self._run_name else {})}
-            self._run_id = client.create_run(experiment_id, tags=tags, run_name=self._run_name).info.run_id
-        else:
-            client.update_run(self._run_id, status="RUNNING")
-        self._client = client
-
-    def _wait_open(self):
-        try:
-            self._opened.result()
-        except Exception as exc:
-            raise MedexpError(f"cannot open MLflow run at {self.tracking_uri}: {type(exc).__name__}: {exc}; check "
-                              "MLFLOW_TRACKING_URI / tracking.uri, or run with logger=csv") from None
-        return self._client
+        self._handle = uuid.uuid4().hex
+        self._writer = writer_process() if rank_zero_only.rank == 0 else None
+        if self._writer is not None:
+            self._writer.send("open", self._handle, uri=tracking_uri, experiment=experiment_name, run_name=run_name,
+                              tags={str(k): str(v) for k, v in (tags or {}).items()}, run_id=run_id)
 
     # -- what callers use -------------------------------------------------------------------------------------
     @property
-    @rank_zero_experiment
-    def experiment(self):
-        """The ``MlflowClient`` (waits until the run exists)."""
-        return self._wait_open()
+    def experiment(self) -> MlflowRunLogger:
+        """This logger: Lightning touches ``experiment`` before training, and that must not wait for MLflow."""
+        return self
 
     @property
     def run_id(self) -> str | None:
-        if self._opened is None:
+        """The MLflow run id (waits until the run exists); None on other ranks."""
+        if self._writer is None:
             return None
-        self._wait_open()
-        return self._run_id
+        while self._handle not in self._writer.run_ids:
+            self._raise_if_failed()
+            time.sleep(0.01)
+        return self._writer.run_ids[self._handle]
 
-    def submit(self, work: Callable[[Any, str], Any]) -> None:
-        """Run ``work(client, run_id)`` on the background thread, after everything submitted before it."""
-        if self._opened is None:
-            return
-        with self._lock:
-            self._pending.append(self._queue.submit(lambda: work(self._client, self._run_id)))
+    def log_tags(self, tags: Mapping[str, Any]) -> None:
+        self._send("tags", tags={str(k): str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
+        self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
+
+    def write_run_id(self, path: Path) -> None:
+        """Write the run id into ``path`` once the run exists (for ``ckpt_path=last`` resumes)."""
+        self._send("run_id_file", path=str(Path(path).resolve()))
 
     def flush(self) -> None:
         """Wait for every queued write; raise the first that failed."""
-        if self._opened is None:
-            return
-        self._wait_open()
-        with self._lock:
-            pending, self._pending = self._pending, []
-        for future in pending:
-            future.result()
+        if self._writer is not None:
+            self._raise(self._writer.request("flush", self._handle).get("error"))
 
     def end(self, status: str) -> None:
-        """Flush, then close the run as FINISHED, FAILED or KILLED."""
-        if self._opened is None:
+        """Write everything, then close the run as FINISHED, FAILED or KILLED."""
+        if self._writer is None:
             return
-        try:
-            self.flush()
-        finally:
-            if self._client is not None:
-                self._client.set_terminated(self._run_id, status)
+        reply = self._writer.request("end", self._handle, status=status)
+        self._writer.forget(self._handle)
+        self._writer = None
+        self._raise(reply.get("error"))
+
+    def _send(self, op: str, **fields: Any) -> None:
+        if self._writer is not None:
+            self._raise_if_failed()
+            self._writer.send(op, self._handle, **fields)
+
+    def _raise_if_failed(self) -> None:
+        self._raise(self._writer.errors.get(self._handle))
+
+    @staticmethod
+    def _raise(error: str | None) -> None:
+        if error:
+            raise MedexpError(error)
 
     # -- Lightning's Logger interface -------------------------------------------------------------------------
     @property
@@ -113,34 +104,27 @@ class MlflowRunLogger(Logger):
 
     @property
     def version(self) -> str | None:
-        return self._run_id
+        """The run id once known; never waits (the progress bar asks at every refresh)."""
+        return self._writer.run_ids.get(self._handle) if self._writer is not None else None
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
-
-        items = [Param(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(dict(params)).items()]
-        for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
-            chunk = items[start : start + 100]
-            self.submit(lambda client, run_id, chunk=chunk: client.log_batch(run_id, params=chunk))
+        self._send("params", params=[(str(k), str(v)[:MAX_PARAM_LENGTH]) for k, v in flatten(dict(params)).items()])
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        import time
-
-        from mlflow.entities import Metric
-
         stamp = int(time.time() * 1000)
-        batch = [Metric(k, float(v), stamp, step or 0) for k, v in metrics.items()]
-        self.submit(lambda client, run_id: client.log_batch(run_id, metrics=batch))
+        self._send("metrics", metrics=[(k, float(v), stamp, step or 0) for k, v in metrics.items()])
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
-        """Lightning calls this after fit and test; the run stays open until ``end``, except on failure."""
-        if status == "failed":
-            self.end("FAILED")
-        else:
-            self.flush()
+        """Lightning calls this after fit and after test, and on any exception (Ctrl-C included) as "failed".
+
+        The run stays open: ``end`` closes it with the status only the caller knows (FINISHED, FAILED, KILLED),
+        and a process that exits without ``end`` has it closed FAILED by the writer. No flush on success either:
+        waiting here for the writer would hold up the test that comes next."""
+        if status != "failed" and self._writer is not None:
+            self._raise_if_failed()
 
 
 def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
@@ -192,14 +176,13 @@ class RunRecorder(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
-        self.logger.submit(lambda client, run_id: (self.run_dir / RUN_ID_FILE).write_text(run_id))
+        self.logger.write_run_id(self.run_dir / RUN_ID_FILE)
         if self.resumed:  # params are immutable in MLflow; the resumed run keeps the ones it started with
             return
         fingerprint = dict(self.fingerprint())
         self.logger.log_hyperparams(self.config)
         tags = {**self.tags, "dataset.sha256": str(fingerprint.get("sha256", ""))}
-        self.logger.submit(lambda client, run_id: client.log_batch(
-            run_id, tags=[_tag(k, v) for k, v in tags.items()]))
+        self.logger.log_tags(tags)
         self._log_file(self._write("dataset_fingerprint.json", json.dumps(fingerprint, indent=2, default=str)))
         self._log_file(self._write("config.yaml", yaml.safe_dump(dict(self.config), sort_keys=False)), "config")
         overrides = self.run_dir / ".hydra" / "overrides.yaml"
@@ -231,13 +214,7 @@ class RunRecorder(pl.Callback):
         return path
 
     def _log_file(self, path: Path, artifact_path: str | None = None) -> None:
-        self.logger.submit(lambda client, run_id: client.log_artifact(run_id, str(path), artifact_path))
-
-
-def _tag(key: str, value: Any):
-    from mlflow.entities import RunTag
-
-    return RunTag(key, str(value))
+        self.logger.log_artifact(path, artifact_path)
 
 
 def end_run(logger: MlflowRunLogger, status: str) -> None:

@@ -1,0 +1,264 @@
+"""MLflow writes in a process of their own: ``python -m medexp.tracking.writer``, one per training process.
+
+Why a process and not a thread: before its first write MLflow's client spends ~2 s of pure-Python CPU (imports,
+the sqlite store's schema check). On a thread that competes with the trainer for the GIL; in a process it runs on
+the other core while the trainer imports torch, so a logged run starts training as early as an unlogged one.
+The process also outlives a killed trainer: when its stdin closes before a run was ended (SIGKILL, OOM killer),
+it closes that run as FAILED instead of leaving it RUNNING for ever.
+
+Protocol, JSON lines: the trainer sends ``{"op": ..., "run": <handle>, ...}`` on stdin, in order; the writer
+answers on stdout with ``{"run": <handle>, "reply": "opened" | "error" | "flushed" | "ended", ...}``. A failed
+write is answered at once with ``error``; later writes of that run are skipped and ``flushed``/``ended`` repeat it.
+
+This module imports neither torch nor MLflow at import time: the trainer side (``WriterProcess``) is light and the
+process side imports MLflow itself.
+"""
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+from typing import Any
+
+MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
+MAX_METRICS_PER_BATCH = 1000
+REPLY_TIMEOUT_S = 600.0  # a flush waits for every queued write, artifacts included
+CONNECT_HANDLE = "-"  # the "run" of ``connect``, which opens a store before any run exists
+
+
+class WriterError(RuntimeError):
+    """A write to MLflow failed (the message is MLflow's, with what to check)."""
+
+
+# -- the trainer's side -------------------------------------------------------------------------------------------
+class WriterProcess:
+    """Starts the writer process, sends it operations and routes its replies to the run they belong to."""
+
+    def __init__(self):
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "medexp.tracking.writer"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            text=True, bufsize=1, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        self._send_lock = threading.Lock()
+        self._replies: dict[str, queue.Queue] = {}
+        self.run_ids: dict[str, str] = {}
+        self.errors: dict[str, str] = {}
+        threading.Thread(target=self._read_replies, name="mlflow-writer-replies", daemon=True).start()
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def send(self, op: str, run: str, **fields: Any) -> None:
+        self._replies.setdefault(run, queue.Queue())
+        line = json.dumps({"op": op, "run": run, **fields}, default=str) + "\n"
+        with self._send_lock:
+            try:
+                self._proc.stdin.write(line)
+                self._proc.stdin.flush()
+            except (BrokenPipeError, ValueError):
+                self.errors.setdefault(run, f"the MLflow writer process has exited (code {self._proc.poll()})")
+
+    def request(self, op: str, run: str, **fields: Any) -> dict:
+        """Send ``op`` and wait for its reply (``flush`` and ``end``: everything sent before it is written)."""
+        self.send(op, run, **fields)
+        if run in self.errors and not self.alive():
+            return {"error": self.errors[run]}
+        try:
+            return self._replies[run].get(timeout=REPLY_TIMEOUT_S)
+        except queue.Empty:
+            return {"error": f"the MLflow writer did not answer within {REPLY_TIMEOUT_S:.0f} s"}
+
+    def forget(self, run: str) -> None:
+        """The run has ended: drop what was kept for it."""
+        self._replies.pop(run, None)
+        self.run_ids.pop(run, None)
+        self.errors.pop(run, None)
+
+    def _read_replies(self) -> None:
+        for line in self._proc.stdout:
+            reply = json.loads(line)
+            run = reply["run"]
+            if reply["reply"] == "opened":
+                self.run_ids[run] = reply["run_id"]
+            elif reply["reply"] == "error":
+                self.errors.setdefault(run, reply["error"])
+            else:
+                self._replies.setdefault(run, queue.Queue()).put(reply)
+        gone = f"the MLflow writer process has exited (code {self._proc.wait()})"
+        for run, waiting in list(self._replies.items()):
+            self.errors.setdefault(run, gone)
+            waiting.put({"error": gone})
+
+    def close(self, timeout: float = 30.0) -> None:
+        """End of the trainer: the writer closes any run still open as FAILED, then exits.
+
+        Waits only while a run is still open (so its FAILED lands before the command returns); otherwise the
+        writer's own exit (~0.5 s of interpreter teardown) needn't hold up the trainer's."""
+        try:
+            self._proc.stdin.close()
+            if self._replies.keys() - {CONNECT_HANDLE}:
+                self._proc.wait(timeout=timeout)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+
+
+_PROCESS: WriterProcess | None = None
+_PROCESS_LOCK = threading.Lock()
+
+
+def writer_process() -> WriterProcess:
+    """This process's writer, started on first use (or again if it died)."""
+    global _PROCESS
+    with _PROCESS_LOCK:
+        if _PROCESS is None or not _PROCESS.alive():
+            _PROCESS = WriterProcess()
+            atexit.register(_PROCESS.close)
+        return _PROCESS
+
+
+def start_early(tracking_uri: str) -> None:
+    """Start the writer and let it open the store now, while the trainer is still importing torch."""
+    writer_process().send("connect", CONNECT_HANDLE, uri=tracking_uri)
+
+
+# -- the writer's side --------------------------------------------------------------------------------------------
+class _Run:
+    def __init__(self, client, uri: str):
+        self.client, self.uri = client, uri
+        self.run_id: str | None = None
+        self.error: str | None = None
+
+
+class _Writer:
+    def __init__(self, out):
+        self.out = out
+        self.clients: dict[str, Any] = {}
+        self.runs: dict[str, _Run] = {}
+
+    def reply(self, run: str, kind: str, **fields: Any) -> None:
+        self.out.write(json.dumps({"run": run, "reply": kind, **fields}) + "\n")
+        self.out.flush()
+
+    def client(self, uri: str):
+        if uri not in self.clients:
+            from mlflow.tracking import MlflowClient
+
+            self.clients[uri] = MlflowClient(uri)  # imports and opens (or migrates) the store
+        return self.clients[uri]
+
+    def handle(self, message: dict) -> None:
+        op, handle = message["op"], message["run"]
+        if op == "connect":
+            try:
+                self.client(message["uri"])
+            except Exception:  # noqa: BLE001 - the run's own ``open`` reports it
+                pass
+            return
+        run = self.runs.get(handle)
+        if op == "open":
+            run = self.runs[handle] = _Run(None, message["uri"])
+        if run is None:
+            self.reply(handle, "error", error=f"MLflow writer: {op!r} for a run that was never opened")
+            return
+        if op in ("flush", "end"):
+            if op == "end":
+                self._end(run, message["status"])
+                del self.runs[handle]
+            self.reply(handle, "flushed" if op == "flush" else "ended", error=run.error)
+            return
+        if run.error is not None:
+            return
+        try:
+            getattr(self, f"_{op}")(run, handle, message)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back to the trainer, named
+            run.error = self._describe(op, run, exc)
+            self.reply(handle, "error", error=run.error)
+
+    @staticmethod
+    def _describe(op: str, run: _Run, exc: Exception) -> str:
+        if op == "open":
+            return (f"cannot open MLflow run at {run.uri}: {type(exc).__name__}: {exc}; check MLFLOW_TRACKING_URI / "
+                    "tracking.uri, or run with logger=csv")
+        return f"MLflow {op} failed: {type(exc).__name__}: {exc}"
+
+    def _open(self, run: _Run, handle: str, message: dict) -> None:
+        from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
+        from medexp.tracking.store import get_or_create_experiment
+
+        run.client = self.client(run.uri)
+        if message.get("run_id"):
+            run.run_id = message["run_id"]
+            run.client.update_run(run.run_id, status="RUNNING")
+        else:
+            experiment_id = get_or_create_experiment(run.client, message["experiment"], run.uri)
+            name = message.get("run_name")
+            tags = {**message.get("tags", {}), **({MLFLOW_RUN_NAME: name} if name else {})}
+            run.run_id = run.client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+        self.reply(handle, "opened", run_id=run.run_id)
+
+    def _run_id_file(self, run: _Run, handle: str, message: dict) -> None:
+        with open(message["path"], "w") as f:
+            f.write(run.run_id)
+
+    def _params(self, run: _Run, handle: str, message: dict) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in message["params"]]
+        for start in range(0, len(params), MAX_PARAMS_PER_BATCH):
+            run.client.log_batch(run.run_id, params=params[start : start + MAX_PARAMS_PER_BATCH])
+
+    def _tags(self, run: _Run, handle: str, message: dict) -> None:
+        from mlflow.entities import RunTag
+
+        run.client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in message["tags"].items()])
+
+    def _metrics(self, run: _Run, handle: str, message: dict) -> None:
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, stamp, step) for k, v, stamp, step in message["metrics"]]
+        for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
+            run.client.log_batch(run.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+
+    def _artifact(self, run: _Run, handle: str, message: dict) -> None:
+        run.client.log_artifact(run.run_id, message["path"], message.get("artifact_path"))
+
+    def _end(self, run: _Run, status: str) -> None:
+        if run.run_id is None:
+            return
+        try:
+            run.client.set_terminated(run.run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            run.error = run.error or self._describe("end", run, exc)
+
+    def abandon_open_runs(self) -> None:
+        """The trainer went away without ending these runs: close them FAILED, saying why."""
+        for run in self.runs.values():
+            if run.run_id is None:
+                continue
+            try:
+                run.client.set_tag(run.run_id, "medexp.ended_by", "writer: the training process exited without "
+                                   "closing the run (killed?)")
+            except Exception:  # noqa: BLE001 - still try to close it
+                pass
+            self._end(run, "FAILED")
+
+
+def main() -> None:
+    # Ctrl-C reaches the whole process group: the trainer handles it and ends its run KILLED through us
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise; stdin closes when the trainer is gone
+    out, sys.stdout = sys.stdout, sys.stderr  # only replies go to the trainer; anything printed goes to stderr
+    writer = _Writer(out)
+    for line in sys.stdin:
+        writer.handle(json.loads(line))
+    writer.abandon_open_runs()
+
+
+if __name__ == "__main__":
+    main()
