@@ -24,6 +24,30 @@ def test_fast_dev_run_2d(make_cfg, tmp_path):
     assert {"test/dice", "test/auroc", "test/hd95"} <= set(metrics)
 
 
+def test_mirroring_tta_averages_the_flipped_predictions_mapped_back():
+    """A net that is not mirror-symmetric (it sees the column index): TTA = mean of the re-flipped predictions."""
+    import torch
+    from monai.losses import DiceCELoss
+
+    from medexp.tasks.segmentation import SegmentationTask
+
+    class ColumnAware(torch.nn.Module):
+        def forward(self, x):
+            ramp = torch.linspace(-2, 2, x.shape[-1]).expand_as(x)
+            return torch.cat([x * ramp, -x * ramp + x], dim=1)
+
+    def task(flips):
+        return SegmentationTask(ColumnAware(), torch.optim.SGD, num_classes=2, roi_size=[8, 8], loss=DiceCELoss,
+                                tta_flips=flips)
+
+    images = torch.rand(1, 1, 8, 8)
+    plain, mirrored = task([]).predict_probabilities(images), task([[1]]).predict_probabilities(images)
+    flipped_back = task([]).predict_probabilities(images.flip(-1)).flip(-1)
+    assert torch.allclose(mirrored, (plain + flipped_back) / 2, atol=1e-5)
+    assert not torch.allclose(mirrored, plain, atol=1e-3)
+    assert torch.allclose(mirrored.sum(dim=1), torch.ones(1, 8, 8), atol=1e-5)
+
+
 def test_3d_unet_learns_phantom_organs_with_resampling(make_cfg, tmp_path, tracking_uri):
     """Tiny NIfTI volumes (spacing in the header) -> resampled -> patches -> 3D UNet -> sliding-window test."""
     root = write_decathlon_like(tmp_path / "Task", n_cases=6).parent

@@ -30,7 +30,7 @@ class SegmentationTask(BaseTask):
                  loss: Callable[..., nn.Module], scheduler: Callable | None = None, sw_batch_size: int = 4,
                  sw_overlap: float = 0.25, hd95_stages: Sequence[str] = ("test",), auroc_thresholds: int = 1000,
                  report_cases: int = 3, monitor: str = "val/dice", monitor_mode: str = "max",
-                 class_names: Sequence[str] | None = None):
+                 class_names: Sequence[str] | None = None, tta_flips: Sequence[Sequence[int]] = ()):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         from monai.inferers import SlidingWindowInferer
         from monai.metrics import DiceMetric, HausdorffDistanceMetric
@@ -50,6 +50,8 @@ class SegmentationTask(BaseTask):
         self.aurocs = nn.ModuleList([BinaryAUROC(thresholds=auroc_thresholds) for _ in EVAL_STAGES]) \
             if num_classes == 2 else None
         self.report_cases = report_cases
+        # test-time augmentation: spatial axes (0 = first spatial axis) to mirror, one inference per entry
+        self.tta_flips = [[2 + axis for axis in axes] for axes in tta_flips]
         self.cases: dict[str, list] = {s: [] for s in EVAL_STAGES}
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -60,11 +62,19 @@ class SegmentationTask(BaseTask):
         return loss
 
     # -- evaluation -------------------------------------------------------------------------------------------
+    def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities by sliding windows over whole images, averaged over the mirrored copies of
+        ``tta_flips`` (nnU-Net's mirroring), each mapped back before averaging."""
+        probs = torch.softmax(self.inferer(images, self.net).float(), dim=1)
+        for dims in self.tta_flips:
+            probs += torch.softmax(self.inferer(images.flip(dims), self.net).float(), dim=1).flip(dims)
+        return probs / (1 + len(self.tta_flips))
+
     def _eval_step(self, stage: str, batch) -> None:
         images, labels = as_tensor(batch["image"]), as_tensor(batch["label"]).long()
-        logits = self.inferer(images, self.net)
+        probs = self.predict_probabilities(images)
+        logits = probs.clamp_min(1e-7).log()  # softmax(log p) = p: the loss sees the averaged prediction
         self.eval_losses[EVAL_STAGES.index(stage)].update(self.criterion(logits, labels))
-        probs = torch.softmax(logits.float(), dim=1)
         predicted = probs.argmax(dim=1, keepdim=True)
         fov = as_tensor(batch["fov"]).bool() if "fov" in batch else None
         if fov is not None:  # outside the field of view both become background: it counts for nothing
@@ -89,7 +99,7 @@ class SegmentationTask(BaseTask):
         self._eval_step("test", batch)
 
     def predict_step(self, batch, batch_idx):
-        return torch.softmax(self.inferer(as_tensor(batch["image"]), self.net).float(), dim=1)
+        return self.predict_probabilities(as_tensor(batch["image"]))
 
     def _start_eval(self, stage: str) -> None:
         self.cases[stage] = []
