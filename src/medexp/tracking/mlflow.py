@@ -4,7 +4,7 @@
 (``medexp.tracking.writer``): opening (or migrating) the store, creating the run and each write after that happen
 off the trainer's process, in order, so training never waits for MLflow and a killed trainer's run still ends FAILED.
 ``end`` waits until everything is written and closes the run with its status; a write that failed surfaces at the
-next epoch's logging or at ``flush``/``end``, never silently.
+next epoch's logging or at ``end``, never silently.
 
 ``RunRecorder`` (a callback, rank zero only under DDP) writes what a run should carry besides metrics: the flattened
 config as params, git state, overrides, dataset fingerprint, config/checkpoint/plots as artifacts.
@@ -50,16 +50,6 @@ class MlflowRunLogger(Logger):
         """This logger: Lightning touches ``experiment`` before training, and that must not wait for MLflow."""
         return self
 
-    @property
-    def run_id(self) -> str | None:
-        """The MLflow run id (waits until the run exists); None on other ranks."""
-        if self._writer is None:
-            return None
-        while self._handle not in self._writer.run_ids:
-            self._raise_if_failed()
-            time.sleep(0.01)
-        return self._writer.run_ids[self._handle]
-
     def log_tags(self, tags: Mapping[str, Any]) -> None:
         self._send("tags", tags={str(k): str(v) for k, v in tags.items()})
 
@@ -69,11 +59,6 @@ class MlflowRunLogger(Logger):
     def write_run_id(self, path: Path) -> None:
         """Write the run id into ``path`` once the run exists (for ``ckpt_path=last`` resumes)."""
         self._send("run_id_file", path=str(Path(path).resolve()))
-
-    def flush(self) -> None:
-        """Wait for every queued write; raise the first that failed."""
-        if self._writer is not None:
-            self._raise(self._writer.request("flush", self._handle).get("error"))
 
     def end(self, status: str) -> None:
         """Write everything, then close the run as FINISHED, FAILED or KILLED."""
@@ -121,8 +106,8 @@ class MlflowRunLogger(Logger):
         """Lightning calls this after fit and after test, and on any exception (Ctrl-C included) as "failed".
 
         The run stays open: ``end`` closes it with the status only the caller knows (FINISHED, FAILED, KILLED),
-        and a process that exits without ``end`` has it closed FAILED by the writer. No flush on success either:
-        waiting here for the writer would hold up the test that comes next."""
+        and a process that exits without ``end`` has it closed FAILED by the writer. Nor does success wait for the
+        writer here: that would hold up the test that comes next."""
         if status != "failed" and self._writer is not None:
             self._raise_if_failed()
 

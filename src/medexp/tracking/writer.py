@@ -7,8 +7,8 @@ The process also outlives a killed trainer: when its stdin closes before a run w
 it closes that run as FAILED instead of leaving it RUNNING for ever.
 
 Protocol, JSON lines: the trainer sends ``{"op": ..., "run": <handle>, ...}`` on stdin, in order; the writer
-answers on stdout with ``{"run": <handle>, "reply": "opened" | "error" | "flushed" | "ended", ...}``. A failed
-write is answered at once with ``error``; later writes of that run are skipped and ``flushed``/``ended`` repeat it.
+answers on stdout with ``{"run": <handle>, "reply": "opened" | "error" | "ended", ...}``. A failed write is
+answered at once with ``error``; later writes of that run are skipped and ``ended`` repeats it.
 
 This module imports neither torch nor MLflow at import time: the trainer side (``WriterProcess``) is light and the
 process side imports MLflow itself.
@@ -27,7 +27,7 @@ from typing import Any
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
 MAX_METRICS_PER_BATCH = 1000
-REPLY_TIMEOUT_S = 600.0  # a flush waits for every queued write, artifacts included
+REPLY_TIMEOUT_S = 600.0  # ``end`` waits for every queued write, artifacts included
 CONNECT_HANDLE = "-"  # the "run" of ``connect``, which opens a store before any run exists
 
 
@@ -64,7 +64,7 @@ class WriterProcess:
                 self.errors.setdefault(run, f"the MLflow writer process has exited (code {self._proc.poll()})")
 
     def request(self, op: str, run: str, **fields: Any) -> dict:
-        """Send ``op`` and wait for its reply (``flush`` and ``end``: everything sent before it is written)."""
+        """Send ``op`` and wait for its reply (``end``: everything sent before it is written by then)."""
         self.send(op, run, **fields)
         if run in self.errors and not self.alive():
             return {"error": self.errors[run]}
@@ -165,11 +165,10 @@ class _Writer:
         if run is None:
             self.reply(handle, "error", error=f"MLflow writer: {op!r} for a run that was never opened")
             return
-        if op in ("flush", "end"):
-            if op == "end":
-                self._end(run, message["status"])
-                del self.runs[handle]
-            self.reply(handle, "flushed" if op == "flush" else "ended", error=run.error)
+        if op == "end":
+            self._end(run, message["status"])
+            del self.runs[handle]
+            self.reply(handle, "ended", error=run.error)
             return
         if run.error is not None:
             return
