@@ -57,3 +57,11 @@ def test_wrong_npz_keys(tmp_path):
 def test_unknown_option_and_misspelled_key(tmp_path):
     assert_clear_error(medexp("model=resnet1800", cwd=tmp_path), "resnet18")
     assert_clear_error(medexp("optimizr.lr=0.1", cwd=tmp_path), "optimizr")
+
+
+def test_unusable_tracking_uri_is_one_line_naming_the_fix(tmp_path):
+    """MLflow opens in the writer process: its failure must still stop the run early, as one line."""
+    done = medexp("tracking.uri=bogus://nowhere", "trainer.max_epochs=50", "data.num_train=256",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_clear_error(done, "bogus://nowhere", "logger=csv")
+    assert "Epoch 2:" not in done.stdout + done.stderr  # stopped at the first epoch's logging, not at the end
