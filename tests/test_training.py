@@ -19,6 +19,12 @@ def test_fast_dev_run_per_model(make_cfg, model):
     assert "test/auroc" in metrics
 
 
+def test_without_our_callbacks_the_last_weights_are_tested(make_cfg):
+    no_bar = [o for o in SHORT if not o.startswith("callbacks.")] + ["+trainer.enable_progress_bar=false"]
+    metrics = run_experiment(make_cfg(*no_bar, *SMALL_SYNTHETIC, "callbacks=none", "logger=none"))
+    assert "test/auroc" in metrics
+
+
 def test_short_training_beats_chance_by_a_wide_margin(make_cfg, tracking_uri):
     cfg = make_cfg("trainer.max_epochs=6", "callbacks.progress_bar.refresh_rate=0", "data.num_train=1200",
                    "data.num_val=200", "data.num_test=400")

@@ -82,8 +82,9 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
             finish_trial(trial_callbacks, mlflow_logger)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
         best = best_checkpoint(trainer)
-        if best is not None:
-            metrics[task.monitor] = float(trainer.checkpoint_callback.best_model_score)
+        best_score = trainer.checkpoint_callback.best_model_score if best is not None else None
+        if best_score is not None:  # None for a checkpoint that monitors nothing (Lightning's default one)
+            metrics[task.monitor] = float(best_score)
         if cfg.test:
             tested = trainer.test(task, datamodule=datamodule, ckpt_path=best if cfg.train else None, verbose=False)
             metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
