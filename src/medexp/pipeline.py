@@ -256,18 +256,16 @@ class tracked:
         return self
 
     def __exit__(self, exc_type, exc, tb):
-        if self.logger is None:
+        if self.logger is None:  # (on ranks other than zero the logger's ``end`` does nothing)
             return False
-        from medexp.tracking.mlflow import end_run
-
         if exc_type is None:
-            end_run(self.logger, "FINISHED")
+            self.logger.end("FINISHED")
         elif issubclass(exc_type, (KeyboardInterrupt, SystemExit)):  # Lightning turns Ctrl-C into sys.exit(1)
-            end_run(self.logger, "KILLED")
+            self.logger.end("KILLED")
         elif not _is_pruned(exc):
-            end_run(self.logger, "FAILED")
+            self.logger.end("FAILED")
         else:
-            end_run(self.logger, "FINISHED")
+            self.logger.end("FINISHED")
         return False
 
 

@@ -201,8 +201,3 @@ class RunRecorder(pl.Callback):
     def _log_file(self, path: Path, artifact_path: str | None = None) -> None:
         self.logger.log_artifact(path, artifact_path)
 
-
-def end_run(logger: MlflowRunLogger, status: str) -> None:
-    """Close the run with ``FINISHED``, ``FAILED`` or ``KILLED`` (Lightning only knows success/failed)."""
-    if rank_zero_only.rank == 0:
-        logger.end(status)

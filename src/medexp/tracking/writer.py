@@ -31,10 +31,6 @@ REPLY_TIMEOUT_S = 600.0  # ``end`` waits for every queued write, artifacts inclu
 CONNECT_HANDLE = "-"  # the "run" of ``connect``, which opens a store before any run exists
 
 
-class WriterError(RuntimeError):
-    """A write to MLflow failed (the message is MLflow's, with what to check)."""
-
-
 # -- the trainer's side -------------------------------------------------------------------------------------------
 class WriterProcess:
     """Starts the writer process, sends it operations and routes its replies to the run they belong to."""
@@ -128,8 +124,9 @@ def start_early(tracking_uri: str) -> None:
 
 # -- the writer's side --------------------------------------------------------------------------------------------
 class _Run:
-    def __init__(self, client, uri: str):
-        self.client, self.uri = client, uri
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.client = None  # set by ``open``
         self.run_id: str | None = None
         self.error: str | None = None
 
@@ -161,7 +158,7 @@ class _Writer:
             return
         run = self.runs.get(handle)
         if op == "open":
-            run = self.runs[handle] = _Run(None, message["uri"])
+            run = self.runs[handle] = _Run(message["uri"])
         if run is None:
             self.reply(handle, "error", error=f"MLflow writer: {op!r} for a run that was never opened")
             return
