@@ -14,11 +14,17 @@ from dataclasses import dataclass, field
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from medexp.data.augmentation import AugmentationRecipe
 from medexp.errors import DataError
 
 SPLITS = ("train", "val", "test")
+
+
+def _as_float(images: np.ndarray) -> torch.Tensor:
+    tensor = torch.from_numpy(np.ascontiguousarray(images)).float()
+    return tensor / 255.0 if np.issubdtype(images.dtype, np.integer) else tensor
 
 
 @dataclass
@@ -82,6 +88,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         self.arrays: ArraySplits | None = None
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean = self.std = None
+        self.image_shape: list[int] | None = None  # (C, H, W) of the training images
         self._augment = None
 
     # -- subclasses -------------------------------------------------------------------------------------------
@@ -169,15 +176,44 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
                                 f"0..{self.num_classes - 1}: set data.num_classes to match the data")
 
     def _to_tensors(self, a: ArraySplits) -> None:
-        """Scale to [0, 1] for integer images, then standardise by the training set's per-channel mean/std."""
-        def as_float(x: np.ndarray) -> torch.Tensor:
-            t = torch.from_numpy(np.ascontiguousarray(x)).float()
-            return t / 255.0 if np.issubdtype(x.dtype, np.integer) else t
-
-        train = as_float(a.images["train"])
-        mean = train.mean(dim=(0, 2, 3), keepdim=True)
-        std = train.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
-        self.mean, self.std = mean.flatten().tolist(), std.flatten().tolist()
+        train = _as_float(a.images["train"])
+        self.image_shape = list(train.shape[1:])
+        self.mean = train.mean(dim=(0, 2, 3)).tolist()
+        self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+        del train  # standardise makes its own float copy: never hold two
         for split in SPLITS:
-            x = train if split == "train" else as_float(a.images[split])
-            self.tensors[split] = ((x - mean) / std, torch.from_numpy(a.labels[split].astype(np.int64)))
+            self.tensors[split] = (self.standardise(a.images[split]),
+                                   torch.from_numpy(a.labels[split].astype(np.int64)))
+
+    def standardise(self, images: np.ndarray) -> torch.Tensor:
+        """Stored images ``(N, C, H, W)`` as the network sees them: integer images scaled to [0, 1], then
+        standardised by the training set's per-channel mean/std."""
+        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
+        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        return (_as_float(images) - mean) / std
+
+    # -- checkpoints: what new images need, so medexp-predict works without the training data ------------------
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "std": self.std, "image_shape": self.image_shape}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.std, self.image_shape = state["mean"], state["std"], state["image_shape"]
+
+    # -- prediction -------------------------------------------------------------------------------------------
+    def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int) -> DataLoader:
+        """New images (paths, or ``(C, H, W)`` arrays such as an .npz's) in batches of ``(images,)``, preprocessed
+        as the test split (no augmentation); each must have the training images' shape."""
+        from medexp.data.io import read_image
+
+        if self.mean is None:  # a checkpoint from before they were saved in it: read the training set again
+            self.setup()
+        expected = tuple(self.image_shape)
+        standardised = []
+        for index, image in enumerate(images):
+            array = read_image(image).numpy() if isinstance(image, str) else image
+            if tuple(array.shape) != expected:
+                where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
+                raise DataError(f"{where} has shape {tuple(array.shape)} (channels, rows, columns) but the model was "
+                                f"trained on {expected}: give {expected[0]}-channel {expected[1]}x{expected[2]} images")
+            standardised.append(self.standardise(array[None]))
+        return DataLoader(TensorDataset(torch.cat(standardised)), batch_size=batch_size)

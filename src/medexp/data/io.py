@@ -10,6 +10,7 @@ Masks keep their stored values and are mapped to class indices 0..K-1 (``to_clas
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Hashable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -49,10 +50,10 @@ class _PILReader2D(PILReader):
         return is_supported_format(filename, PIL_SUFFIXES)
 
 
-@lru_cache(maxsize=2)
-def _make_loader(for_images: bool) -> LoadImage:
+@lru_cache(maxsize=3)
+def _make_loader(for_images: bool, keep_dtype: bool = False) -> LoadImage:
     """One loader per role and process: building one registers every MONAI reader (and logs about nvImageCodec)."""
-    loader = LoadImage(image_only=True, dtype=np.float32, ensure_channel_first=True)
+    loader = LoadImage(image_only=True, dtype=None if keep_dtype else np.float32, ensure_channel_first=True)
     converter = _normalise_pil_image if for_images else None
     loader.register(_PILReader2D(converter=converter, reverse_indexing=False))  # registered last = tried first
     return loader
@@ -64,6 +65,13 @@ def _read(loader: LoadImage, path: str) -> MetaTensor:
     except Exception as error:  # any reader failure (PIL, nibabel, ITK, pydicom) becomes one line
         reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise DataError(f"cannot read image {path}: {reason}") from None
+
+
+def read_image(path: str) -> MetaTensor:
+    """One image, channel-first, in its stored dtype (in-memory data scale integer images to [0, 1])."""
+    with warnings.catch_warnings():  # PIL's read-only pixels become a tensor as they are: only ever copied from
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return _read(_make_loader(for_images=True, keep_dtype=True), path)
 
 
 def to_class_indices(

@@ -27,6 +27,11 @@ def download(url: str, target: Path, timeout: float = 20.0) -> None:
     partial.replace(target)
 
 
+def channels_first(images: np.ndarray) -> np.ndarray:
+    """MedMNIST's ``(N, H, W)`` (gray) or ``(N, H, W, C)`` (colour) images as ``(N, C, H, W)``."""
+    return images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
+
+
 def load_medmnist(path: Path) -> dict[str, np.ndarray]:
     """Read and check a MedMNIST file: images become ``(N, C, H, W)`` uint8, labels ``(N,)`` int64."""
     try:
@@ -46,7 +51,7 @@ def load_medmnist(path: Path) -> dict[str, np.ndarray]:
         if labels.ndim == 2 and labels.shape[1] > 1:
             raise DataError(f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label, e.g. ChestMNIST); "
                             "medexp's classification task takes one label per image")
-        out[f"{split}_images"] = images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
+        out[f"{split}_images"] = channels_first(images)
         out[f"{split}_labels"] = labels.reshape(-1).astype(np.int64)
     return out
 

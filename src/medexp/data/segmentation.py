@@ -22,7 +22,7 @@ from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.datalist import build_datalist
 from medexp.data.io import CaseSummary, LoadCased, dataset_fingerprint, inspect_cases
 from medexp.data.splits import Split, split_from_config
-from medexp.data.transforms import eval_pipeline, train_pipeline
+from medexp.data.transforms import eval_pipeline, prediction_pipeline, train_pipeline
 from medexp.errors import ConfigError, DataError
 
 CACHE_MODES = ("none", "memory", "disk")
@@ -209,6 +209,17 @@ class SegmentationDataModule(pl.LightningDataModule):
                 "the split has no test cases: set data.split.test_patients or test_ratio to evaluate on a test set"
             )
         return self._dataloader("test", 1, shuffle=False)
+
+    def prediction_loader(self, images: Sequence[str], batch_size: int = 1) -> DataLoader:
+        """New image files (no masks), preprocessed as the test split, one whole image per batch as in validation
+        and test (sizes differ; ``batch_size`` is not used); the dataset's ``transform`` can invert them."""
+        if not all(isinstance(image, str) for image in images):
+            raise DataError("a segmentation model takes image files (NIfTI, DICOM, PNG, ...), not .npz arrays: "
+                            "give inputs=<an image, a folder of images or a glob>")
+        pipeline = prediction_pipeline(LoadCased(label_key=None, mask_keys=()), self.preprocessing,
+                                       self.in_channels, self.spatial_dims)
+        # in this process: a worker would turn a DataError naming the bad file into a multi-line traceback
+        return DataLoader(Dataset([{"image": image} for image in images], pipeline), batch_size=1)
 
     # --------------------------------------------------------------------------------------- artifacts
     def split_json(self) -> str:

@@ -41,7 +41,7 @@ from monai.transforms import (
 
 from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.io import LoadCased
-from medexp.errors import ConfigError
+from medexp.errors import ConfigError, DataError
 
 PREPROCESSING_OPTIONS = ("channels", "spacing", "resize", "clip_percentiles", "window", "normalize")
 NORMALIZATIONS = ("zscore", "minmax", "none")
@@ -271,3 +271,37 @@ def eval_pipeline(
     keys = (loader.image_key, loader.label_key, *loader.mask_keys)
     fov = [ThresholdFOVd(loader.image_key, loader.mask_keys[0], fov_threshold)] if fov_threshold is not None else []
     return Compose([loader, *fov, *preprocessing_transforms(preprocessing, keys), *output_transforms(keys)])
+
+
+class CheckImageLayoutd(MapTransform):
+    """Stop with one line when a new image cannot go into the trained model: other spatial dims or channels."""
+
+    def __init__(self, image_key: str, in_channels: int, spatial_dims: int, channels: Sequence[int] | None) -> None:
+        super().__init__([image_key])
+        self.in_channels, self.spatial_dims, self.channels = in_channels, spatial_dims, channels
+
+    def __call__(self, data: Mapping) -> dict:
+        for key in self.key_iterator(data):
+            image = data[key]
+            where = f"image {image.meta.get('filename_or_obj', key)}"
+            if image.ndim - 1 != self.spatial_dims:
+                raise DataError(f"{where} is {image.ndim - 1}D but the model was trained on {self.spatial_dims}D "
+                                f"images: give {self.spatial_dims}D images")
+            if self.channels and max(self.channels) >= image.shape[0]:
+                raise DataError(f"{where} has {image.shape[0]} channel(s) but the model reads channels "
+                                f"{list(self.channels)} of each image: give images with those channels")
+            if not self.channels and image.shape[0] != self.in_channels:
+                raise DataError(f"{where} has {image.shape[0]} channel(s) but the model was trained on "
+                                f"{self.in_channels}-channel images: give {self.in_channels}-channel images")
+        return dict(data)
+
+
+def prediction_pipeline(
+    loader: LoadCased, preprocessing: Mapping[str, Any] | None, in_channels: int, spatial_dims: int
+) -> Compose:
+    """New images: load → check they fit the model → the test split's preprocessing → float32, keeping what each
+    spatial step did (MetaTensor) so that ``monai.transforms.Invertd`` maps predictions back onto the input's grid."""
+    image = loader.image_key
+    check = CheckImageLayoutd(image, in_channels, spatial_dims, (preprocessing or {}).get("channels"))
+    return Compose([loader, check, *preprocessing_transforms(preprocessing, (image,)),
+                    EnsureTyped(image, dtype=torch.float32, track_meta=True)])

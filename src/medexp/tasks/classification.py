@@ -37,6 +37,9 @@ def classification_metrics(num_classes: int) -> MetricCollection:
 
 
 class ClassificationTask(BaseTask):
+    # what ``predict_step`` returns, per sample: class probabilities (medexp.prediction writes them to a CSV)
+    prediction_kind = "classification"
+
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int,
                  loss: Callable[..., nn.Module] = nn.CrossEntropyLoss, scheduler: Callable | None = None,
                  class_weights: Sequence[float] | None = None, monitor: str = "val/auroc",

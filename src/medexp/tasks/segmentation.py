@@ -26,6 +26,9 @@ def as_tensor(x: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationTask(BaseTask):
+    # what ``predict_step`` returns, per sample: class probabilities per voxel (medexp.prediction writes label maps)
+    prediction_kind = "segmentation"
+
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, roi_size: Sequence[int],
                  loss: Callable[..., nn.Module], scheduler: Callable | None = None, sw_batch_size: int = 4,
                  sw_overlap: float = 0.25, hd95_stages: Sequence[str] = ("test",), auroc_thresholds: int = 1000,

@@ -1,0 +1,31 @@
+"""``medexp-predict ckpt_path=... inputs=... output_dir=...``: a trained checkpoint's predictions on new images, as files.
+
+Only Hydra is imported at module level, so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from medexp.cli import user_errors
+from medexp.hydra_setup import prepare_hydra
+
+prepare_hydra()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+def main(cfg: DictConfig) -> dict:
+    from medexp.prediction import predict
+
+    with user_errors():
+        summary = predict(
+            cfg.ckpt_path, cfg.inputs, cfg.output_dir, npz_key=cfg.npz_key, batch_size=cfg.batch_size,
+            save_probabilities=cfg.save_probabilities, data_root=cfg.data_root, accelerator=cfg.accelerator,
+        )
+    print(f"{len(summary['cases'])} {summary['prediction_kind']} prediction(s) written to {cfg.output_dir} "
+          "(listed in predictions.json)")
+    return summary
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,238 @@
+"""Apply a trained checkpoint to new images and write what it predicts: the logic behind ``medexp-predict``.
+
+The checkpoint carries its run's config. From it come the data module, whose ``prediction_loader`` reads the new
+images and puts them through the test split's preprocessing (never the training augmentation), and the task, whose
+``predict_step`` gives per-sample outputs. The writer registered for the task's ``prediction_kind`` (a Lightning
+``BasePredictionWriter``: outputs are written batch by batch, not held) turns them into files; a new kind of task
+(e.g. detection: boxes to JSON) adds its writer to ``WRITERS``. ``predictions.json`` lists what was written.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+from pytorch_lightning.callbacks import BasePredictionWriter
+
+from medexp.data.io import PIL_SUFFIXES
+from medexp.errors import ConfigError, DataError, MedexpError
+
+IMAGE_SUFFIXES = (*PIL_SUFFIXES, "nii.gz", "nii", "dcm", "mha", "mhd", "nrrd")
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    """One image to predict on."""
+
+    name: str  # what its output files are named after (unique among the inputs)
+    label: str  # how it is reported: its path, or ``<file.npz>[<key>][<index>]``
+    source: str | np.ndarray  # what the data module reads: a path, or the image itself (C, H, W)
+
+
+def find_inputs(inputs: str, npz_key: str = "test_images") -> list[PredictionInput]:
+    """``inputs`` = an image file, a glob, a folder of images (and of DICOM series), or an .npz holding images
+    under ``npz_key`` (MedMNIST layout); folders and globs are read in sorted order. A folder holding .dcm files
+    is one DICOM series."""
+    path = Path(inputs).expanduser()
+    if path.is_file() and path.name.endswith(".npz"):
+        return npz_inputs(path, npz_key)
+    if path.is_file():
+        paths = [path]  # named explicitly: read whatever it is
+    elif path.is_dir():
+        paths = [path] if is_dicom_series(path) else [p for p in sorted(path.iterdir()) if is_image(p)]
+    else:
+        paths = [p for p in sorted(Path(p) for p in glob.glob(str(path), recursive=True)) if is_image(p)]
+    if not paths:
+        raise DataError(f"no images found at inputs={inputs}: give an image file, a folder of images, a glob "
+                        f"('/data/*.nii.gz') or an .npz (image types: {', '.join(IMAGE_SUFFIXES)}, DICOM folders)")
+    return [PredictionInput(name, str(p), str(p)) for name, p in zip(output_names(paths), paths, strict=True)]
+
+
+def npz_inputs(path: Path, key: str) -> list[PredictionInput]:
+    from medexp.data.medmnist import channels_first
+
+    try:
+        with np.load(path) as npz:
+            if key not in npz.files:
+                raise DataError(f"{path} holds no array {key!r} (it has {', '.join(npz.files) or 'none'}): "
+                                f"set npz_key=<one of them>")
+            images = channels_first(npz[key])
+    except DataError:
+        raise
+    except Exception as exc:  # zip/pickle/format errors: name the file, not numpy's internals
+        raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
+    return [PredictionInput(f"{key}_{i}", f"{path}[{key}][{i}]", image) for i, image in enumerate(images)]
+
+
+def is_image(path: Path) -> bool:
+    if path.is_dir():
+        return is_dicom_series(path)
+    return path.name.lower().endswith(tuple(f".{suffix}" for suffix in IMAGE_SUFFIXES))
+
+
+def is_dicom_series(folder: Path) -> bool:
+    return any(p.suffix.lower() == ".dcm" for p in folder.iterdir())
+
+
+def image_stem(path: Path) -> str:
+    """``case.nii.gz`` -> ``case``; a DICOM series folder keeps its name."""
+    lower = path.name.lower()
+    suffix = next((s for s in IMAGE_SUFFIXES if lower.endswith(f".{s}") and path.is_file()), None)
+    return path.name[: -len(suffix) - 1] if suffix else path.name
+
+
+def output_names(paths: list[Path]) -> list[str]:
+    """File stems; where two inputs share one (``a/case.png``, ``b/case.png``), their folders below the common one
+    are prefixed (``a_case``, ``b_case``) so that no output overwrites another."""
+    stems = [image_stem(p) for p in paths]
+    if len(set(stems)) == len(stems):
+        return stems
+    common = Path(os.path.commonpath([p.parent for p in paths]))
+    return ["_".join((*p.parent.relative_to(common).parts, stem)) for p, stem in zip(paths, stems, strict=True)]
+
+
+# -- writers ------------------------------------------------------------------------------------------------------
+class PredictionWriter(BasePredictionWriter):
+    """Writes one kind of task's outputs under ``output_dir``; ``cases`` records, per input, what it wrote."""
+
+    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, dataset, save_probabilities: bool):
+        super().__init__(write_interval="batch")
+        self.output_dir, self.inputs = output_dir, inputs
+        self.class_names = list(task.class_names)
+        self.cases: list[dict] = []
+
+
+class ClassificationWriter(PredictionWriter):
+    """``predictions.csv``: per image its input, the predicted class (argmax, i.e. probability 0.5 for a binary
+    task) and one probability column per class."""
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        for index, probabilities in zip(batch_indices, prediction.float().cpu().tolist(), strict=True):
+            self.cases.append({
+                "input": self.inputs[index].label,
+                "predicted_class": self.class_names[int(np.argmax(probabilities))],
+                "probabilities": dict(zip(self.class_names, probabilities, strict=True)),
+            })
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        path = self.output_dir / "predictions.csv"
+        with open(path, "w", newline="") as file:
+            table = csv.writer(file)
+            table.writerow(["input", "predicted_class", *(f"probability_{name}" for name in self.class_names)])
+            for case in self.cases:
+                table.writerow([case["input"], case["predicted_class"], *case["probabilities"].values()])
+        for case in self.cases:
+            case["csv"] = str(path)
+
+
+class SegmentationWriter(PredictionWriter):
+    """Per image a label map (uint8 class indices) on the input's own grid: the preprocessing's resampling and
+    resizing are undone on the class probabilities (``Invertd``, interpolating them) before the argmax. NIfTI with
+    the input's affine for NIfTI/DICOM/other medical inputs, PNG for 2D photographs; with ``save_probabilities``
+    also the probabilities, as NIfTI with the classes on the last axis."""
+
+    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, dataset, save_probabilities: bool):
+        from monai.transforms import Invertd
+
+        super().__init__(output_dir, inputs, task, dataset, save_probabilities)
+        self.save_probabilities = save_probabilities
+        self.to_input_grid = Invertd("probabilities", transform=dataset.transform, orig_keys="image",
+                                     nearest_interp=False)
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        from monai.data import MetaTensor, decollate_batch
+
+        for index, case, probabilities in zip(batch_indices, decollate_batch(batch), prediction, strict=True):
+            case["probabilities"] = MetaTensor(probabilities.float().cpu())
+            restored = self.to_input_grid(case)["probabilities"]
+            # the file's own affine where the reader kept it (NIfTI, DICOM): exact, not recomputed by the inversion
+            affine = np.asarray(case["image"].meta.get("original_affine", restored.affine), dtype=np.float64)
+            self.cases.append(self._write(self.inputs[index], restored.numpy(), affine))
+
+    def _write(self, source: PredictionInput, probabilities: np.ndarray, affine: np.ndarray) -> dict:
+        import nibabel as nib
+        from PIL import Image
+
+        mask = probabilities.argmax(axis=0).astype(np.uint8)
+        if source.label.lower().endswith(tuple(f".{suffix}" for suffix in PIL_SUFFIXES)):
+            mask_path = self.output_dir / f"{source.name}_mask.png"
+            Image.fromarray(mask).save(mask_path)
+        else:
+            mask_path = self.output_dir / f"{source.name}_mask.nii.gz"
+            nib.save(nib.Nifti1Image(mask, affine), mask_path)
+        case = {"input": source.label, "mask": str(mask_path), "shape": list(mask.shape),
+                "class_names": self.class_names}
+        if self.save_probabilities:
+            case["probabilities"] = str(self.output_dir / f"{source.name}_probabilities.nii.gz")
+            nib.save(nib.Nifti1Image(np.moveaxis(probabilities, 0, -1).astype(np.float32), affine),
+                     case["probabilities"])
+        return case
+
+
+WRITERS: dict[str, type[PredictionWriter]] = {
+    "classification": ClassificationWriter,
+    "segmentation": SegmentationWriter,
+}
+
+
+# -- the flow -----------------------------------------------------------------------------------------------------
+def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = "test_images", batch_size: int = 64,
+            save_probabilities: bool = False, data_root: str | None = None, accelerator: str = "cpu") -> dict:
+    """Predict on ``inputs`` with ``ckpt_path``; write the outputs and ``predictions.json`` to ``output_dir``."""
+    import pytorch_lightning as pl
+    from hydra.utils import instantiate
+
+    from medexp.evaluation import load_checkpoint
+    from medexp.pipeline import build_task
+
+    ckpt = load_checkpoint(ckpt_path)
+    images = find_inputs(inputs, npz_key)
+    config = ckpt["hyper_parameters"]["config"]
+    cfg = OmegaConf.create(config)
+    if data_root is not None:  # only for checkpoints without the data module's state (see below)
+        cfg.data.root = data_root
+    datamodule = instantiate(cfg.data, augmentation=None, seed=cfg.seed)
+    # what preprocessing learnt from the training set (e.g. its mean/std), saved by Lightning with the data module
+    if type(datamodule).__qualname__ in ckpt:
+        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
+    loader = datamodule.prediction_loader([image.source for image in images], batch_size)
+    task = build_task(cfg, datamodule, config)
+    task.load_state_dict(ckpt["state_dict"])
+    kind = getattr(task, "prediction_kind", None)
+    if kind not in WRITERS:
+        raise ConfigError(f"medexp-predict cannot write the predictions of a {type(task).__name__} "
+                          f"(it writes {', '.join(WRITERS)})")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    writer = WRITERS[kind](output_dir, images, task, loader.dataset, save_probabilities)
+    trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    with data_errors_unwrapped():
+        trainer.predict(task, dataloaders=loader, return_predictions=False)
+    summary = {"checkpoint": str(Path(ckpt_path).resolve()), "inputs": str(inputs), "prediction_kind": kind,
+               "cases": writer.cases}
+    (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+@contextlib.contextmanager
+def data_errors_unwrapped():
+    """MONAI wraps an error raised inside a transform (a DataError naming the unreadable file) in RuntimeErrors
+    ("applying transform ..."): raise the DataError itself, so that the user reads one line."""
+    try:
+        yield
+    except MedexpError:
+        raise
+    except Exception as exc:
+        cause = exc.__cause__
+        while cause is not None and not isinstance(cause, MedexpError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        raise cause from None
