@@ -15,6 +15,8 @@ CONF = Path(__file__).resolve().parents[1] / "conf"
 
 SEGMENTATION = {"data": {"chasedb1", "decathlon"}, "model": {"unet", "segresnet", "attention_unet", "swin_unetr", "unetr"}}
 SEGMENTATION_COMPANIONS = {"data": "data=chasedb1", "model": "model=unet", "task": "task=segmentation"}
+DETECTION = {"data": {"synthetic_boxes", "detection_datalist"}, "model": {"retinanet"}, "task": {"detection"}}
+DETECTION_COMPANIONS = {"data": "data=synthetic_boxes", "model": "model=retinanet", "task": "task=detection"}
 
 
 def options(group: str) -> list[str]:
@@ -22,11 +24,14 @@ def options(group: str) -> list[str]:
 
 
 def companions(group: str, option: str) -> list[str]:
-    """Segmentation options compose with segmentation data, model and task; the rest with the defaults."""
+    """Segmentation (detection) options compose with segmentation (detection) data, model and task; the rest with
+    the defaults."""
     if (group, option) == ("data", "medmnist"):  # the generic MedMNIST entry needs the set's name and classes
         return ["data.name=pathmnist", "data.num_classes=9", "data.in_channels=3"]
     if option in SEGMENTATION.get(group, set()) or (group == "task" and option.startswith("segmentation")):
         return [o for g, o in SEGMENTATION_COMPANIONS.items() if g != group]
+    if option in DETECTION.get(group, set()):
+        return [o for g, o in DETECTION_COMPANIONS.items() if g != group]
     return []
 
 

@@ -12,19 +12,25 @@ import numpy as np
 from medexp.data.inmemory import ArraySplits, InMemoryClassificationDataModule
 
 
-def make_lesions(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` images ``(n, 1, size, size)`` uint8 and labels ``(n,)`` (0 benign, 1 malignant), balanced, seeded."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.arange(n) % 2)
-    # textured background: low-pass filtered noise plus a gentle intensity gradient
+def textured_background(rng: np.random.Generator, n: int, size: int, gradient: float = 1.0) -> np.ndarray:
+    """``n`` backgrounds ``(n, size, size)`` around 0.35: low-pass filtered noise plus an intensity gradient of up
+    to ``gradient`` x 0.5 at the borders."""
     noise = rng.normal(size=(n, size, size))
     freq = np.fft.fftfreq(size)
     lowpass = np.exp(-(freq[:, None] ** 2 + freq[None, :] ** 2) / (2 * 0.08**2))
     texture = np.real(np.fft.ifft2(np.fft.fft2(noise) * lowpass))
     texture /= texture.std(axis=(1, 2), keepdims=True)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
-    tilt = rng.uniform(-1, 1, size=(n, 2)) / size
-    background = 0.35 + 0.08 * texture + tilt[:, :1, None] * (yy - size / 2) + tilt[:, 1:, None] * (xx - size / 2)
+    tilt = rng.uniform(-1, 1, size=(n, 2)) * gradient / size
+    return 0.35 + 0.08 * texture + tilt[:, :1, None] * (yy - size / 2) + tilt[:, 1:, None] * (xx - size / 2)
+
+
+def make_lesions(n: int, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images ``(n, 1, size, size)`` uint8 and labels ``(n,)`` (0 benign, 1 malignant), balanced, seeded."""
+    rng = np.random.default_rng(seed)
+    labels = rng.permutation(np.arange(n) % 2)
+    background = textured_background(rng, n, size)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     # lesion: centre, radius, contrast independent of the class; the margin's irregularity is the class
     cy, cx = (size / 2 + rng.uniform(-size / 6, size / 6, size=(2, n)))
     radius = rng.uniform(size * 0.12, size * 0.24, size=n)

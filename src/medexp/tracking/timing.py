@@ -15,7 +15,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 def batch_size(batch) -> int:
     first = batch["image"] if isinstance(batch, dict) else batch[0]
-    return int(first.shape[0])
+    return len(first)  # a tensor's first dimension, or a list of images (detection)
 
 
 class RunTimer(pl.Callback):

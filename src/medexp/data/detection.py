@@ -1,0 +1,284 @@
+"""``DetectionDataModule``: lesion detection (2D or 3D bounding boxes) from a datalist in MONAI's detection format.
+
+A datalist JSON maps split names to cases, each an image path (relative to the file) with its boxes and labels::
+
+    {"training": [{"image": "img/case1.nii.gz", "box": [[x, y, z, w, h, d], ...], "label": [0, ...]}, ...],
+     "validation": [...], "test": [...]}
+
+Boxes follow MONAI's convention: axis ``x`` is the loaded image's first spatial axis (rows of a PNG as medexp reads
+it), in voxel (``box_coordinates: image``) or world (``world``, LUNA16-style) coordinates, in any MONAI box mode
+(``data.box_mode``: ``xyzxyz``/``xyxy`` corners, ``cccwhd``/``ccwh`` centre and size, ...). 2D boxes given the
+other way round (x = column, as in COCO) are read with ``box_axes: xy``. They become MONAI's standard mode
+(corner-corner, voxel coordinates) at load time, are checked against the image there, and follow the image through
+resampling (via world coordinates) and every augmentation.
+
+Everything else is the segmentation data module's: readers, intensity standardisation and resampling
+(``data.preprocessing``), patient-grouped splits, caching and the dataset fingerprint.
+
+Batches hold a list per key, one entry per case: ``{"image": [(C, *spatial) float32], "box": [(N, 2 * dims)
+float32], "label": [(N,) int64], "case_id": [...], "patient_id": [...]}``: box counts differ between images, and
+MONAI's detector takes lists.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from monai.apps.detection.transforms.array import AffineBox, ConvertBoxToStandardMode
+from monai.apps.detection.transforms.dictionary import (
+    BoxToMaskd,
+    ClipBoxToImaged,
+    MaskToBoxd,
+    RandCropBoxByPosNegLabeld,
+    RandFlipBoxd,
+    RandRotateBox90d,
+    RandZoomBoxd,
+)
+from monai.data.box_utils import get_boxmode
+from monai.data.utils import orientation_ras_lps
+from monai.transforms import Compose, DeleteItemsd, EnsureTyped, MapTransform
+
+from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.datalist import build_datalist
+from medexp.data.io import LoadCased
+from medexp.data.segmentation import SegmentationDataModule
+from medexp.data.splits import split_from_config
+from medexp.data.transforms import RandRecipeAffined, monai_augmentation, preprocessing_transforms
+from medexp.errors import ConfigError, DataError
+
+IMAGE, BOX, LABEL, BOX_MASK = "image", "box", "label", "box_mask"
+BOX_AXES = ("array", "xy")
+BOX_COORDINATES = ("image", "world")
+_ITEM_KEYS = (IMAGE, BOX, LABEL, "case_id", "patient_id")
+
+
+def check_box_record(record: Mapping[str, Any], spatial_dims: int, num_classes: int) -> None:
+    """Box count, box length and label range of one datalist case, before any image is read."""
+    where = f"case {record['case_id']} ({record['image']})"
+    boxes, labels = record.get(BOX), record.get(LABEL)
+    if not isinstance(boxes, list) or not isinstance(labels, list):
+        raise DataError(f"{where} needs a 'box' list and a 'label' list (empty lists for an image without lesions)")
+    if len(boxes) != len(labels):
+        raise DataError(f"{where} has {len(boxes)} boxes but {len(labels)} labels: give one label per box")
+    for box in boxes:
+        if not isinstance(box, list) or len(box) != 2 * spatial_dims:
+            raise DataError(
+                f"{where} has box {box} but data.spatial_dims={spatial_dims} needs {2 * spatial_dims} numbers per "
+                "box: fix the box or data.spatial_dims"
+            )
+    wrong = [label for label in labels if not isinstance(label, int) or not 0 <= label < num_classes]
+    if wrong:
+        raise DataError(
+            f"{where} has label(s) {wrong} outside 0..{num_classes - 1}: labels count foreground classes from 0; "
+            "fix the labels or data.num_classes"
+        )
+
+
+class LoadDetectionCased(LoadCased):
+    """Load one case's image (as ``LoadCased`` does) and turn its boxes into MONAI's standard mode in voxel
+    coordinates of that image (``box`` (N, 2 * dims) float32, ``label`` (N,) int64), checked to lie inside it."""
+
+    def __init__(self, box_mode: str = "xyzxyz", box_axes: str = "array", box_coordinates: str = "image",
+                 affine_lps_to_ras: bool = False) -> None:
+        super().__init__(label_key=None, mask_keys=())
+        if box_axes not in BOX_AXES:
+            raise ConfigError(f"data.box_axes={box_axes!r} is unknown: use one of {list(BOX_AXES)}")
+        if box_coordinates not in BOX_COORDINATES:
+            raise ConfigError(f"data.box_coordinates={box_coordinates!r} is unknown: use one of {list(BOX_COORDINATES)}")
+        try:  # MONAI checks the mode only when converting: look it up now
+            self.to_standard = ConvertBoxToStandardMode(mode=get_boxmode(box_mode))
+        except ValueError:
+            raise ConfigError(
+                f"data.box_mode={box_mode!r} is not a MONAI box mode: use e.g. xyzxyz, cccwhd, xyzwhd (3D) or "
+                "xyxy, ccwh, xywh (2D)"
+            ) from None
+        self.box_axes = box_axes
+        self.world_to_image = AffineBoxd(to_world=False, affine_lps_to_ras=affine_lps_to_ras) \
+            if box_coordinates == "world" else None
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        case = super().__call__(data)
+        image, where = case[IMAGE], f"case {case.get('case_id')} ({data[IMAGE]})"
+        dims = image.ndim - 1
+        boxes = torch.as_tensor(np.asarray(case[BOX], dtype=np.float32).reshape(-1, 2 * dims))
+        boxes = self.to_standard(boxes)
+        if self.box_axes == "xy":  # column-first 2D boxes (COCO, PIL) -> the image's row-first axis order
+            if dims != 2:
+                raise ConfigError("data.box_axes=xy is for 2D images: 3D boxes follow the volume's axis order")
+            boxes = boxes[:, [1, 0, 3, 2]]
+        case[BOX], case[LABEL] = boxes, torch.as_tensor(case[LABEL], dtype=torch.long)
+        if self.world_to_image is not None:
+            case = self.world_to_image(case)
+        _check_inside(case[BOX], tuple(image.shape[1:]), where)
+        return case
+
+
+class AffineBoxd(MapTransform):
+    """Boxes (standard mode) from voxel to world coordinates of the image, or back, by its affine: MONAI's
+    ``AffineBox``, with a 2D image's 4x4 affine (MONAI keeps one for every image) cut to its in-plane 3x3 part."""
+
+    def __init__(self, to_world: bool, affine_lps_to_ras: bool = False) -> None:
+        super().__init__([BOX])
+        self.to_world, self.affine_lps_to_ras = to_world, affine_lps_to_ras
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        case = dict(data)
+        image = case[IMAGE]
+        affine = torch.as_tensor(image.affine, dtype=torch.float64)
+        keep = [*range(image.ndim - 1), affine.shape[0] - 1]
+        affine = affine[keep][:, keep]
+        if self.affine_lps_to_ras:  # world boxes in LPS (ITK, DICOM) against a RAS affine (nibabel)
+            affine = orientation_ras_lps(affine)
+        case[BOX] = AffineBox()(case[BOX], affine=affine if self.to_world else torch.inverse(affine))
+        return case
+
+
+def _check_inside(boxes: torch.Tensor, shape: tuple[int, ...], where: str, tolerance: float = 0.5) -> None:
+    """Boxes must have a positive size and lie in the image (to half a voxel: world coordinates round)."""
+    dims = len(shape)
+    for box in boxes.tolist():
+        low, high = box[:dims], box[dims:]
+        if any(h <= lo for lo, h in zip(low, high, strict=True)):
+            raise DataError(f"{where}: box {box} (standard mode) has no extent on some axis: check data.box_mode")
+        if any(lo < -tolerance for lo in low) or any(h > s + tolerance for h, s in zip(high, shape, strict=True)):
+            raise DataError(
+                f"{where}: box {[round(v, 1) for v in box]} (standard mode, voxels) lies outside the image of shape "
+                f"{list(shape)}: check data.box_mode, data.box_axes and data.box_coordinates, or fix the box"
+            )
+
+
+def resampled_boxes(preprocessing: Mapping[str, Any] | None) -> list:
+    """The segmentation preprocessing on the image, boxes kept on it through world coordinates: spacing and
+    resize change the voxel grid but not the world position (MONAI updates the image's affine)."""
+    return [
+        AffineBoxd(to_world=True),
+        *preprocessing_transforms(preprocessing, keys=(IMAGE,)),
+        AffineBoxd(to_world=False),
+        ClipBoxToImaged(BOX, LABEL, IMAGE, remove_empty=True),
+    ]
+
+
+def box_augmentation(recipe: AugmentationRecipe, spatial_dims: int, rotate90_prob: float = 0.0) -> list:
+    """The augmentation recipe with boxes kept aligned: zoom (``scale``, MONAI's ``RandZoomBoxd``), rotation and
+    shift (``rotate_deg``, ``translate``: boxes drawn as ellipses, moved with the image, boxed again, as MONAI's
+    LUNA16 recipe rotates), flips (``RandFlipBoxd``), quarter turns in the first two axes (``rotate90_prob``) and
+    the recipe's intensity steps. Zoom and rotation/shift each fire with ``affine_prob``."""
+    r = recipe
+    if r.elastic_prob > 0 and len(r.elastic_sigma) > 0:
+        raise ConfigError(
+            "augmentation.elastic_prob > 0: an elastic deformation cannot keep boxes aligned; set "
+            "augmentation.elastic_prob=0 for detection"
+        )
+    steps: list = []
+    if r.affine_prob > 0 and tuple(r.scale) != (1.0, 1.0):
+        steps += [
+            RandZoomBoxd(IMAGE, BOX, IMAGE, prob=r.affine_prob, min_zoom=r.scale[0], max_zoom=r.scale[1],
+                         mode="bilinear", padding_mode="constant", keep_size=True),
+            ClipBoxToImaged(BOX, LABEL, IMAGE, remove_empty=True),  # zooming in pushes boxes over the border
+        ]
+    if r.affine_prob > 0 and (r.rotate_deg or r.translate):
+        steps += [
+            BoxToMaskd(BOX, BOX_MASK, LABEL, IMAGE, min_fg_label=0, ellipse_mask=True),
+            RandRecipeAffined([IMAGE, BOX_MASK], replace(r, scale=(1.0, 1.0)), spatial_dims),
+            MaskToBoxd(BOX, BOX_MASK, LABEL, min_fg_label=0),
+            DeleteItemsd(BOX_MASK),
+        ]
+    if r.flip_prob > 0:
+        steps += [RandFlipBoxd(IMAGE, BOX, IMAGE, prob=r.flip_prob, spatial_axis=axis) for axis in r.flip_axes]
+    if rotate90_prob > 0:
+        steps.append(RandRotateBox90d(IMAGE, BOX, IMAGE, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1)))
+    intensity_only = replace(r, affine_prob=0.0, flip_prob=0.0, elastic_prob=0.0)
+    return steps + monai_augmentation(intensity_only, keys=(IMAGE,), spatial_dims=spatial_dims)
+
+
+def detection_outputs() -> list:
+    return [
+        EnsureTyped(IMAGE, dtype=torch.float32, track_meta=False),
+        EnsureTyped(BOX, dtype=torch.float32, track_meta=False),
+        EnsureTyped(LABEL, dtype=torch.long, track_meta=False),
+    ]
+
+
+def collate_cases(batch: Sequence[dict | list[dict]]) -> dict[str, list]:
+    """A batch as lists per key, one entry per case: box counts and (in evaluation) image sizes differ. Patch
+    sampling turns one image into a list of patches: those count as cases."""
+    cases = [case for item in batch for case in (item if isinstance(item, list) else [item])]
+    return {key: [case[key] for case in cases] for key in cases[0]}
+
+
+class DetectionDataModule(SegmentationDataModule):
+    """Detection datalist → split → (cached) MONAI pipelines with box transforms → lists of cases.
+
+    Args (beyond ``SegmentationDataModule``'s, whose mask options do not apply):
+        box_mode: MONAI box mode of the datalist's boxes (``xyzxyz``, ``cccwhd``, ``xyxy``, ``ccwh``, ...).
+        box_axes: ``array`` (MONAI's order: the loaded image's axes) or ``xy`` (2D, column first as in COCO).
+        box_coordinates: ``image`` (voxels) or ``world`` (the image affine's units, e.g. LUNA16's mm).
+        affine_lps_to_ras: world boxes in LPS (ITK, DICOM) while the affine is RAS (NIfTI via nibabel).
+        rotate90_prob: probability of a random quarter turn in the first two axes (training).
+        patch_size: train on patches that keep whole boxes, ``pos_neg_ratio`` of them centred on a box
+            (``RandCropBoxByPosNegLabeld``, ``samples_per_image`` per image); null = whole images.
+        num_classes: foreground classes (labels 0..num_classes-1), as MONAI's RetinaNet counts them.
+    """
+
+    def __init__(self, datalist: Mapping[str, Any] | Sequence[Mapping[str, Any]], box_mode: str = "xyzxyz",
+                 box_axes: str = "array", box_coordinates: str = "image", affine_lps_to_ras: bool = False,
+                 rotate90_prob: float = 0.0, num_classes: int = 1, **kwargs: Any) -> None:
+        super().__init__(datalist=datalist, num_classes=num_classes, **kwargs)
+        self.box_settings = {"box_mode": box_mode, "box_axes": box_axes, "box_coordinates": box_coordinates,
+                             "affine_lps_to_ras": affine_lps_to_ras}
+        self._loader()  # unknown box settings fail now, not at the first batch
+        self.rotate90_prob = rotate90_prob
+
+    def _loader(self) -> LoadDetectionCased:
+        return LoadDetectionCased(**self.box_settings)
+
+    def setup(self, stage: str | None = None) -> None:
+        """List, check, split and (once) validate the cases: reading every image checks its boxes against it."""
+        if self._split is not None:
+            return
+        records = build_datalist(self.datalist_spec, self.root)
+        for record in records:
+            check_box_record(record, self.spatial_dims, self.num_classes)
+        self._split = split_from_config(records, self.split_config)
+        if self.validate:
+            self._inspect()
+
+    def _dataset(self, name: str):
+        if name not in self._datasets:
+            items = [{k: r[k] for k in _ITEM_KEYS if k in r} for r in getattr(self.split, name)]
+            steps = [self._loader(), *resampled_boxes(self.preprocessing)]
+            if name == "train":
+                steps += self._patch_sampling() + box_augmentation(self.recipe, self.spatial_dims, self.rotate90_prob)
+            self._datasets[name] = self._cached(items, Compose(steps + detection_outputs()), name)
+        return self._datasets[name]
+
+    def _patch_sampling(self) -> list:
+        if self.patch_size is None:
+            return []
+        return [RandCropBoxByPosNegLabeld(
+            IMAGE, BOX, LABEL, spatial_size=self.patch_size, pos=self.pos_neg_ratio, neg=1.0,
+            num_samples=self.samples_per_image, whole_box=True, allow_smaller=True,
+        )]
+
+    def _dataloader(self, name: str, batch_size: int, shuffle: bool, **kwargs):
+        return super()._dataloader(name, batch_size, shuffle, collate_fn=collate_cases, **kwargs)
+
+    def _cache_key(self, name: str) -> str:
+        """The segmentation key plus the box settings: a changed box mode must not reuse cached boxes."""
+        boxes = hashlib.sha1(json.dumps(self.box_settings, sort_keys=True).encode()).hexdigest()[:8]
+        return f"{super()._cache_key(name)}-{boxes}"
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {**super().fingerprint(), "boxes_per_class": {name: self.class_counts(name) for name in
+                                                             ("train", "val", "test")}}
+
+    def class_counts(self, split: str = "train") -> list[int]:
+        """Boxes per class in a set."""
+        labels = [label for record in getattr(self.split, split) for label in record[LABEL]]
+        return np.bincount(np.asarray(labels, dtype=np.int64), minlength=self.num_classes).tolist()

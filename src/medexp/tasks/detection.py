@@ -1,0 +1,184 @@
+"""Lesion detection, 2D or 3D bounding boxes, with MONAI's RetinaNet as its LUNA16 tutorial trains it.
+
+The network is MONAI's ``RetinaNetDetector`` (a ResNet + feature pyramid ``RetinaNet``, anchors per pyramid level)
+built by ``build_retinanet`` from ``conf/model/retinanet.yaml``; the task sets its training parts (ATSS matcher,
+hard negative sampler) and its inference parts (box selection, optional sliding windows) from ``conf/task/
+detection.yaml``. Training logs the detector's two losses (classification, box regression) and their sum;
+validation and test log MONAI's COCO metrics (``COCOMetric`` over ``matching_batch``) under short names:
+``map`` (mean AP over the IoU range), ``ap_iou10`` / ``ap_iou50`` / ... (AP at one IoU), ``mar`` (mean recall
+over the range at the most detections), ``mar_det1`` / ... (at fewer detections), ``ar_iou10`` / ...; with several
+classes each also per class (``map_<class>``).
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from monai.apps.detection.metrics.coco import COCOMetric
+from monai.apps.detection.metrics.matching import matching_batch
+from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
+from monai.apps.detection.networks.retinanet_network import RetinaNet
+from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
+from monai.data.box_utils import box_iou
+from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
+from torch import nn
+
+from medexp.data.detection import BOX, IMAGE, LABEL
+from medexp.tasks.base import BaseTask
+
+EVAL_STAGES = ("val", "test")
+_COCO_KEY = re.compile(r"(?:(?P<cls>.+)_)?(?P<kind>mAP|mAR|AP|AR)_IoU_(?P<iou>[\d.]+)(?:_[\d.]+_[\d.]+)?_MaxDet_(?P<det>\d+)")
+
+
+def build_retinanet(backbone: nn.Module, spatial_dims: int, num_classes: int,
+                    anchor_sizes: Sequence[float | Sequence[float]], returned_layers: Sequence[int] = (1, 2),
+                    fpn_channels: int = 64) -> RetinaNetDetector:
+    """MONAI's RetinaNet detector over ``backbone`` (a MONAI ``ResNet``): a feature pyramid on its layers
+    ``returned_layers`` plus one pooled level, anchors ``anchor_sizes`` (a side, or one per axis) at the finest level,
+    doubled at each coarser one (the LUNA16 tutorial's layout, with ``fpn_channels`` instead of a fixed 256)."""
+    layers = list(returned_layers)
+    feature_extractor = BackboneWithFPN(
+        backbone,
+        return_layers={f"layer{k}": str(i) for i, k in enumerate(layers)},
+        in_channels_list=[_out_channels(getattr(backbone, f"layer{k}")) for k in layers],
+        out_channels=fpn_channels,
+        spatial_dims=spatial_dims,
+    )
+    anchor_shapes = [[float(s)] * spatial_dims if np.isscalar(s) else [float(v) for v in s] for s in anchor_sizes]
+    anchor_generator = AnchorGeneratorWithAnchorShape(
+        feature_map_scales=[2**level for level in range(len(layers) + 1)], base_anchor_shapes=anchor_shapes,
+    )
+    # the input must divide into the coarsest level: stem stride x max-pool x layer strides x the pooled level
+    stem = np.array(backbone.conv1.stride) * (1 if backbone.no_max_pool else 2)
+    network = RetinaNet(
+        spatial_dims=spatial_dims, num_classes=num_classes,
+        num_anchors=anchor_generator.num_anchors_per_location()[0], feature_extractor=feature_extractor,
+        size_divisible=[int(s) * 2 ** max(layers) for s in stem],
+    )
+    return RetinaNetDetector(network=network, anchor_generator=anchor_generator)
+
+
+def _out_channels(layer: nn.Module) -> int:
+    return [m for m in layer.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))][-1].out_channels
+
+
+def short_metric_name(coco_key: str, max_detections: int) -> str:
+    """``mAP_IoU_0.10_0.50_0.05_MaxDet_100`` -> ``map``; ``AP_IoU_0.50_MaxDet_100`` -> ``ap_iou50``;
+    ``mAR_IoU_..._MaxDet_5`` -> ``mar_det5``; a class prefix ``nodule_`` becomes a suffix ``_nodule``."""
+    match = _COCO_KEY.fullmatch(coco_key)
+    if match is None:
+        return coco_key
+    kind = match["kind"].lower()
+    name = kind if kind.startswith("m") else f"{kind}_iou{round(float(match['iou']) * 100):02d}"
+    if int(match["det"]) != max_detections:
+        name += f"_det{match['det']}"
+    return f"{name}_{match['cls']}" if match["cls"] else name
+
+
+class DetectionTask(BaseTask):
+    def __init__(self, net: RetinaNetDetector, optimizer: Callable, num_classes: int,
+                 scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
+                 atss_candidates: int = 4, hard_negative: Mapping[str, float] | None = None,
+                 classification_weight: float = 1.0, score_thresh: float = 0.02, nms_thresh: float = 0.22,
+                 detections_per_image: int = 100, sw_roi_size: Sequence[int] | None = None, sw_overlap: float = 0.25,
+                 iou_list: Sequence[float] = (0.1, 0.5, 0.75), iou_range: Sequence[float] = (0.1, 0.5, 0.05),
+                 max_detections: Sequence[int] = (1, 5, 100), monitor: str = "val/map", monitor_mode: str = "max"):
+        super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
+        self.num_classes = num_classes
+        self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+        net.set_target_keys(box_key=BOX, label_key=LABEL)
+        net.set_atss_matcher(num_candidates=atss_candidates, center_in_gt=False)
+        # most anchors are background: train on the positives plus the hardest negatives (LUNA16's settings)
+        net.set_hard_negative_sampler(**{"batch_size_per_image": 64, "positive_fraction": 0.3, "pool_size": 20,
+                                         "min_neg": 16, **dict(hard_negative or {})})
+        net.set_box_selector_parameters(score_thresh=score_thresh, topk_candidates_per_level=1000,
+                                        nms_thresh=nms_thresh, detections_per_img=detections_per_image)
+        if sw_roi_size is not None:  # whole large volumes in evaluation: sliding windows over the network
+            net.set_sliding_window_inferer(roi_size=list(sw_roi_size), overlap=sw_overlap, sw_batch_size=1)
+        self.classification_weight = classification_weight
+        self.coco = COCOMetric(classes=self.class_names, iou_list=iou_list, iou_range=iou_range,
+                               max_detection=max_detections, per_class=num_classes > 1, verbose=False)
+        self.max_detections = max(max_detections)
+        self._loss_sums: dict[str, torch.Tensor] = {}
+        self.cases: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in EVAL_STAGES}
+
+    @staticmethod
+    def _inputs(batch: Mapping[str, list]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+        return batch[IMAGE], [{BOX: box, LABEL: label} for box, label in zip(batch[BOX], batch[LABEL], strict=True)]
+
+    # -- training ---------------------------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        images, targets = self._inputs(batch)
+        losses = self.net(images, targets)
+        loss = self.classification_weight * losses[self.net.cls_key] + losses[self.net.box_reg_key]
+        self.log_train_loss(loss)
+        for key, value in losses.items():  # summed on the device, logged per epoch like the total
+            self._loss_sums[key] = self._loss_sums.get(key, 0) + value.detach()
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        super().on_train_epoch_start()
+        self._loss_sums = {}
+
+    def on_train_epoch_end(self) -> None:
+        steps = max(self._train_steps, 1)
+        super().on_train_epoch_end()
+        if self._loss_sums:
+            self.log_metrics("train", {f"loss_{key}": total / steps for key, total in self._loss_sums.items()})
+
+    # -- evaluation -------------------------------------------------------------------------------------------
+    def predict_step(self, batch, batch_idx):
+        images, _ = self._inputs(batch)
+        return self.net(images, use_inferer=self.net.inferer is not None)
+
+    def _eval_step(self, stage: str, batch) -> None:
+        _, targets = self._inputs(batch)
+        for detected, target in zip(self.predict_step(batch, 0), targets, strict=True):
+            self.cases[stage].append({
+                "pred_box": detected[BOX].float().cpu().numpy(), "pred_label": detected[LABEL].cpu().numpy(),
+                "pred_score": detected[self.net.pred_score_key].float().cpu().numpy(),
+                "box": target[BOX].cpu().numpy(), "label": target[LABEL].cpu().numpy(),
+            })
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step("val", batch)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step("test", batch)
+
+    def on_validation_epoch_start(self) -> None:
+        self.cases["val"] = []
+
+    def on_test_epoch_start(self) -> None:
+        self.cases["test"] = []
+
+    def _end_eval(self, stage: str) -> None:
+        cases = self._gathered(self.cases[stage])
+        if not cases:
+            return
+        matches = matching_batch(
+            iou_fn=box_iou, iou_thresholds=self.coco.iou_thresholds,
+            pred_boxes=[c["pred_box"] for c in cases], pred_classes=[c["pred_label"] for c in cases],
+            pred_scores=[c["pred_score"] for c in cases], gt_boxes=[c["box"] for c in cases],
+            gt_classes=[c["label"] for c in cases], max_detections=self.max_detections,
+        )
+        values = self.coco(matches)[0]
+        # every rank holds all cases now, so the values agree: logged without another reduction
+        self.log_dict({f"{stage}/{short_metric_name(k, self.max_detections)}": torch.tensor(float(v))
+                       for k, v in values.items()})
+
+    def _gathered(self, cases: list) -> list:
+        """All ranks' cases (COCO matching needs every image at once, not a mean of per-rank values)."""
+        if self.trainer.world_size == 1:
+            return cases
+        parts: list = [None] * self.trainer.world_size
+        torch.distributed.all_gather_object(parts, cases)
+        return [case for part in parts for case in part]
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
