@@ -133,21 +133,26 @@ def test_2d_png_datalist_centre_size_boxes_column_first(tmp_path):
     assert len(train["image"]) == 2 and train["label"][0].dtype == torch.long
 
 
-def test_3d_nifti_world_boxes_follow_resampling(tmp_path):
-    """World-coordinate (mm) centre-size boxes on 1.5 x 1.5 x 3 mm volumes, resampled to 3 mm: the box lands on
-    the bright cube of the resampled volume."""
-    spacing = (1.5, 1.5, 3.0)
+WORLD_BOX = [10.5, 13.5, 12.0, 9.0, 9.0, 12.0]  # cccwhd, mm: voxel corners [4, 6, 2] .. [10, 12, 6] at 1.5 x 1.5 x 3 mm
+
+
+def world_box_volumes(root: Path) -> DetectionDataModule:
+    """1.5 x 1.5 x 3 mm volumes with a bright cube boxed by ``WORLD_BOX``, resampled to 3 mm by the preprocessing."""
     cases = []
     for index in range(5):
         volume = np.zeros((24, 20, 12), np.float32)
         volume[4:10, 6:12, 2:6] = 100.0
-        write_nifti(tmp_path / f"vol{index}.nii.gz", volume, spacing)
-        # voxel corners [4, 6, 2] .. [10, 12, 6] -> mm [6, 9, 6] .. [15, 18, 18]
-        cases.append({"image": f"vol{index}.nii.gz", "box": [[10.5, 13.5, 12.0, 9.0, 9.0, 12.0]], "label": [0]})
-    root = write_datalist(tmp_path, {"training": cases[:3], "validation": cases[3:4], "test": cases[4:]})
-    dm = datamodule(root, spatial_dims=3, box_mode="cccwhd", box_coordinates="world",
-                    preprocessing={"spacing": [3.0, 3.0, 3.0], "normalize": "minmax"})
-    batch = next(iter(dm.test_dataloader()))
+        write_nifti(root / f"vol{index}.nii.gz", volume, (1.5, 1.5, 3.0))
+        cases.append({"image": f"vol{index}.nii.gz", "box": [WORLD_BOX], "label": [0]})
+    write_datalist(root, {"training": cases[:3], "validation": cases[3:4], "test": cases[4:]})
+    return datamodule(root, spatial_dims=3, box_mode="cccwhd", box_coordinates="world",
+                      preprocessing={"spacing": [3.0, 3.0, 3.0], "normalize": "minmax"})
+
+
+def test_3d_nifti_world_boxes_follow_resampling(tmp_path):
+    """World-coordinate (mm) centre-size boxes on 1.5 x 1.5 x 3 mm volumes, resampled to 3 mm: the box lands on
+    the bright cube of the resampled volume."""
+    batch = next(iter(world_box_volumes(tmp_path).test_dataloader()))
     image, (box,) = batch["image"][0], batch["box"][0].tolist()
     assert image.shape == (1, 12, 10, 12)
     assert box == pytest.approx([2.0, 3.0, 2.0, 5.0, 6.0, 6.0], abs=0.01)

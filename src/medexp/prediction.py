@@ -4,7 +4,7 @@ The checkpoint carries its run's config. From it come the data module, whose ``p
 images and puts them through the test split's preprocessing (never the training augmentation), and the task, whose
 ``predict_step`` gives per-sample outputs. The writer registered for the task's ``prediction_kind`` (a Lightning
 ``BasePredictionWriter``: outputs are written batch by batch, not held) turns them into files; a new kind of task
-(e.g. detection: boxes to JSON) adds its writer to ``WRITERS``. ``predictions.json`` lists what was written.
+adds its writer to ``WRITERS``. ``predictions.json`` lists what was written.
 """
 from __future__ import annotations
 
@@ -101,7 +101,8 @@ def output_names(paths: list[Path]) -> list[str]:
 class PredictionWriter(BasePredictionWriter):
     """Writes one kind of task's outputs under ``output_dir``; ``cases`` records, per input, what it wrote."""
 
-    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, dataset, save_probabilities: bool):
+    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, datamodule, dataset,
+                 save_probabilities: bool):
         super().__init__(write_interval="batch")
         self.output_dir, self.inputs = output_dir, inputs
         self.class_names = list(task.class_names)
@@ -137,10 +138,11 @@ class SegmentationWriter(PredictionWriter):
     the input's affine for NIfTI/DICOM/other medical inputs, PNG for 2D photographs; with ``save_probabilities``
     also the probabilities, as NIfTI with the classes on the last axis."""
 
-    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, dataset, save_probabilities: bool):
+    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, datamodule, dataset,
+                 save_probabilities: bool):
         from monai.transforms import Invertd
 
-        super().__init__(output_dir, inputs, task, dataset, save_probabilities)
+        super().__init__(output_dir, inputs, task, datamodule, dataset, save_probabilities)
         self.save_probabilities = save_probabilities
         self.to_input_grid = Invertd("probabilities", transform=dataset.transform, orig_keys="image",
                                      nearest_interp=False)
@@ -175,9 +177,43 @@ class SegmentationWriter(PredictionWriter):
         return case
 
 
+class DetectionWriter(PredictionWriter):
+    """``detections.json``: per image its boxes on the input's own voxel grid (the preprocessing's resampling and
+    resizing undone) in the data's ``box_mode`` and ``box_axes``, as its datalist gives boxes, with their scores,
+    labels and class names; for NIfTI/DICOM/other medical inputs also ``world_boxes`` (the affine's units, e.g.
+    mm). The detector keeps the boxes scoring at least the task's ``score_thresh``, best first."""
+
+    def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, datamodule, dataset,
+                 save_probabilities: bool):
+        super().__init__(output_dir, inputs, task, datamodule, dataset, save_probabilities)
+        self.boxes_on_input = datamodule.boxes_on_input
+        self.box_convention = {key: datamodule.box_settings[key] for key in ("box_mode", "box_axes")}
+        net = task.net
+        self.box_key, self.label_key, self.score_key = net.target_box_key, net.target_label_key, net.pred_score_key
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        for index, image, detected in zip(batch_indices, batch["image"], prediction, strict=True):
+            boxes = self.boxes_on_input(detected[self.box_key].float().cpu(), image)
+            labels = detected[self.label_key].cpu().tolist()
+            case = {"input": self.inputs[index].label, "shape": [int(s) for s in image.meta["spatial_shape"]],
+                    "boxes": boxes["voxels"].tolist(), "scores": detected[self.score_key].float().cpu().tolist(),
+                    "labels": labels, "classes": [self.class_names[label] for label in labels]}
+            if "world" in boxes:
+                case["world_boxes"] = boxes["world"].tolist()
+            self.cases.append(case)
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        path = self.output_dir / "detections.json"
+        path.write_text(json.dumps({**self.box_convention, "class_names": self.class_names, "cases": self.cases},
+                                   indent=2))
+        for case in self.cases:
+            case["json"] = str(path)
+
+
 WRITERS: dict[str, type[PredictionWriter]] = {
     "classification": ClassificationWriter,
     "segmentation": SegmentationWriter,
+    "detection": DetectionWriter,
 }
 
 
@@ -210,7 +246,7 @@ def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = 
                           f"(it writes {', '.join(WRITERS)})")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    writer = WRITERS[kind](output_dir, images, task, loader.dataset, save_probabilities)
+    writer = WRITERS[kind](output_dir, images, task, datamodule, loader.dataset, save_probabilities)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with data_errors_unwrapped():

@@ -10,7 +10,8 @@ it), in voxel (``box_coordinates: image``) or world (``world``, LUNA16-style) co
 (``data.box_mode``: ``xyzxyz``/``xyxy`` corners, ``cccwhd``/``ccwh`` centre and size, ...). 2D boxes given the
 other way round (x = column, as in COCO) are read with ``box_axes: xy``. They become MONAI's standard mode
 (corner-corner, voxel coordinates) at load time, are checked against the image there, and follow the image through
-resampling (via world coordinates) and every augmentation.
+resampling (via world coordinates) and every augmentation. Boxes predicted on new images (``prediction_loader``)
+go back the same way onto each image as read, in the datalist's convention (``boxes_on_input``).
 
 Everything else is the segmentation data module's: readers, intensity standardisation and resampling
 (``data.preprocessing``), patient-grouped splits, caching and the dataset fingerprint.
@@ -40,7 +41,8 @@ from monai.apps.detection.transforms.dictionary import (
     RandRotateBox90d,
     RandZoomBoxd,
 )
-from monai.data.box_utils import get_boxmode
+from monai.data import DataLoader, MetaTensor
+from monai.data.box_utils import StandardMode, convert_box_mode, get_boxmode
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import Compose, DeleteItemsd, EnsureTyped, MapTransform
 
@@ -92,26 +94,35 @@ class LoadDetectionCased(LoadCased):
         if box_coordinates not in BOX_COORDINATES:
             raise ConfigError(f"data.box_coordinates={box_coordinates!r} is unknown: use one of {list(BOX_COORDINATES)}")
         try:  # MONAI checks the mode only when converting: look it up now
-            self.to_standard = ConvertBoxToStandardMode(mode=get_boxmode(box_mode))
+            self.box_mode = get_boxmode(box_mode)
         except ValueError:
             raise ConfigError(
                 f"data.box_mode={box_mode!r} is not a MONAI box mode: use e.g. xyzxyz, cccwhd, xyzwhd (3D) or "
                 "xyxy, ccwh, xywh (2D)"
             ) from None
+        self.to_standard = ConvertBoxToStandardMode(mode=self.box_mode)
         self.box_axes = box_axes
         self.world_to_image = AffineBoxd(to_world=False, affine_lps_to_ras=affine_lps_to_ras) \
             if box_coordinates == "world" else None
+
+    def to_datalist_convention(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Standard-mode boxes -> the datalist's box mode and axis order: loading's conversion undone."""
+        return convert_box_mode(self._swap_xy(boxes), src_mode=StandardMode, dst_mode=self.box_mode)
+
+    def _swap_xy(self, boxes: torch.Tensor) -> torch.Tensor:
+        """Column-first 2D boxes (COCO, PIL) <-> the image's row-first axis order (the same swap both ways)."""
+        if self.box_axes != "xy":
+            return boxes
+        if boxes.shape[1] != 4:
+            raise ConfigError("data.box_axes=xy is for 2D images: 3D boxes follow the volume's axis order")
+        return boxes[:, [1, 0, 3, 2]]
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         case = super().__call__(data)
         image, where = case[IMAGE], f"case {case.get('case_id')} ({data[IMAGE]})"
         dims = image.ndim - 1
         boxes = torch.as_tensor(np.asarray(case[BOX], dtype=np.float32).reshape(-1, 2 * dims))
-        boxes = self.to_standard(boxes)
-        if self.box_axes == "xy":  # column-first 2D boxes (COCO, PIL) -> the image's row-first axis order
-            if dims != 2:
-                raise ConfigError("data.box_axes=xy is for 2D images: 3D boxes follow the volume's axis order")
-            boxes = boxes[:, [1, 0, 3, 2]]
+        boxes = self._swap_xy(self.to_standard(boxes))
         case[BOX], case[LABEL] = boxes, torch.as_tensor(case[LABEL], dtype=torch.long)
         if self.world_to_image is not None:
             case = self.world_to_image(case)
@@ -119,9 +130,18 @@ class LoadDetectionCased(LoadCased):
         return case
 
 
+def box_affine(affine: Any, spatial_dims: int, affine_lps_to_ras: bool = False) -> torch.Tensor:
+    """An image's voxel-to-world affine as MONAI's ``AffineBox`` takes it for boxes: a 2D image's 4x4 affine (MONAI
+    keeps one for every image) cut to its in-plane 3x3 part; to LPS for world boxes in LPS (ITK, DICOM) against a
+    RAS affine (nibabel)."""
+    affine = torch.as_tensor(affine, dtype=torch.float64)
+    keep = [*range(spatial_dims), affine.shape[0] - 1]
+    affine = affine[keep][:, keep]
+    return orientation_ras_lps(affine) if affine_lps_to_ras else affine
+
+
 class AffineBoxd(MapTransform):
-    """Boxes (standard mode) from voxel to world coordinates of the image, or back, by its affine: MONAI's
-    ``AffineBox``, with a 2D image's 4x4 affine (MONAI keeps one for every image) cut to its in-plane 3x3 part."""
+    """Boxes (standard mode) from voxel to world coordinates of the image, or back, by its affine (``box_affine``)."""
 
     def __init__(self, to_world: bool, affine_lps_to_ras: bool = False) -> None:
         super().__init__([BOX])
@@ -130,11 +150,7 @@ class AffineBoxd(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         case = dict(data)
         image = case[IMAGE]
-        affine = torch.as_tensor(image.affine, dtype=torch.float64)
-        keep = [*range(image.ndim - 1), affine.shape[0] - 1]
-        affine = affine[keep][:, keep]
-        if self.affine_lps_to_ras:  # world boxes in LPS (ITK, DICOM) against a RAS affine (nibabel)
-            affine = orientation_ras_lps(affine)
+        affine = box_affine(image.affine, image.ndim - 1, self.affine_lps_to_ras)
         case[BOX] = AffineBox()(case[BOX], affine=affine if self.to_world else torch.inverse(affine))
         return case
 
@@ -273,6 +289,31 @@ class DetectionDataModule(SegmentationDataModule):
         """The segmentation key plus the box settings: a changed box mode must not reuse cached boxes."""
         boxes = hashlib.sha1(json.dumps(self.box_settings, sort_keys=True).encode()).hexdigest()[:8]
         return f"{super()._cache_key(name)}-{boxes}"
+
+    def prediction_loader(self, images: Sequence[str], batch_size: int = 1) -> DataLoader:
+        """New image files preprocessed as the test split (keeping their affines, for ``boxes_on_input``), one per
+        batch as in validation and test (the detector pads a batch to one size, which moves scores near the
+        border), as lists of cases as the detector takes them; ``batch_size`` is not used."""
+        dataset = super().prediction_loader(images).dataset
+        return DataLoader(dataset, batch_size=1, collate_fn=collate_cases)
+
+    def boxes_on_input(self, boxes: torch.Tensor, image: MetaTensor) -> dict[str, torch.Tensor]:
+        """Standard-mode boxes detected on an image of ``prediction_loader`` -> the datalist's convention
+        (``box_mode``, ``box_axes``) on that image as read, before its resampling or resizing: ``voxels``, the way
+        training brought the datalist's boxes onto the preprocessed grid undone (through world coordinates, with
+        the preprocessed affine and the affine it was read with), and where the reader knew the image's place
+        (NIfTI, DICOM, ...) ``world`` (the affine's units, e.g. mm; LPS with ``affine_lps_to_ras``)."""
+        dims = image.ndim - 1
+        world = AffineBox()(boxes, affine=box_affine(image.affine, dims))
+        file_affine = image.meta.get("original_affine")  # none for a photograph, which MONAI reads on the identity
+        input_affine = box_affine(torch.eye(dims + 1) if file_affine is None else file_affine, dims)
+        voxels = AffineBox()(world, affine=torch.inverse(input_affine))
+        loader = self._loader()
+        on_input = {"voxels": loader.to_datalist_convention(voxels)}
+        if file_affine is not None:
+            to_world = box_affine(input_affine, dims, self.box_settings["affine_lps_to_ras"])
+            on_input["world"] = loader.to_datalist_convention(AffineBox()(voxels, affine=to_world))
+        return on_input
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "boxes_per_class": {name: self.class_counts(name) for name in

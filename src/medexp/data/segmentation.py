@@ -214,7 +214,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         """New image files (no masks), preprocessed as the test split, one whole image per batch as in validation
         and test (sizes differ; ``batch_size`` is not used); the dataset's ``transform`` can invert them."""
         if not all(isinstance(image, str) for image in images):
-            raise DataError("a segmentation model takes image files (NIfTI, DICOM, PNG, ...), not .npz arrays: "
+            raise DataError("this model takes image files (NIfTI, DICOM, PNG, ...), not .npz arrays: "
                             "give inputs=<an image, a folder of images or a glob>")
         pipeline = prediction_pipeline(LoadCased(label_key=None, mask_keys=()), self.preprocessing,
                                        self.in_channels, self.spatial_dims)

@@ -27,6 +27,7 @@ from torch import nn
 
 from medexp.data.detection import BOX, IMAGE, LABEL
 from medexp.tasks.base import BaseTask
+from medexp.tasks.segmentation import as_tensor
 
 EVAL_STAGES = ("val", "test")
 _COCO_KEY = re.compile(r"(?:(?P<cls>.+)_)?(?P<kind>mAP|mAR|AP|AR)_IoU_(?P<iou>[\d.]+)(?:_[\d.]+_[\d.]+)?_MaxDet_(?P<det>\d+)")
@@ -78,6 +79,8 @@ def short_metric_name(coco_key: str, max_detections: int) -> str:
 
 
 class DetectionTask(BaseTask):
+    prediction_kind = "detection"
+
     def __init__(self, net: RetinaNetDetector, optimizer: Callable, num_classes: int,
                  scheduler: Callable | None = None, class_names: Sequence[str] | None = None,
                  atss_candidates: int = 4, hard_negative: Mapping[str, float] | None = None,
@@ -130,7 +133,9 @@ class DetectionTask(BaseTask):
 
     # -- evaluation -------------------------------------------------------------------------------------------
     def predict_step(self, batch, batch_idx):
-        images, _ = self._inputs(batch)
+        """Per image its detections ``{"box": (N, 2 * dims) standard mode, "label": (N,), "label_scores": (N,)}``
+        above ``score_thresh``; new images (``medexp-predict``) come without boxes, so only the images are read."""
+        images = [as_tensor(image) for image in batch[IMAGE]]
         return self.net(images, use_inferer=self.net.inferer is not None)
 
     def _eval_step(self, stage: str, batch) -> None:
