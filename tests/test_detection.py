@@ -194,6 +194,19 @@ def test_3d_retinanet_detects_on_a_volume(make_cfg):
     assert result["boxes"].shape[1] == 6 and set(result) == {"boxes", "labels", "labels_scores"}
 
 
+@pytest.mark.parametrize("no_max_pool, finest_stride", [(False, 4), (True, 2)])
+def test_no_max_pool_makes_the_finest_pyramid_level_finer(make_cfg, no_max_pool, finest_stride):
+    """ResNet's no_max_pool switch must hold inside the feature pyramid too (it calls the backbone's children in
+    order, max-pool included): finer anchors are what place boxes to within a pixel or two."""
+    from hydra.utils import instantiate
+
+    cfg = make_cfg("experiment=synthetic_detection", f"model.backbone.no_max_pool={no_max_pool}")
+    detector = instantiate(cfg.model).eval()
+    with torch.no_grad():
+        features = detector.network.feature_extractor(torch.rand(1, 1, 64, 64))
+    assert next(iter(features.values())).shape[-1] == 64 // finest_stride
+
+
 # -- training ----------------------------------------------------------------------------------------------------
 SMALL = ["experiment=synthetic_detection", "data.num_train=160", "data.num_val=40", "data.num_test=40", *QUIET]
 

@@ -40,6 +40,8 @@ def build_retinanet(backbone: nn.Module, spatial_dims: int, num_classes: int,
     ``returned_layers`` plus one pooled level, anchors ``anchor_sizes`` (a side, or one per axis) at the finest level,
     doubled at each coarser one (the LUNA16 tutorial's layout, with ``fpn_channels`` instead of a fixed 256)."""
     layers = list(returned_layers)
+    if backbone.no_max_pool:  # the pyramid calls every child module in order, ignoring ResNet's own switch
+        backbone.maxpool = nn.Identity()
     feature_extractor = BackboneWithFPN(
         backbone,
         return_layers={f"layer{k}": str(i) for i, k in enumerate(layers)},
