@@ -32,8 +32,7 @@ class BaseTask(pl.LightningModule):
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
-        self._train_loss_sum: torch.Tensor | None = None
-        self._train_steps = 0
+        self._train_losses: list[torch.Tensor] = []
 
     def remember_config(self, config: Mapping) -> None:
         """Keep the resolved run config in checkpoints, as plain containers only: checkpoints must load with
@@ -56,18 +55,23 @@ class BaseTask(pl.LightningModule):
 
     # -- loss bookkeeping -------------------------------------------------------------------------------------
     def log_train_loss(self, loss: torch.Tensor) -> None:
-        """Accumulate on the device (no host sync per step); checked and logged once per epoch."""
-        detached = loss.detach()
-        self._train_loss_sum = detached if self._train_loss_sum is None else self._train_loss_sum + detached
-        self._train_steps += 1
+        """Kept on the device and averaged once per epoch: no host sync, and not even a kernel per step (on a
+        GPU a small model's step is bound by how fast Python issues kernels)."""
+        self._train_losses.append(loss.detach())
+
+    @property
+    def train_steps(self) -> int:
+        """Training steps so far in this epoch."""
+        return len(self._train_losses)
 
     def on_train_epoch_start(self) -> None:
-        self._train_loss_sum, self._train_steps = None, 0
+        self._train_losses = []
 
     def on_train_epoch_end(self) -> None:
-        if self._train_loss_sum is None:
+        if not self._train_losses:
             return
-        mean_loss = self._train_loss_sum / max(self._train_steps, 1)
+        mean_loss = torch.stack(self._train_losses).mean()
+        self._train_losses = []
         self.log("train/loss", mean_loss, sync_dist=True)
         if not math.isfinite(float(mean_loss)):
             raise MedexpError(

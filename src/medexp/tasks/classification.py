@@ -59,7 +59,7 @@ class ClassificationTask(BaseTask):
             "confusion_matrix": tmc.MulticlassConfusionMatrix(num_classes=num_classes),
         })
         self.test_report: dict = {}
-        # training scores stay on the device until the epoch ends: metric updates read values back to the host
+        # training logits stay on the device until the epoch ends: metric updates read values back to the host
         # (torchmetrics checks that scores are probabilities), which would stall a GPU at every step
         self._train_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -75,7 +75,7 @@ class ClassificationTask(BaseTask):
         logits = self(images)
         loss = self.criterion(logits, labels)
         self.log_train_loss(loss)
-        self._train_outputs.append((self._scores(logits.detach()), labels))
+        self._train_outputs.append((logits.detach(), labels))  # scored once per epoch: no kernel per step
         return loss
 
     def _eval_step(self, stage: str, batch):
@@ -117,9 +117,9 @@ class ClassificationTask(BaseTask):
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
         if self._train_outputs:
-            scores, labels = (torch.cat(parts) for parts in zip(*self._train_outputs, strict=True))
+            logits, labels = (torch.cat(parts) for parts in zip(*self._train_outputs, strict=True))
             self._train_outputs = []
-            self.metrics("train").update(scores, labels)
+            self.metrics("train").update(self._scores(logits), labels)
         self._end_epoch("train")
 
     def on_validation_epoch_end(self) -> None:

@@ -128,7 +128,7 @@ class DetectionTask(BaseTask):
         self._loss_sums = {}
 
     def on_train_epoch_end(self) -> None:
-        steps = max(self._train_steps, 1)
+        steps = max(self.train_steps, 1)
         super().on_train_epoch_end()
         if self._loss_sums:
             self.log_metrics("train", {f"loss_{key}": total / steps for key, total in self._loss_sums.items()})
