@@ -7,12 +7,14 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from monai.data import MetaTensor
+from monai.data.box_utils import clip_boxes_to_image
 from monai.transforms import Compose
 from PIL import Image
 
@@ -22,8 +24,11 @@ from medexp.data.detection import DetectionDataModule, box_augmentation
 from medexp.data.synthetic_boxes import make_box_lesions
 from medexp.errors import ConfigError, DataError
 from medexp.pipeline import run_experiment
+from medexp.tasks.detection import DetectionTask
+from test_predict import restored
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
+RETINANET_3D = ["data=detection_datalist", "model=retinanet", "task=detection"]  # size_divisible 16 on each axis
 PNG_SHAPE = (40, 48)  # rows, columns: not square, so a swapped axis shows
 
 
@@ -136,15 +141,23 @@ def test_2d_png_datalist_centre_size_boxes_column_first(tmp_path):
 WORLD_BOX = [10.5, 13.5, 12.0, 9.0, 9.0, 12.0]  # cccwhd, mm: voxel corners [4, 6, 2] .. [10, 12, 6] at 1.5 x 1.5 x 3 mm
 
 
+def write_cube_volumes(root: Path, shape: tuple[int, ...], spacing: tuple[float, ...],
+                       cubes_per_case: list[list[list[int]]], boxes_per_case: list[list[list[float]]]) -> Path:
+    """A NIfTI volume per case, zero but for bright cubes (voxel corners ``[x0, y0, z0, x1, y1, z1]``), with the
+    datalist boxes given for it (label 0): all cases but the last two train, then one validation, one test case."""
+    cases = []
+    for index, (cubes, boxes) in enumerate(zip(cubes_per_case, boxes_per_case, strict=True)):
+        volume = np.zeros(shape, np.float32)
+        for cube in cubes:
+            volume[tuple(slice(low, high) for low, high in zip(cube[:3], cube[3:], strict=True))] = 100.0
+        write_nifti(root / f"vol{index}.nii.gz", volume, spacing)
+        cases.append({"image": f"vol{index}.nii.gz", "box": boxes, "label": [0] * len(boxes)})
+    return write_datalist(root, {"training": cases[:-2], "validation": cases[-2:-1], "test": cases[-1:]})
+
+
 def world_box_volumes(root: Path) -> DetectionDataModule:
     """1.5 x 1.5 x 3 mm volumes with a bright cube boxed by ``WORLD_BOX``, resampled to 3 mm by the preprocessing."""
-    cases = []
-    for index in range(5):
-        volume = np.zeros((24, 20, 12), np.float32)
-        volume[4:10, 6:12, 2:6] = 100.0
-        write_nifti(root / f"vol{index}.nii.gz", volume, (1.5, 1.5, 3.0))
-        cases.append({"image": f"vol{index}.nii.gz", "box": [WORLD_BOX], "label": [0]})
-    write_datalist(root, {"training": cases[:3], "validation": cases[3:4], "test": cases[4:]})
+    write_cube_volumes(root, (24, 20, 12), (1.5, 1.5, 3.0), [[[4, 6, 2, 10, 12, 6]]] * 5, [[WORLD_BOX]] * 5)
     return datamodule(root, spatial_dims=3, box_mode="cccwhd", box_coordinates="world",
                       preprocessing={"spacing": [3.0, 3.0, 3.0], "normalize": "minmax"})
 
@@ -187,7 +200,7 @@ def test_3d_retinanet_detects_on_a_volume(make_cfg):
     """The model config builds a 3D detector too (spatial_dims from the data); evaluation returns boxes."""
     from hydra.utils import instantiate
 
-    cfg = make_cfg("data=detection_datalist", "model=retinanet", "task=detection")
+    cfg = make_cfg(*RETINANET_3D)
     detector = instantiate(cfg.model).eval()
     with torch.no_grad():
         (result,) = detector([torch.rand(1, 30, 32, 20)])
@@ -236,3 +249,103 @@ def test_cli_trains_tests_and_writes_checkpoint_and_metrics(tmp_path):
     assert 0.0 <= float(next(row["test/map"] for row in rows if row["test/map"])) <= 1.0
     assert (tmp_path / "outputs" / "data" / "synthetic_boxes").is_dir()  # generated where paths.data_dir points
 
+
+# -- large volumes: training on patches, evaluating whole volumes by sliding windows ------------------------------
+VOLUME, PATCH = (48, 48, 32), [32, 32, 16]
+CUBES = [[8, 10, 6, 16, 18, 12], [30, 28, 18, 38, 36, 24]]  # voxel corners, 8 x 8 x 6 each
+
+
+def cube_volumes(root: Path) -> Path:
+    """Five 1 mm volumes of 48 x 48 x 32 with one bright cube (odd cases: two), boxed by its corners (xyzxyz)."""
+    cubes = [CUBES[: 1 + index % 2] for index in range(5)]
+    return write_cube_volumes(root, VOLUME, (1.0, 1.0, 1.0), cubes, cubes)
+
+
+def patch_module(root: Path, **options) -> DetectionDataModule:
+    return datamodule(root, **{"spatial_dims": 3, "box_mode": "xyzxyz", "preprocessing": {"normalize": "minmax"},
+                               "cache": "memory", "patch_size": PATCH, "batch_size": 3, **options})
+
+
+def test_patches_have_the_patch_size_and_boxes_exactly_on_their_cubes(tmp_path):
+    """Each training image gives samples_per_image patches of patch_size; every patch's boxes, clipped and shifted
+    with it, cover exactly its bright voxels (a cube cut by the patch border keeps the part inside)."""
+    batch = next(iter(patch_module(cube_volumes(tmp_path), samples_per_image=4).train_dataloader()))
+    assert len(batch["image"]) == 12 and sorted(Counter(batch["case_id"]).values()) == [4, 4, 4]
+    for image, boxes in zip(batch["image"], batch["box"], strict=True):
+        assert image.shape == (1, *PATCH) and torch.equal(boxes, boxes.round())  # crops shift by whole voxels
+        in_boxes = torch.zeros(PATCH, dtype=torch.bool)
+        for box in boxes.long().tolist():
+            in_boxes[tuple(slice(low, high) for low, high in zip(box[:3], box[3:], strict=True))] = True
+        assert torch.equal(in_boxes, image[0] > 0.5), boxes
+
+
+def test_pos_neg_ratio_centres_patches_on_whole_boxes(tmp_path):
+    """A patch centred on a box holds it whole: all of them with (practically) only such patches, about 3 in 4 with
+    pos_neg_ratio=3; with 0 every centre is drawn away from the boxes, and few patches catch a whole cube."""
+    root = cube_volumes(tmp_path)
+
+    def share_with_a_whole_cube(pos_neg_ratio: float) -> float:
+        batch = next(iter(patch_module(root, samples_per_image=16, pos_neg_ratio=pos_neg_ratio).train_dataloader()))
+        sizes = [boxes[:, 3:] - boxes[:, :3] for boxes in batch["box"]]
+        return float(np.mean([bool((size == torch.tensor([8, 8, 6])).all(1).any()) for size in sizes]))
+
+    assert share_with_a_whole_cube(1e6) == 1.0
+    assert share_with_a_whole_cube(3.0) > 0.6 and share_with_a_whole_cube(0.0) < 0.3  # 8 seeds: 0.69-0.83, 0.06-0.21
+
+
+def test_bad_patch_settings_are_config_errors(tmp_path):
+    with pytest.raises(ConfigError, match=r"patch_size=\[32, 32\] needs 3 positive sizes"):
+        patch_module(tmp_path, patch_size=[32, 32])
+    with pytest.raises(ConfigError, match="pos_neg_ratio=-1"):
+        patch_module(tmp_path, pos_neg_ratio=-1)
+
+
+@pytest.mark.parametrize("windows", [
+    {"sw_roi_size": [24, 24, 16]},  # windows off the network's 16-voxel grid
+    {"sw_roi_size": [32, 32, 32], "sw_overlap": 0.25},  # steps of 24 voxels
+    {"sw_roi_size": [32, 32]},
+])
+def test_sliding_windows_off_the_feature_grid_are_config_errors(make_cfg, windows):
+    """MONAI places a window's feature maps at its start divided by their stride: off the coarsest grid, boxes
+    would shift or the maps fail to stitch."""
+    from hydra.utils import instantiate
+
+    net = instantiate(make_cfg(*RETINANET_3D).model)
+    with pytest.raises(ConfigError, match=r"sw_roi_size=\[.*(size_divisible \[16, 16, 16\]|one size per)") as error:
+        DetectionTask(net, optimizer=None, num_classes=1, **windows)
+    assert "\n" not in str(error.value)
+
+
+def test_trains_on_patches_and_detects_on_whole_volumes_by_sliding_windows(make_cfg, tmp_path):
+    """Patches through a training epoch; validation and test by sliding windows. The trained detector's boxes lie
+    in whole-volume coordinates: one window of the volume's size gives the boxes of no windows at all, smaller
+    windows give boxes across the whole volume, and a window larger than the volume gives the boxes of the volume
+    zero-padded to it, inside the volume (MONAI's own padding misplaced them)."""
+    root = cube_volumes(tmp_path / "data")
+    metrics = run_experiment(make_cfg(
+        *RETINANET_3D, "logger=none", "augmentation=none", f"data.root={root}", "data.box_mode=xyzxyz",
+        "data.preprocessing.normalize=minmax", "data.batch_size=2", f"data.patch_size={PATCH}",
+        "data.samples_per_image=2", "task.sw_roi_size=[32,32,32]", "task.sw_overlap=0.5", "task.score_thresh=0",
+        "trainer.max_epochs=1", *QUIET,
+    ))
+    assert np.isfinite(metrics["train/loss_box_regression"]) and 0 <= metrics["val/map"] <= 1
+    assert 0 <= metrics["test/map"] <= 1
+    (checkpoint,) = (tmp_path / "run" / "checkpoints").glob("best-*.ckpt")
+    windows = {"none": (None, 0.0), "volume": (list(VOLUME), 0.0), "overlapping": ([32, 32, 32], 0.5),
+               "larger": ([64, 48, 32], 0.0)}  # (sw_roi_size, sw_overlap)
+    detected = {}
+    for name, (roi_size, overlap) in windows.items():
+        dm, task = restored(checkpoint, sw_roi_size=roi_size, sw_overlap=overlap)
+        with torch.no_grad():
+            (detected[name],) = task.predict_step(next(iter(dm.test_dataloader())), 0)
+    assert len(detected["none"]["box"]) == 100  # every anchor scores above score_thresh=0: the most per image
+    torch.testing.assert_close(detected["volume"]["box"], detected["none"]["box"])
+    torch.testing.assert_close(detected["volume"]["label_scores"], detected["none"]["label_scores"])
+    boxes = detected["overlapping"]["box"]
+    assert len(boxes) > 0 and (boxes[:, :3] >= 0).all() and (boxes[:, 3:] <= torch.tensor(VOLUME)).all()
+    assert boxes[:, 3].max() > 32  # from the second window along x, placed there
+    with torch.no_grad():  # the volume padded at its end along x to the larger window, without sliding windows
+        (padded,) = task.net([torch.nn.functional.pad(next(iter(dm.test_dataloader()))["image"][0], [0, 0, 0, 0, 0, 16])])
+    boxes, inside = clip_boxes_to_image(padded["box"], VOLUME, remove_empty=True)
+    torch.testing.assert_close(detected["larger"]["box"], boxes)
+    torch.testing.assert_close(detected["larger"]["label_scores"], padded["label_scores"][inside])

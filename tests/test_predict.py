@@ -45,9 +45,11 @@ def train(out: Path, *overrides: str) -> Path:
     return best
 
 
-def restored(ckpt: Path):
-    """Data module and task as ``medexp-eval`` rebuilds them: the test path to compare predictions with."""
+def restored(ckpt: Path, **task_settings):
+    """Data module and task as ``medexp-eval`` rebuilds them: the test path to compare predictions with; the
+    trained weights under other ``task`` settings where given."""
     config = torch.load(ckpt, weights_only=True)["hyper_parameters"]["config"]
+    config["task"].update(task_settings)
     cfg = OmegaConf.create(config)
     datamodule = build_datamodule(cfg)
     task = build_task(cfg, datamodule, config)

@@ -250,6 +250,19 @@ class DetectionDataModule(SegmentationDataModule):
                              "affine_lps_to_ras": affine_lps_to_ras}
         self._loader()  # unknown box settings fail now, not at the first batch
         self.rotate90_prob = rotate90_prob
+        self._check_patches()
+
+    def _check_patches(self) -> None:
+        """Patch settings fail now with the fix, not inside MONAI's crop at the first batch. A patch larger than
+        an image is fine: it keeps that image's extent on the axis, and the detector pads the batch."""
+        if self.patch_size is None:
+            return
+        if len(self.patch_size) != self.spatial_dims or min(self.patch_size) <= 0:
+            raise ConfigError(f"data.patch_size={self.patch_size} needs {self.spatial_dims} positive sizes, one per "
+                              f"spatial axis (data.spatial_dims={self.spatial_dims})")
+        if self.pos_neg_ratio < 0 or self.samples_per_image < 1:
+            raise ConfigError(f"data.pos_neg_ratio={self.pos_neg_ratio} must be >= 0 (patches centred on a box per "
+                              f"patch centred away from them) and data.samples_per_image={self.samples_per_image} >= 1")
 
     def _loader(self) -> LoadDetectionCased:
         return LoadDetectionCased(**self.box_settings)

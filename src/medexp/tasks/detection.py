@@ -21,11 +21,13 @@ from monai.apps.detection.metrics.matching import matching_batch
 from monai.apps.detection.networks.retinanet_detector import RetinaNetDetector
 from monai.apps.detection.networks.retinanet_network import RetinaNet
 from monai.apps.detection.utils.anchor_utils import AnchorGeneratorWithAnchorShape
-from monai.data.box_utils import box_iou
+from monai.data.box_utils import box_iou, clip_boxes_to_image
 from monai.networks.blocks.backbone_fpn_utils import BackboneWithFPN
 from torch import nn
+from torch.nn import functional as F
 
 from medexp.data.detection import BOX, IMAGE, LABEL
+from medexp.errors import ConfigError
 from medexp.tasks.base import BaseTask
 from medexp.tasks.segmentation import as_tensor
 
@@ -67,6 +69,22 @@ def _out_channels(layer: nn.Module) -> int:
     return [m for m in layer.modules() if isinstance(m, (nn.Conv2d, nn.Conv3d))][-1].out_channels
 
 
+def check_sliding_windows(roi_size: Sequence[int], overlap: float, size_divisible: Sequence[int]) -> None:
+    """Windows must start on the coarsest feature map's grid (``size_divisible``, its stride): MONAI places each
+    window's feature maps at its start scaled down and rounded, so an off-grid start shifts the boxes of that
+    window, or fails to stitch. MONAI steps windows by ``int(roi_size * (1 - overlap))``."""
+    grid = list(size_divisible)
+    if len(roi_size) != len(grid):
+        raise ConfigError(f"task.sw_roi_size={list(roi_size)} needs one size per spatial axis ({len(grid)})")
+    steps = [int(size * (1 - overlap)) for size in roi_size]
+    if any(size <= 0 or size % g or step % g for size, step, g in zip(roi_size, steps, grid, strict=True)):
+        raise ConfigError(
+            f"task.sw_roi_size={list(roi_size)} with task.sw_overlap={overlap} (window steps {steps}) must be "
+            f"multiples of the network's size_divisible {grid}, windows and steps both: e.g. sw_roi_size "
+            f"{[4 * g for g in grid]} with sw_overlap 0.25 or 0.5"
+        )
+
+
 def short_metric_name(coco_key: str, max_detections: int) -> str:
     """``mAP_IoU_0.10_0.50_0.05_MaxDet_100`` -> ``map``; ``AP_IoU_0.50_MaxDet_100`` -> ``ap_iou50``;
     ``mAR_IoU_..._MaxDet_5`` -> ``mar_det5``; a class prefix ``nodule_`` becomes a suffix ``_nodule``."""
@@ -100,8 +118,10 @@ class DetectionTask(BaseTask):
                                          "min_neg": 16, **dict(hard_negative or {})})
         net.set_box_selector_parameters(score_thresh=score_thresh, topk_candidates_per_level=1000,
                                         nms_thresh=nms_thresh, detections_per_img=detections_per_image)
-        if sw_roi_size is not None:  # whole large volumes in evaluation: sliding windows over the network
-            net.set_sliding_window_inferer(roi_size=list(sw_roi_size), overlap=sw_overlap, sw_batch_size=1)
+        self.sw_roi_size = None if sw_roi_size is None else [int(s) for s in sw_roi_size]
+        if self.sw_roi_size is not None:  # whole large volumes in evaluation: sliding windows over the network
+            check_sliding_windows(self.sw_roi_size, sw_overlap, net.size_divisible)
+            net.set_sliding_window_inferer(roi_size=self.sw_roi_size, overlap=sw_overlap, sw_batch_size=1)
         self.classification_weight = classification_weight
         self.coco = COCOMetric(classes=self.class_names, iou_list=iou_list, iou_range=iou_range,
                                max_detection=max_detections, per_class=num_classes > 1, verbose=False)
@@ -138,7 +158,21 @@ class DetectionTask(BaseTask):
         """Per image its detections ``{"box": (N, 2 * dims) standard mode, "label": (N,), "label_scores": (N,)}``
         above ``score_thresh``; new images (``medexp-predict``) come without boxes, so only the images are read."""
         images = [as_tensor(image) for image in batch[IMAGE]]
-        return self.net(images, use_inferer=self.net.inferer is not None)
+        if self.sw_roi_size is None:
+            return self.net(images)
+        return [self._detect_by_windows(image) for image in images]
+
+    def _detect_by_windows(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One image by sliding windows, first padded at its end (which keeps its voxel coordinates) to at least a
+        window: MONAI would pad a smaller image on both sides, by amounts the coarser feature maps cannot follow,
+        and its anchors would then spread over the image at the wrong stride."""
+        size = image.shape[1:]
+        short = [max(window - s, 0) for window, s in zip(self.sw_roi_size, size, strict=True)]
+        padded = F.pad(image, [pad for extra in reversed(short) for pad in (0, extra)])
+        (detected,) = self.net([padded], use_inferer=True)
+        boxes, keep = clip_boxes_to_image(detected[BOX], size, remove_empty=True)
+        score = self.net.pred_score_key
+        return {BOX: boxes, LABEL: detected[LABEL][keep], score: detected[score][keep]}
 
     def _eval_step(self, stage: str, batch) -> None:
         _, targets = self._inputs(batch)
