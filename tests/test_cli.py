@@ -65,3 +65,12 @@ def test_unusable_tracking_uri_is_one_line_naming_the_fix(tmp_path):
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_clear_error(done, "bogus://nowhere", "logger=csv")
     assert "Epoch 2:" not in done.stdout + done.stderr  # stopped at the first epoch's logging, not at the end
+
+
+def test_an_error_raised_inside_hydra_instantiate_is_still_one_line(tmp_path):
+    """Hydra wraps what a constructor raises ("Error in call to target ..."): the user reads medexp's line only."""
+    done = medexp("data=detection_datalist", "model=retinanet", "task=detection", "data.box_mode=nonsense", "logger=none",
+                  f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert_clear_error(done, "data.box_mode")
+    assert "Error in call to target" not in done.stderr and "Error executing job" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: data.box_mode='nonsense'"), done.stderr

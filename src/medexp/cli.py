@@ -4,17 +4,18 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from medexp.errors import MedexpError
+from medexp.errors import MedexpError, unwrapped_user_errors
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Print a ``MedexpError`` as ``error: <message>`` and exit 2.
+    """Print a ``MedexpError`` (also one a library wrapped) as ``error: <message>`` and exit 2.
 
     Inside a multirun the error is re-raised instead, so the sweeper records a failed trial and goes on.
     """
     try:
-        yield
+        with unwrapped_user_errors():
+            yield
     except MedexpError as exc:
         from medexp.pipeline import in_multirun
 

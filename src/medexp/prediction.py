@@ -8,7 +8,6 @@ adds its writer to ``WRITERS``. ``predictions.json`` lists what was written.
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 import glob
 import json
@@ -21,7 +20,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from medexp.data.io import PIL_SUFFIXES
-from medexp.errors import ConfigError, DataError, MedexpError
+from medexp.errors import ConfigError, DataError, unwrapped_user_errors
 
 IMAGE_SUFFIXES = (*PIL_SUFFIXES, "nii.gz", "nii", "dcm", "mha", "mhd", "nrrd")
 
@@ -249,26 +248,9 @@ def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = 
     writer = WRITERS[kind](output_dir, images, task, datamodule, loader.dataset, save_probabilities)
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    with data_errors_unwrapped():
+    with unwrapped_user_errors():
         trainer.predict(task, dataloaders=loader, return_predictions=False)
     summary = {"checkpoint": str(Path(ckpt_path).resolve()), "inputs": str(inputs), "prediction_kind": kind,
                "cases": writer.cases}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-@contextlib.contextmanager
-def data_errors_unwrapped():
-    """MONAI wraps an error raised inside a transform (a DataError naming the unreadable file) in RuntimeErrors
-    ("applying transform ..."): raise the DataError itself, so that the user reads one line."""
-    try:
-        yield
-    except MedexpError:
-        raise
-    except Exception as exc:
-        cause = exc.__cause__
-        while cause is not None and not isinstance(cause, MedexpError):
-            cause = cause.__cause__
-        if cause is None:
-            raise
-        raise cause from None
