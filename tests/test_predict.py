@@ -150,7 +150,8 @@ def test_2d_masks_match_the_test_path_resized_back_to_each_image(segmenter_2d, t
         np.testing.assert_allclose(probabilities, back_to_input.numpy(), atol=1e-5)
         mask = np.asarray(Image.open(tmp_path / f"{name}_mask.png"))
         assert mask.dtype == np.uint8 and mask.shape == (40, 48)
-        np.testing.assert_array_equal(mask, probabilities.argmax(0))
+        np.testing.assert_array_equal(mask, probabilities.argmax(0) * 255)  # binary: 0/255, as the data's own masks
+    assert summary["cases"][0]["mask_values"] == dict(zip(task.class_names, (0, 255), strict=True))
 
 
 def test_3d_masks_keep_the_input_grid_for_nifti_and_dicom(segmenter_3d, tmp_path):

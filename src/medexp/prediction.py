@@ -132,10 +132,10 @@ class ClassificationWriter(PredictionWriter):
 
 
 class SegmentationWriter(PredictionWriter):
-    """Per image a label map (uint8 class indices) on the input's own grid: the preprocessing's resampling and
-    resizing are undone on the class probabilities (``Invertd``, interpolating them) before the argmax. NIfTI with
-    the input's affine for NIfTI/DICOM/other medical inputs, PNG for 2D photographs; with ``save_probabilities``
-    also the probabilities, as NIfTI with the classes on the last axis."""
+    """Per image a label map (uint8 class indices; 0/255 in a binary task's PNG) on the input's own grid: the
+    preprocessing's resampling and resizing are undone on the class probabilities (``Invertd``, interpolating them)
+    before the argmax. NIfTI with the input's affine for NIfTI/DICOM/other medical inputs, PNG for 2D photographs;
+    with ``save_probabilities`` also the probabilities, as NIfTI with the classes on the last axis."""
 
     def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, datamodule, dataset,
                  save_probabilities: bool):
@@ -161,14 +161,17 @@ class SegmentationWriter(PredictionWriter):
         from PIL import Image
 
         mask = probabilities.argmax(axis=0).astype(np.uint8)
+        # a binary PNG mask as 0/255, the way 2D sets store them (and visible in any viewer); indices otherwise
+        scale = 255 if len(self.class_names) == 2 else 1
         if source.label.lower().endswith(tuple(f".{suffix}" for suffix in PIL_SUFFIXES)):
             mask_path = self.output_dir / f"{source.name}_mask.png"
-            Image.fromarray(mask).save(mask_path)
+            Image.fromarray(mask * np.uint8(scale)).save(mask_path)
         else:
-            mask_path = self.output_dir / f"{source.name}_mask.nii.gz"
+            mask_path, scale = self.output_dir / f"{source.name}_mask.nii.gz", 1
             nib.save(nib.Nifti1Image(mask, affine), mask_path)
         case = {"input": source.label, "mask": str(mask_path), "shape": list(mask.shape),
-                "class_names": self.class_names}
+                "class_names": self.class_names,
+                "mask_values": {name: index * scale for index, name in enumerate(self.class_names)}}
         if self.save_probabilities:
             case["probabilities"] = str(self.output_dir / f"{source.name}_probabilities.nii.gz")
             nib.save(nib.Nifti1Image(np.moveaxis(probabilities, 0, -1).astype(np.float32), affine),
