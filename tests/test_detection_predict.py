@@ -42,7 +42,8 @@ def test_detections_match_the_test_path(detector, tmp_path):
 
 def test_medexp_eval_tests_a_detection_checkpoint(detector, tmp_path):
     metrics = evaluate_checkpoint(str(detector), "", "eval", log_to="none", report_dir=tmp_path / "report")
-    assert 0.0 <= metrics["test/map"] <= 1.0 and "test/mar" in metrics
+    assert 0.0 <= metrics["test/map"] <= 1.0 and "test/mar" in metrics and 0.0 <= metrics["test/froc"] <= 1.0
+    assert (tmp_path / "report" / "froc_test.png").stat().st_size > 0
 
 
 def test_boxes_on_a_resampled_volume_go_back_to_its_voxels_and_mm(tmp_path):

@@ -7,12 +7,14 @@ detection.yaml``. Training logs the detector's two losses (classification, box r
 validation and test log MONAI's COCO metrics (``COCOMetric`` over ``matching_batch``) under short names:
 ``map`` (mean AP over the IoU range), ``ap_iou10`` / ``ap_iou50`` / ... (AP at one IoU), ``mar`` (mean recall
 over the range at the most detections), ``mar_det1`` / ... (at fewer detections), ``ar_iou10`` / ...; with several
-classes each also per class (``map_<class>``).
+classes each also per class (``map_<class>``). ``froc`` is LUNA16's score (mean sensitivity at 1/8 to 8 false
+positives per image); the test FROC curve is the task's test report.
 """
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +34,8 @@ from medexp.tasks.base import BaseTask
 from medexp.tasks.segmentation import as_tensor
 
 EVAL_STAGES = ("val", "test")
+# LUNA16's FROC operating points: false positives per image at which sensitivity is read (their mean is the CPM)
+FROC_FP_PER_IMAGE = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
 _COCO_KEY = re.compile(r"(?:(?P<cls>.+)_)?(?P<kind>mAP|mAR|AP|AR)_IoU_(?P<iou>[\d.]+)(?:_[\d.]+_[\d.]+)?_MaxDet_(?P<det>\d+)")
 
 
@@ -85,6 +89,32 @@ def check_sliding_windows(roi_size: Sequence[int], overlap: float, size_divisibl
         )
 
 
+def froc_curve(matches: Sequence[Mapping[int, Mapping[str, np.ndarray]]], num_images: int,
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """False positives per image and sensitivity at every score threshold, all classes pooled, a detection counting
+    as found at the first (lowest) IoU threshold of the matching: ``matches`` as MONAI's ``matching_batch`` gives."""
+    scores, found, targets = [np.zeros(0)], [np.zeros(0, dtype=bool)], 0
+    for image in matches:
+        for per_class in image.values():
+            scores.append(per_class["dtScores"])
+            found.append(per_class["dtMatches"][0].astype(bool))
+            targets += int(np.sum(~per_class["gtIgnore"].astype(bool)))
+    order = np.argsort(-np.concatenate(scores), kind="stable")
+    hits = np.concatenate(found)[order]
+    return np.cumsum(~hits) / max(num_images, 1), np.cumsum(hits) / max(targets, 1)
+
+
+def froc_score(fp_per_image: np.ndarray, sensitivity: np.ndarray,
+               operating_points: Sequence[float] = FROC_FP_PER_IMAGE) -> float:
+    """Mean sensitivity at ``operating_points`` false positives per image (LUNA16's CPM); beyond the last threshold
+    a detector reaches no more sensitivity."""
+    if len(sensitivity) == 0:
+        return 0.0
+    at = [sensitivity[np.searchsorted(fp_per_image, point, side="right") - 1]
+          if fp_per_image[0] <= point else 0.0 for point in operating_points]
+    return float(np.mean(at))
+
+
 def short_metric_name(coco_key: str, max_detections: int) -> str:
     """``mAP_IoU_0.10_0.50_0.05_MaxDet_100`` -> ``map``; ``AP_IoU_0.50_MaxDet_100`` -> ``ap_iou50``;
     ``mAR_IoU_..._MaxDet_5`` -> ``mar_det5``; a class prefix ``nodule_`` becomes a suffix ``_nodule``."""
@@ -128,6 +158,7 @@ class DetectionTask(BaseTask):
         self.max_detections = max(max_detections)
         self._loss_sums: dict[str, torch.Tensor] = {}
         self.cases: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in EVAL_STAGES}
+        self.test_report: dict = {}
 
     @staticmethod
     def _inputs(batch: Mapping[str, list]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -205,10 +236,13 @@ class DetectionTask(BaseTask):
             pred_scores=[c["pred_score"] for c in cases], gt_boxes=[c["box"] for c in cases],
             gt_classes=[c["label"] for c in cases], max_detections=self.max_detections,
         )
-        values = self.coco(matches)[0]
+        values = {short_metric_name(k, self.max_detections): float(v) for k, v in self.coco(matches)[0].items()}
+        fp_per_image, sensitivity = froc_curve(matches, len(cases))
+        values["froc"] = froc_score(fp_per_image, sensitivity)
+        if stage == "test":
+            self.test_report = {"froc": (fp_per_image, sensitivity)}
         # every rank holds all cases now, so the values agree: logged without another reduction
-        self.log_dict({f"{stage}/{short_metric_name(k, self.max_detections)}": torch.tensor(float(v))
-                       for k, v in values.items()})
+        self.log_dict({f"{stage}/{k}": torch.tensor(v) for k, v in values.items()})
 
     def _gathered(self, cases: list) -> list:
         """All ranks' cases (COCO matching needs every image at once, not a mean of per-rank values)."""
@@ -223,3 +257,14 @@ class DetectionTask(BaseTask):
 
     def on_test_epoch_end(self) -> None:
         self._end_eval("test")
+
+    def write_test_report(self, folder: Path) -> list[Path]:
+        """The FROC curve of the last test run, as a PNG in ``folder``."""
+        from medexp.tracking.plots import plot_froc
+
+        if "froc" not in self.test_report:
+            return []
+        fp_per_image, sensitivity = self.test_report["froc"]
+        score = froc_score(fp_per_image, sensitivity)
+        return [plot_froc(fp_per_image, sensitivity, FROC_FP_PER_IMAGE, folder / "froc_test.png",
+                          title=f"FROC (test): mean sensitivity at 1/8-8 FP/image {score:.3f}")]

@@ -1,4 +1,4 @@
-"""Pictures of a test evaluation (matplotlib, headless): ROC curves and the confusion matrix."""
+"""Pictures of a test evaluation (matplotlib, headless): ROC and FROC curves, the confusion matrix, overlays."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -66,6 +66,23 @@ def plot_segmentation_overlay(image, truth, predicted, path: Path, title: str = 
             ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6, interpolation="nearest")
         ax.set(title=name, xticks=[], yticks=[])
     fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_froc(fp_per_image: np.ndarray, sensitivity: np.ndarray, operating_points: Sequence[float], path: Path,
+              title: str = "FROC (test)") -> Path:
+    """Sensitivity against false positives per image (log axis), with the operating points read for the score."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=120)
+    ax.step(np.maximum(fp_per_image, operating_points[0] / 2), sensitivity, where="post", lw=1.5)
+    for point in operating_points:
+        ax.axvline(point, ls=":", c="grey", lw=0.6)
+    ax.set_xscale("log", base=2)
+    ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(0, 1.01), title=title,
+           xlim=(operating_points[0] / 2, operating_points[-1] * 2))
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
