@@ -38,8 +38,9 @@ def build_datalist(
     """Read the records a config spec describes; a list of specs is concatenated (e.g. DRIVE training + test).
 
     Every spec has ``kind`` (folder | csv | json | decathlon) plus that kind's options, and may add
-    ``patient_regex`` (patient id = first group of this regex searched in the image file name) and ``split``
-    (the official split of all its records). Relative paths are resolved against ``root``.
+    ``patient_regex`` (patient id = first group of this regex searched in the image file name), ``split``
+    (the official split of all its records) and ``folds_file`` (an nnU-Net ``splits_final.json`` giving each
+    record its ``fold``). Relative paths are resolved against ``root``.
     """
     specs = [spec] if isinstance(spec, Mapping) else list(spec)
     records = [rec for one in specs for rec in _read_one(one, root)]
@@ -57,6 +58,7 @@ def _read_one(spec: Mapping[str, Any], root: str | Path | None) -> list[Record]:
     kind = options.pop("kind", None)
     patient_regex = options.pop("patient_regex", None)
     split = options.pop("split", None)
+    folds_file = options.pop("folds_file", None)
     readers = {
         "folder": folder_datalist,
         "csv": table_datalist,
@@ -79,6 +81,8 @@ def _read_one(spec: Mapping[str, Any], root: str | Path | None) -> list[Record]:
     if split is not None:
         for record in records:
             record["split"] = normalise_split(split, where="datalist spec")
+    if folds_file is not None:
+        assign_nnunet_folds(records, base / folds_file)
     return records
 
 
@@ -249,6 +253,34 @@ def decathlon_datalist(path: str | Path, include_test: bool = False) -> list[Rec
             for row in content.get("test", [])
         ]
     return [_table_record(row, path, index, _PATH_KEYS) for index, row in enumerate(rows)]
+
+
+def assign_nnunet_folds(records: Sequence[Record], path: str | Path) -> None:
+    """Give each record the ``fold`` whose ``val`` list names it in nnU-Net's ``splits_final.json`` (a list with one
+    ``{"train": [ids], "val": [ids]}`` per fold). nnU-Net names a case without the ``_0000`` channel suffix of its
+    image files, so ``hippocampus_367`` matches case ``hippocampus_367_0000`` too. Ids the datalist lacks are
+    ignored (a datalist may be a subset); a datalist case in no ``val`` list, or in two, is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"folds file {path} does not exist: fix the datalist's folds_file")
+    content = _load_json(path)
+    if not isinstance(content, list) or not all(isinstance(f, Mapping) and isinstance(f.get("val"), list)
+                                                for f in content):
+        raise DataError(f"{path} is not an nnU-Net splits_final.json: expected a list of "
+                        '{"train": [ids], "val": [ids]}, one per fold')
+    fold_of: dict[str, int] = {}
+    for fold, entry in enumerate(content):
+        for case in entry["val"]:
+            if fold_of.setdefault(str(case), fold) != fold:
+                raise DataError(f"case {case} is in the val list of folds {fold_of[str(case)]} and {fold} of {path}: "
+                                "each case must validate in exactly one fold")
+    for record in records:
+        case = record["case_id"]
+        key = case if case in fold_of else re.sub(r"_\d{4}$", "", case)
+        if key not in fold_of:
+            raise DataError(f"case {case} is in no val list of {path}: regenerate the folds for this datalist, "
+                            "or list only the cases the file covers")
+        record["fold"] = fold_of[key]
 
 
 def file_stem(path: Path) -> str:

@@ -9,12 +9,18 @@ kind        test set                               validation set
 official    records whose ``split`` is "test"      records whose ``split`` is "val", else carved
 ratio       ``test_ratio`` of the patients         carved
 patients    ``test_patients``                      ``val_patients``, else carved
-kfold       ``test_patients``, else official test  fold ``fold`` of ``num_folds`` over the rest
+kfold       ``test_patients``, else official test  the records of provided fold ``fold``, else fold
+                                                   ``fold`` of ``num_folds`` drawn with ``seed`` over the rest
 auto        official if any record has a split, else ratio
 ==========  =====================================  ===============================================
 
 "Carved" means ``val_count`` patients (or else ``val_ratio`` of all patients) drawn with ``seed`` from those left
 after the test set; the rest train. Ratios count patients, not images.
+
+Provided folds: when the datalist gives each case a ``fold`` (MONAI Auto3DSeg's datalist does; nnU-Net's
+``splits_final.json`` is read into the same key by ``medexp.data.datalist``), kfold validates on the cases of fold
+``fold`` and trains on all the others, exactly as the provider split them; ``num_folds`` and ``seed`` are then
+not used. A patient's cases must all lie in one fold.
 Pure Python (no torch/monai) so the split can be computed and inspected anywhere.
 """
 
@@ -84,7 +90,11 @@ def make_split(
     settings = {"kind": kind, "seed": seed}
     rng = random.Random(seed)
     test, pool = _choose_test(records, kind, test_ratio, test_patients, rng)
-    if kind == "kfold":
+    provided = _provided_folds(pool) if kind == "kfold" else None
+    if provided is not None:
+        settings.update(fold=fold, num_folds=len(set(provided.values())), folds="provided")
+        val, train = _take_provided_fold(pool, provided, fold)
+    elif kind == "kfold":
         settings.update(fold=fold, num_folds=num_folds)
         val, train = _take_fold(pool, fold, num_folds, seed)
     elif kind == "official" and any(r.get("split") == "val" for r in pool):
@@ -164,6 +174,47 @@ def _take_fold(records, fold: int, num_folds: int, seed: int) -> tuple[list[Reco
         raise DataError(f"{len(patients)} patients cannot fill num_folds={num_folds} folds: lower split.num_folds")
     random.Random(seed).shuffle(patients)
     return _take_patients(records, patients[fold::num_folds], "fold")
+
+
+def _provided_folds(records: Sequence[Record]) -> dict[str, int] | None:
+    """Patient id -> fold given by the datalist, or None when no record carries a ``fold``."""
+    with_fold = [r for r in records if r.get("fold") not in (None, "")]
+    if not with_fold:
+        return None
+    if len(with_fold) < len(records):
+        lacking = next(r for r in records if r.get("fold") in (None, ""))
+        raise DataError(
+            f"case {lacking['case_id']} has no fold while {len(with_fold)} other cases have one: give every "
+            "non-test case a fold in the datalist (or none, to draw folds with split.seed)"
+        )
+    folds: dict[str, int] = {}
+    for record in with_fold:
+        fold = _fold_number(record)
+        patient = record["patient_id"]
+        if folds.setdefault(patient, fold) != fold:
+            raise DataError(
+                f"patient {patient} has cases in folds {folds[patient]} and {fold} of the datalist: put all of a "
+                "patient's cases in one fold, or the fold leaks them into training"
+            )
+    return folds
+
+
+def _fold_number(record: Record) -> int:
+    try:
+        return int(record["fold"])
+    except (TypeError, ValueError):
+        raise DataError(
+            f"case {record['case_id']} has fold {record['fold']!r}: a fold is an integer (0, 1, ...)"
+        ) from None
+
+
+def _take_provided_fold(records, folds: Mapping[str, int], fold: int) -> tuple[list[Record], list[Record]]:
+    numbers = sorted(set(folds.values()))
+    if fold not in numbers:
+        raise DataError(f"split fold={fold} is not one of the datalist's folds {numbers}: set data.fold to one of them")
+    if len(numbers) < 2:
+        raise DataError(f"the datalist provides only fold {numbers[0]}: give the cases at least two folds")
+    return _partition(records, lambda r: folds[r["patient_id"]] == fold)
 
 
 def _check_not_empty(split: Split, test_expected: bool) -> None:
