@@ -29,7 +29,8 @@ def _as_float(images: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class ArraySplits:
-    """Images ``(N, C, H, W)`` (any numeric dtype) and integer labels ``(N,)`` per split."""
+    """Images ``(N, C, H, W)`` (any numeric dtype) and labels per split: class indices ``(N,)``, or for a
+    multi-label set (ChestMNIST) one 0/1 column per label ``(N, K)``."""
 
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
@@ -90,6 +91,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         self.mean = self.std = None
         self.image_shape: list[int] | None = None  # (C, H, W) of the training images
         self._augment = None
+        self._saved_train_counts: tuple[list[int], int] | None = None  # from a checkpoint, see ``_label_counts``
 
     # -- subclasses -------------------------------------------------------------------------------------------
     def load_arrays(self) -> ArraySplits:
@@ -127,9 +129,28 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         return batch
 
     # -- facts about the data ---------------------------------------------------------------------------------
+    @property
+    def multi_label(self) -> bool:
+        """Whether each image carries K binary labels (``(N, K)`` labels) rather than one class index."""
+        return self.arrays.labels["train"].ndim == 2
+
     def class_counts(self, split: str = "train") -> list[int]:
+        """Images per class; for a multi-label set, images where each label is present."""
+        return self._label_counts(split)[0]
+
+    def sample_count(self, split: str = "train") -> int:
+        return self._label_counts(split)[1]
+
+    def _label_counts(self, split: str) -> tuple[list[int], int]:
+        """(images per class or label, images) of a split. The training split's also travel in checkpoints:
+        ``medexp-predict`` rebuilds a class-weighted loss (``task.class_weights=balanced``) without the data."""
+        if self.arrays is None and split == "train" and self._saved_train_counts is not None:
+            return self._saved_train_counts
+        if self.arrays is None:  # a checkpoint from before the counts were saved in it: read the data again
+            self.setup()
         labels = self.arrays.labels[split]
-        return np.bincount(labels, minlength=self.num_classes).tolist()
+        counts = labels.sum(axis=0) if labels.ndim == 2 else np.bincount(labels, minlength=self.num_classes)
+        return counts.astype(np.int64).tolist(), int(len(labels))
 
     def fingerprint(self) -> dict:
         """What this run saw, so a result can be traced to its data (nnU-Net's habit): sizes, classes, a hash."""
@@ -144,7 +165,8 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             "image_shape": list(a.images["train"].shape[1:]),
             "dtype": str(a.images["train"].dtype),
             "sizes": {s: int(len(a.labels[s])) for s in SPLITS},
-            "class_counts": {s: np.bincount(a.labels[s], minlength=self.num_classes).tolist() for s in SPLITS},
+            "class_counts": {s: self.class_counts(s) for s in SPLITS},
+            "multi_label": self.multi_label,
             "class_names": self.class_names,
             "normalisation": {"mean": self.mean, "std": self.std},
             **a.extra,
@@ -171,7 +193,15 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             if x.ndim != 4 or x.shape[1] != self.in_channels:
                 raise DataError(f"{a.source}: {split} images have shape {x.shape[1:]} (C, H, W); the config says "
                                 f"in_channels={self.in_channels}: set data.in_channels to match")
-            if y.min() < 0 or y.max() >= self.num_classes:
+            if y.ndim == 2:
+                if y.shape[1] != self.num_classes:
+                    raise DataError(f"{a.source}: {split} labels have {y.shape[1]} columns (one per label of a "
+                                    f"multi-label set) but data.num_classes={self.num_classes}: set it to "
+                                    f"{y.shape[1]}")
+                if not np.isin(y, (0, 1)).all():
+                    raise DataError(f"{a.source}: {split} labels have {y.shape[1]} columns but hold values other "
+                                    "than 0 and 1: a multi-label set marks each label absent (0) or present (1)")
+            elif y.min() < 0 or y.max() >= self.num_classes:
                 raise DataError(f"{a.source}: {split} labels span {int(y.min())}..{int(y.max())}, outside "
                                 f"0..{self.num_classes - 1}: set data.num_classes to match the data")
 
@@ -194,10 +224,14 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
 
     # -- checkpoints: what new images need, so medexp-predict works without the training data ------------------
     def state_dict(self) -> dict:
-        return {"mean": self.mean, "std": self.std, "image_shape": self.image_shape}
+        counts, samples = self._label_counts("train")
+        return {"mean": self.mean, "std": self.std, "image_shape": self.image_shape,
+                "train_class_counts": counts, "train_samples": samples}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.std, self.image_shape = state["mean"], state["std"], state["image_shape"]
+        if "train_class_counts" in state:
+            self._saved_train_counts = (list(state["train_class_counts"]), int(state["train_samples"]))
 
     # -- prediction -------------------------------------------------------------------------------------------
     def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int) -> DataLoader:

@@ -33,7 +33,8 @@ def channels_first(images: np.ndarray) -> np.ndarray:
 
 
 def load_medmnist(path: Path) -> dict[str, np.ndarray]:
-    """Read and check a MedMNIST file: images become ``(N, C, H, W)`` uint8, labels ``(N,)`` int64."""
+    """Read and check a MedMNIST file: images become ``(N, C, H, W)`` uint8, labels ``(N,)`` int64 class indices,
+    or ``(N, K)`` 0/1 for a multi-label set (ChestMNIST's 14 findings)."""
     try:
         with np.load(path) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]
@@ -45,14 +46,17 @@ def load_medmnist(path: Path) -> dict[str, np.ndarray]:
         raise
     except Exception as exc:  # zip/pickle/format errors: name the file, not numpy's internals
         raise DataError(f"cannot read {path}: {type(exc).__name__}: {exc}; re-download it or point data.root elsewhere") from None
+    columns = {split: arrays[f"{split}_labels"].reshape(len(arrays[f"{split}_labels"]), -1).shape[1]
+               for split in SPLITS}
+    if len(set(columns.values())) > 1:
+        raise DataError(f"{path}: the splits' labels have different numbers of columns {columns}: "
+                        "re-download the file")
     out = {}
     for split in SPLITS:
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if labels.ndim == 2 and labels.shape[1] > 1:
-            raise DataError(f"{path}: {split}_labels has {labels.shape[1]} columns (multi-label, e.g. ChestMNIST); "
-                            "medexp's classification task takes one label per image")
-        out[f"{split}_images"] = channels_first(images)
-        out[f"{split}_labels"] = labels.reshape(-1).astype(np.int64)
+        labels = arrays[f"{split}_labels"].astype(np.int64)
+        out[f"{split}_images"] = channels_first(arrays[f"{split}_images"])
+        # (N, 1) class indices become (N,); (N, K) with K > 1 is multi-label and stays so
+        out[f"{split}_labels"] = labels.reshape(len(labels), -1) if columns[split] > 1 else labels.reshape(-1)
     return out
 
 

@@ -32,18 +32,41 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, t
     return path
 
 
+def _draw_matrix(ax, matrix: np.ndarray, row_names: Sequence[str], column_names: Sequence[str], title: str) -> None:
+    """Counts in their cells, true classes as rows, predicted as columns."""
+    ax.imshow(matrix, cmap="Blues")
+    for i in range(matrix.shape[0]):
+        for j in range(matrix.shape[1]):
+            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
+                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+    ax.set(xticks=range(len(column_names)), yticks=range(len(row_names)), xticklabels=column_names,
+           yticklabels=row_names, xlabel="predicted", ylabel="true", title=title)
+
+
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: Path,
                           title: str = "Confusion matrix (test)") -> Path:
     plt = _pyplot()
     n = len(class_names)
     fig, ax = plt.subplots(figsize=(1.2 * n + 2.5, 1.2 * n + 2), dpi=120)
-    ax.imshow(matrix, cmap="Blues")
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
-    ax.set(xticks=range(n), yticks=range(n), xticklabels=class_names, yticklabels=class_names,
-           xlabel="predicted", ylabel="true", title=title)
+    _draw_matrix(ax, matrix, class_names, class_names, title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_label_confusion_matrices(matrices: np.ndarray, label_names: Sequence[str], path: Path,
+                                  title: str = "Confusion matrix per label (test)") -> Path:
+    """A multi-label task's ``(K, 2, 2)`` matrices (absent/present, at probability 0.5), one panel per label."""
+    plt = _pyplot()
+    columns = min(len(label_names), 5)
+    rows = -(-len(label_names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.4 * columns, 2.4 * rows + 0.4), dpi=120, squeeze=False)
+    for ax, matrix, name in zip(axes.flat, matrices, label_names, strict=False):
+        _draw_matrix(ax, matrix, ("absent", "present"), ("absent", "present"), name)
+    for ax in axes.flat[len(label_names):]:
+        ax.axis("off")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
