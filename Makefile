@@ -6,9 +6,11 @@ BIN := $(VENV)/bin
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
 BENCH_NPZ ?= ../shared/data/pneumoniamnist.npz
-PORT ?= 5000
-HOST ?= 127.0.0.1
-OUTPUTS := $(CURDIR)/outputs
+# the MLflow UI/server's bind address: its own name, not HOST (tcsh and some containers export HOST=0.0.0.0)
+MLFLOW_PORT ?= 5000
+MLFLOW_HOST ?= 127.0.0.1
+# MEDEXP_OUTPUT_ROOT moves all outputs (as it does for medexp-train), the UI and server follow it
+OUTPUTS := $(or $(MEDEXP_OUTPUT_ROOT),$(CURDIR)/outputs)
 
 .PHONY: install train test test-fast lint format ui server compare bench clean
 
@@ -35,13 +37,13 @@ lint: install
 format: install
 	$(BIN)/ruff format src tests benchmarks
 
-ui: install  ## MLflow UI over outputs/ on http://$(HOST):$(PORT) (loopback only by default)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(HOST) --port $(PORT)
+ui: install  ## MLflow UI over outputs/ on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (loopback only by default)
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
-server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(HOST):$(PORT)
+server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT)
 	mkdir -p $(OUTPUTS)
 	$(BIN)/mlflow server --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db \
-		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(HOST) --port $(PORT)
+		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 compare: install  ## ranked runs of an experiment or sweep: make compare EXP=medexp [SWEEP=<parent run id | sweep name>]
 	$(BIN)/medexp-compare $(EXP) $(if $(SWEEP),--sweep $(SWEEP))

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from medexp.compare import main
+from medexp.cli.compare import main
 from test_sweep_app import mlflow_store, run_toy, sweep_runs  # noqa: F401  (mlflow_store is a fixture)
 
 

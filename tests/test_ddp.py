@@ -30,7 +30,7 @@ def runs(uri: str):
 
 
 def test_ddp_trains_resumes_and_matches_single_process_metrics(tmp_path, tracking_uri):
-    from medexp.evaluation import evaluate_checkpoint
+    from medexp.workflows.evaluate import evaluate_checkpoint
 
     run_dir = tmp_path / "run"
     train("trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, uri=tracking_uri)

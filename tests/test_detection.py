@@ -23,7 +23,7 @@ from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.detection import DetectionDataModule, box_augmentation
 from medexp.data.synthetic_boxes import make_box_lesions
 from medexp.errors import ConfigError, DataError
-from medexp.pipeline import run_experiment
+from medexp.workflows.train import run_experiment
 from medexp.tasks.detection import DetectionTask
 from test_predict import restored
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from medexp.evaluation import evaluate_checkpoint
-from medexp.prediction import predict
+from medexp.workflows.evaluate import evaluate_checkpoint
+from medexp.workflows.predict import predict
 from test_detection import WORLD_BOX, datamodule, png_datalist, world_box_volumes
 from test_predict import restored, train
 

@@ -24,8 +24,9 @@ from PIL import Image
 from conftest import compose_config
 from fixtures_data import phantom_volume, write_chase_like, write_decathlon_like, write_dicom_series, write_nifti
 from medexp.errors import DataError
-from medexp.pipeline import build_datamodule, build_task, run_experiment
-from medexp.prediction import predict
+from medexp.workflows.build import build_datamodule, build_task
+from medexp.workflows.predict import predict
+from medexp.workflows.train import run_experiment
 from test_cli import HEAVY, assert_clear_error
 
 QUICK = ["logger=none", "test=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fixtures_data import write_chase_like, write_decathlon_like
-from medexp.pipeline import run_experiment
+from medexp.workflows.train import run_experiment
 
 REAL_CHASE = Path(__file__).resolve().parents[2] / "shared" / "data" / "CHASEDB1"
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]

@@ -5,9 +5,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from medexp.errors import ConfigError
-from medexp.sweeps import redact_url
 from medexp.sweeps.seeds import sampler_seed, trial_seed
 from medexp.sweeps.space import grid_values, override_value, search_space
+from medexp.tracking.redact import redact_text
 from medexp.tracking.sweep import run_name, swept_values
 
 
@@ -88,5 +88,5 @@ def test_run_names_hold_only_swept_keys():
 
 
 def test_storage_passwords_stay_out_of_logs_and_tags():
-    assert redact_url("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
-    assert redact_url("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"
+    assert redact_text("postgresql://me:secret@db:5432/optuna") == "postgresql://me:***@db:5432/optuna"
+    assert redact_text("sqlite:////tmp/optuna.db") == "sqlite:////tmp/optuna.db"

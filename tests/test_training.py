@@ -5,7 +5,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from medexp.pipeline import run_experiment
+from medexp.workflows.train import run_experiment
 
 SHORT = ["trainer.max_epochs=1", "+trainer.limit_train_batches=3", "+trainer.limit_val_batches=1",
          "+trainer.limit_test_batches=1", "callbacks.progress_bar.refresh_rate=0"]
@@ -98,7 +98,7 @@ def test_checkpoint_loads_weights_only_and_resume_continues(make_cfg, tracking_u
 
 
 def test_eval_reproduces_the_test_metrics_of_the_best_checkpoint(make_cfg, tracking_uri, tmp_path):
-    from medexp.evaluation import evaluate_checkpoint
+    from medexp.workflows.evaluate import evaluate_checkpoint
 
     trained = run_experiment(make_cfg(*SHORT, *SMALL_SYNTHETIC, "trainer.max_epochs=2"))
     (best,) = (tmp_path / "run" / "checkpoints").glob("best-*.ckpt")

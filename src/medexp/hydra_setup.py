@@ -18,3 +18,11 @@ def prepare_hydra() -> None:
     from medexp.sweeps import register_optuna_sweeper
 
     register_optuna_sweeper()
+
+
+def in_multirun() -> bool:
+    """This job is one of a sweep (``-m``)."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN

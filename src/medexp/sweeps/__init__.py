@@ -10,15 +10,6 @@ from __future__ import annotations
 OPTUNA_SWEEPER_TARGET = "hydra_plugins.medexp_optuna_sweeper.optuna_sweeper.MedexpOptunaSweeper"
 
 
-def redact_url(url: str | None) -> str:
-    """A storage URL without its password, fit for logs and MLflow tags."""
-    if not url or "@" not in url or "://" not in url:
-        return url or ""
-    scheme, rest = url.split("://", 1)
-    credentials, host = rest.rsplit("@", 1)
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-
-
 def optuna_sweeper_config():
     """``hydra.sweeper`` when this job belongs to medexp's Optuna sweeper, else None.
 

@@ -18,11 +18,11 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from medexp.sweeps import redact_url
 from medexp.sweeps import study as studies
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, JobOutcome, job_outcome
 from medexp.sweeps.seeds import sampler_seed, trial_seed
 from medexp.sweeps.space import override_value, search_space
+from medexp.tracking.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class OptunaSweep:
         counted = studies.n_counted_trials(study)
         remaining = max(int(s["n_trials"]) - counted, 0)
         log.info("study %s (%s): %d trial(s) counted, %d to run to reach n_trials=%d, %d at a time",
-                 study.study_name, redact_url(s["storage"]), counted, remaining, int(s["n_trials"]), int(s["n_jobs"]))
+                 study.study_name, redact_text(str(s["storage"])), counted, remaining, int(s["n_trials"]), int(s["n_jobs"]))
         self._save_sweep_config()
         outcomes: list[JobOutcome] = []
         self._first_trial = len(study.trials)

@@ -16,8 +16,8 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from medexp.errors import ConfigError
-from medexp.sweeps import redact_url
 from medexp.sweeps.space import grid_values
+from medexp.tracking.redact import redact_text
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ def open_study(study_name: str, storage: str, direction_name: str, sampler: optu
     study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
                                 direction=wanted, load_if_exists=True)
     if study.direction.name.lower() != wanted:
-        raise ConfigError(f"study {study_name!r} in {redact_url(storage)} was created to {study.direction.name.lower()}; "
+        raise ConfigError(f"study {study_name!r} in {redact_text(str(storage))} was created to {study.direction.name.lower()}; "
                           f"this sweep asks to {wanted}: use another hydra.sweeper.study_name")
     return study
 

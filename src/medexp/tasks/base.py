@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,6 +21,20 @@ STAGES = ("train", "val", "test")
 
 
 class BaseTask(pl.LightningModule):
+    """What the workflows rely on in every task: ``class_names`` (set by the subclass), ``prediction_kind`` (which
+    ``medexp-predict`` writer takes its ``predict_step`` outputs), and the report writers below."""
+
+    prediction_kind: str = ""
+    class_names: list[str]
+
+    def write_test_report(self, folder: Path) -> list[Path]:
+        """Write the last test run's report files (plots, tables) into ``folder``; return their paths."""
+        return []
+
+    def write_validation_report(self, folder: Path) -> list[Path]:
+        """Likewise for the last validation, at the end of fitting."""
+        return []
+
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, monitor: str = "val/loss", monitor_mode: str = "min",
                  channels_last: bool | str = False):
@@ -32,6 +47,7 @@ class BaseTask(pl.LightningModule):
         self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
+        self.best_monitor: float | None = None
         self._train_losses: list[torch.Tensor] = []
 
     def remember_config(self, config: Mapping) -> None:
@@ -80,4 +96,19 @@ class BaseTask(pl.LightningModule):
             )
 
     def log_metrics(self, stage: str, metrics: Mapping[str, torch.Tensor]) -> None:
-        self.log_dict({f"{stage}/{k}": v for k, v in metrics.items()}, sync_dist=True)
+        """Log ``<stage>/<name>``; with the monitored metric also ``best/<monitor>``, its best value so far: the
+        figure of the checkpoint that is kept, which the last epoch's value need not be."""
+        logged = {f"{stage}/{k}": v for k, v in metrics.items()}
+        if self.monitor in logged and not self.trainer.sanity_checking:
+            value = float(logged[self.monitor])
+            better = max if self.monitor_mode == "max" else min
+            self.best_monitor = value if self.best_monitor is None else better(self.best_monitor, value)
+            logged[f"best/{self.monitor}"] = torch.tensor(self.best_monitor, device=self.device)
+        self.log_dict(logged, sync_dist=True)
+
+    # the best monitored value travels in checkpoints, so a resumed run keeps reporting the true best
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["best_monitor"] = self.best_monitor
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.best_monitor = checkpoint.get("best_monitor")

@@ -35,10 +35,12 @@ class MlflowRunLogger(Logger):
     """One MLflow run, written by the writer process (see the module docstring); inert on ranks other than zero."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None, run_id: str | None = None):
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None, step_offset: int = 0):
         super().__init__()
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
+        self.step_offset = step_offset  # metrics of a later evaluation land after the training run's last step
         self._handle = uuid.uuid4().hex
+        self._ended_ids: tuple[str | None, str | None] = (None, None)
         self._writer = writer_process() if rank_zero_only.rank == 0 else None
         if self._writer is not None:
             self._writer.send("open", self._handle, uri=tracking_uri, experiment=experiment_name, run_name=run_name,
@@ -65,6 +67,8 @@ class MlflowRunLogger(Logger):
         if self._writer is None:
             return
         reply = self._writer.request("end", self._handle, status=status)
+        # kept for whoever names the run afterwards (the writer forgets it now)
+        self._ended_ids = (self._writer.run_ids.get(self._handle), self._writer.experiment_ids.get(self._handle))
         self._writer.forget(self._handle)
         self._writer = None
         self._raise(reply.get("error"))
@@ -90,7 +94,12 @@ class MlflowRunLogger(Logger):
     @property
     def version(self) -> str | None:
         """The run id once known; never waits (the progress bar asks at every refresh)."""
-        return self._writer.run_ids.get(self._handle) if self._writer is not None else None
+        return self._writer.run_ids.get(self._handle) if self._writer is not None else self._ended_ids[0]
+
+    @property
+    def experiment_id(self) -> str | None:
+        """The MLflow experiment's id once the run is open; never waits."""
+        return self._writer.experiment_ids.get(self._handle) if self._writer is not None else self._ended_ids[1]
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -99,7 +108,8 @@ class MlflowRunLogger(Logger):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         stamp = int(time.time() * 1000)
-        self._send("metrics", metrics=[(k, float(v), stamp, step or 0) for k, v in metrics.items()])
+        step = (step or 0) + self.step_offset
+        self._send("metrics", metrics=[(k, float(v), stamp, step) for k, v in metrics.items()])
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -113,8 +123,10 @@ class MlflowRunLogger(Logger):
 
 
 def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                        tags: Mapping[str, str] | None = None, run_id: str | None = None) -> MlflowRunLogger:
-    return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id)
+                        tags: Mapping[str, str] | None = None, run_id: str | None = None,
+                        step_offset: int = 0) -> MlflowRunLogger:
+    return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id,
+                           step_offset=step_offset)
 
 
 def git_state(path: Path) -> dict[str, str]:
@@ -150,7 +162,7 @@ class RunRecorder(pl.Callback):
       (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON; the run id into the run
       directory for resume;
     - fit end: the best checkpoint, and the task's validation report where it has one (segmentation overlays);
-    - test end: the task's test report (``task.write_test_report(folder) -> [files]``, where the task has one).
+    - test end: the task's test report (``task.write_test_report(folder) -> [files]``, declared on ``BaseTask``).
     """
 
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
@@ -179,18 +191,16 @@ class RunRecorder(pl.Callback):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).is_file():
             self._log_file(Path(best), "checkpoints")
-        self._log_report(pl_module, "write_validation_report")
+        self._log_report(pl_module.write_validation_report)
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
-        self._log_report(pl_module, "write_test_report")
+        self._log_report(pl_module.write_test_report)
 
-    def _log_report(self, pl_module, writer: str) -> None:
-        if not hasattr(pl_module, writer):
-            return
+    def _log_report(self, write: Callable[[Path], list[Path]]) -> None:
         folder = self.run_dir / "report"
         folder.mkdir(exist_ok=True)
-        for path in getattr(pl_module, writer)(folder):
+        for path in write(folder):
             self._log_file(path, "report")
 
     def _write(self, name: str, text: str) -> Path:

@@ -4,6 +4,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, tokens); this value is what its
+# own "Model training" toggle writes, and opens the runs table
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+
 
 def local_store_path(tracking_uri: str) -> Path | None:
     """The database file of a ``sqlite:///`` URI, or None for servers and other stores."""
@@ -30,7 +34,8 @@ def get_or_create_experiment(client, experiment_name: str, tracking_uri: str) ->
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
     try:
-        return client.create_experiment(experiment_name, artifact_location=artifact_location(tracking_uri, experiment_name))
+        return client.create_experiment(experiment_name, artifact_location=artifact_location(tracking_uri, experiment_name),
+                                        tags=EXPERIMENT_KIND_TAGS)
     except Exception:  # another process created it between our lookup and create
         experiment = client.get_experiment_by_name(experiment_name)
         if experiment is None:

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from medexp.sweeps import OPTUNA_SWEEPER_TARGET, redact_url
+from medexp.sweeps import OPTUNA_SWEEPER_TARGET
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
 from medexp.sweeps.summary import (
     best_row,
@@ -36,7 +36,9 @@ from medexp.sweeps.summary import (
     to_markdown,
     write_csv,
 )
+from medexp.tracking.redact import redact_text
 from medexp.tracking.store import get_or_create_experiment
+from medexp.tracking.writer import unwatch_run, watch_run
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +141,7 @@ class MLflowSweepCallback(Callback):
         record = open_parent_run(config)
         record.save(config.hydra.sweep.dir)
         _OPEN_SWEEPS[record.parent_run_id] = record
+        watch_run(record.tracking_uri, record.parent_run_id)  # a SIGKILLed sweep's parent ends FAILED, not RUNNING
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         hydra_cfg = _hydra_config()
@@ -258,6 +261,7 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
     client.log_batch(record.parent_run_id, metrics=metrics, tags=tags)
     failed = interrupted or any(r["state"] == FAIL and r["started_ms"] >= record.started_ms for r in rows)
     client.set_terminated(record.parent_run_id, "FAILED" if failed else "FINISHED")
+    unwatch_run(record.parent_run_id)
     log.info("MLflow: sweep %s closed (%s), summary in run %s", record.name, "FAILED" if failed else "FINISHED",
              record.parent_run_id)
 
@@ -295,7 +299,7 @@ def _describe(config: DictConfig) -> tuple[str, str, str | None, bool, dict[str,
     if sweeper.get("_target_") == OPTUNA_SWEEPER_TARGET:
         name = str(sweeper.study_name or f"{config.get('name', 'optuna')}-{stamp}")
         metric, maximize = str(sweeper.metric), str(sweeper.direction).startswith("max")
-        tags = {"sweep.storage": redact_url(sweeper.storage), "sweep.sampler": str(sweeper.sampler),
+        tags = {"sweep.storage": redact_text(str(sweeper.storage)), "sweep.sampler": str(sweeper.sampler),
                 "sweep.pruner": str(sweeper.pruner), "sweep.n_trials": str(sweeper.n_trials),
                 "sweep.n_jobs": str(sweeper.n_jobs)}
         kind = "optuna"
@@ -348,7 +352,7 @@ def _sweep_yaml(config: DictConfig) -> str:
     doc = {"overrides": list(config.hydra.overrides.task), "sweeper": sweeper,
            "launcher": OmegaConf.to_container(config.hydra.launcher, resolve=False),
            "config": OmegaConf.to_container(job_config, resolve=False)}
-    return OmegaConf.to_yaml(OmegaConf.create(doc))
+    return redact_text(OmegaConf.to_yaml(OmegaConf.create(doc)))
 
 
 def _hydra_config():

@@ -28,6 +28,7 @@ from typing import Any
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
 MAX_METRICS_PER_BATCH = 1000
 REPLY_TIMEOUT_S = 600.0  # ``end`` waits for every queued write, artifacts included
+ENDED_BY_TAG = "medexp.ended_by"  # why the writer, not the trainer, closed a run
 CONNECT_HANDLE = "-"  # the "run" of ``connect``, which opens a store before any run exists
 
 
@@ -43,6 +44,7 @@ class WriterProcess:
         self._send_lock = threading.Lock()
         self._replies: dict[str, queue.Queue] = {}
         self.run_ids: dict[str, str] = {}
+        self.experiment_ids: dict[str, str] = {}
         self.errors: dict[str, str] = {}
         threading.Thread(target=self._read_replies, name="mlflow-writer-replies", daemon=True).start()
 
@@ -73,6 +75,7 @@ class WriterProcess:
         """The run has ended: drop what was kept for it."""
         self._replies.pop(run, None)
         self.run_ids.pop(run, None)
+        self.experiment_ids.pop(run, None)
         self.errors.pop(run, None)
 
     def _read_replies(self) -> None:
@@ -81,6 +84,7 @@ class WriterProcess:
             run = reply["run"]
             if reply["reply"] == "opened":
                 self.run_ids[run] = reply["run_id"]
+                self.experiment_ids[run] = reply["experiment_id"]
             elif reply["reply"] == "error":
                 self.errors.setdefault(run, reply["error"])
             else:
@@ -115,6 +119,17 @@ def writer_process() -> WriterProcess:
             _PROCESS = WriterProcess()
             atexit.register(_PROCESS.close)
         return _PROCESS
+
+
+def watch_run(tracking_uri: str, run_id: str) -> None:
+    """Have the writer close ``run_id`` FAILED should this process die before ``unwatch_run``: runs this process
+    writes itself (a sweep's parent) end like the runs the writer writes."""
+    writer_process().send("adopt", f"watch-{run_id}", uri=tracking_uri, run_id=run_id)
+
+
+def unwatch_run(run_id: str) -> None:
+    writer_process().send("release", f"watch-{run_id}")
+    writer_process().forget(f"watch-{run_id}")
 
 
 def start_early(tracking_uri: str) -> None:
@@ -156,6 +171,13 @@ class _Writer:
             except Exception:  # noqa: BLE001 - the run's own ``open`` reports it
                 pass
             return
+        if op == "adopt":  # a run another part of this process made (a sweep's parent): closed FAILED if we die
+            run = self.runs[handle] = _Run(message["uri"])
+            run.client, run.run_id = self.client(run.uri), message["run_id"]
+            return
+        if op == "release":  # ... and ended properly by that part
+            self.runs.pop(handle, None)
+            return
         run = self.runs.get(handle)
         if op == "open":
             run = self.runs[handle] = _Run(message["uri"])
@@ -188,15 +210,19 @@ class _Writer:
         from medexp.tracking.store import get_or_create_experiment
 
         run.client = self.client(run.uri)
-        if message.get("run_id"):
+        if message.get("run_id"):  # a resumed run: open again, and no longer "ended by" whatever stopped it
             run.run_id = message["run_id"]
             run.client.update_run(run.run_id, status="RUNNING")
+            stored = run.client.get_run(run.run_id)
+            experiment_id = stored.info.experiment_id
+            if ENDED_BY_TAG in stored.data.tags:
+                run.client.delete_tag(run.run_id, ENDED_BY_TAG)
         else:
             experiment_id = get_or_create_experiment(run.client, message["experiment"], run.uri)
             name = message.get("run_name")
             tags = {**message.get("tags", {}), **({MLFLOW_RUN_NAME: name} if name else {})}
             run.run_id = run.client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-        self.reply(handle, "opened", run_id=run.run_id)
+        self.reply(handle, "opened", run_id=run.run_id, experiment_id=experiment_id)
 
     def _run_id_file(self, run: _Run, handle: str, message: dict) -> None:
         with open(message["path"], "w") as f:
@@ -238,7 +264,7 @@ class _Writer:
             if run.run_id is None:
                 continue
             try:
-                run.client.set_tag(run.run_id, "medexp.ended_by", "writer: the training process exited without "
+                run.client.set_tag(run.run_id, ENDED_BY_TAG, "writer: the training process exited without "
                                    "closing the run (killed?)")
             except Exception:  # noqa: BLE001 - still try to close it
                 pass

@@ -13,14 +13,15 @@ from medexp.hydra_setup import prepare_hydra
 prepare_hydra()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="predict")
 def main(cfg: DictConfig) -> dict:
-    from medexp.prediction import predict
+    from medexp.workflows.predict import predict
 
     with user_errors():
         summary = predict(
             cfg.ckpt_path, cfg.inputs, cfg.output_dir, npz_key=cfg.npz_key, batch_size=cfg.batch_size,
             save_probabilities=cfg.save_probabilities, data_root=cfg.data_root, accelerator=cfg.accelerator,
+            trusted_targets=list(cfg.trusted_targets), trust_checkpoint=cfg.trust_checkpoint,
         )
     print(f"{len(summary['cases'])} {summary['prediction_kind']} prediction(s) written to {cfg.output_dir} "
           "(listed in predictions.json)")

@@ -12,6 +12,7 @@ import csv
 import glob
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,11 +113,16 @@ class ClassificationWriter(PredictionWriter):
     """``predictions.csv``: per image its input, the predicted class (argmax, i.e. probability 0.5 for a binary
     task) and one probability column per class."""
 
+    predicted_column = "predicted_class"
+
+    def predicted(self, probabilities: list[float]) -> str:
+        return self.class_names[int(np.argmax(probabilities))]
+
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
         for index, probabilities in zip(batch_indices, prediction.float().cpu().tolist(), strict=True):
             self.cases.append({
                 "input": self.inputs[index].label,
-                "predicted_class": self.class_names[int(np.argmax(probabilities))],
+                self.predicted_column: self.predicted(probabilities),
                 "probabilities": dict(zip(self.class_names, probabilities, strict=True)),
             })
 
@@ -124,11 +130,21 @@ class ClassificationWriter(PredictionWriter):
         path = self.output_dir / "predictions.csv"
         with open(path, "w", newline="") as file:
             table = csv.writer(file)
-            table.writerow(["input", "predicted_class", *(f"probability_{name}" for name in self.class_names)])
+            table.writerow(["input", self.predicted_column, *(f"probability_{name}" for name in self.class_names)])
             for case in self.cases:
-                table.writerow([case["input"], case["predicted_class"], *case["probabilities"].values()])
+                table.writerow([case["input"], case[self.predicted_column], *case["probabilities"].values()])
         for case in self.cases:
             case["csv"] = str(path)
+
+
+class MultiLabelClassificationWriter(ClassificationWriter):
+    """``predictions.csv`` of a multi-label task: per image its input, the labels predicted present (probability
+    above 0.5, as MedMNIST scores such sets; ``;``-separated, empty for none) and one probability column per label."""
+
+    predicted_column = "predicted_labels"
+
+    def predicted(self, probabilities: list[float]) -> str:
+        return ";".join(name for name, p in zip(self.class_names, probabilities, strict=True) if p > 0.5)
 
 
 class SegmentationWriter(PredictionWriter):
@@ -214,6 +230,7 @@ class DetectionWriter(PredictionWriter):
 
 WRITERS: dict[str, type[PredictionWriter]] = {
     "classification": ClassificationWriter,
+    "multilabel_classification": MultiLabelClassificationWriter,
     "segmentation": SegmentationWriter,
     "detection": DetectionWriter,
 }
@@ -221,15 +238,16 @@ WRITERS: dict[str, type[PredictionWriter]] = {
 
 # -- the flow -----------------------------------------------------------------------------------------------------
 def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = "test_images", batch_size: int = 64,
-            save_probabilities: bool = False, data_root: str | None = None, accelerator: str = "cpu") -> dict:
+            save_probabilities: bool = False, data_root: str | None = None, accelerator: str = "cpu",
+            trusted_targets: Sequence[str] = (), trust_checkpoint: bool = False) -> dict:
     """Predict on ``inputs`` with ``ckpt_path``; write the outputs and ``predictions.json`` to ``output_dir``."""
     import pytorch_lightning as pl
     from hydra.utils import instantiate
 
-    from medexp.evaluation import load_checkpoint
-    from medexp.pipeline import build_task
+    from medexp.workflows.build import build_task
+    from medexp.workflows.checkpoints import load_checkpoint
 
-    ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust_checkpoint)
     images = find_inputs(inputs, npz_key)
     config = ckpt["hyper_parameters"]["config"]
     cfg = OmegaConf.create(config)
@@ -242,7 +260,7 @@ def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = 
     loader = datamodule.prediction_loader([image.source for image in images], batch_size)
     task = build_task(cfg, datamodule, config)
     task.load_state_dict(ckpt["state_dict"])
-    kind = getattr(task, "prediction_kind", None)
+    kind = task.prediction_kind
     if kind not in WRITERS:
         raise ConfigError(f"medexp-predict cannot write the predictions of a {type(task).__name__} "
                           f"(it writes {', '.join(WRITERS)})")

@@ -17,9 +17,9 @@ from medexp.hydra_setup import prepare_hydra  # noqa: E402
 prepare_hydra()
 
 
-@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="train")
 def main(cfg: DictConfig) -> dict:
-    from medexp.pipeline import run_experiment
+    from medexp.workflows.train import run_experiment
 
     with user_errors():
         return run_experiment(cfg, launched_at=LAUNCHED_AT)

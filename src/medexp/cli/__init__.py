@@ -17,7 +17,7 @@ def user_errors():
         with unwrapped_user_errors():
             yield
     except MedexpError as exc:
-        from medexp.pipeline import in_multirun
+        from medexp.hydra_setup import in_multirun
 
         if in_multirun():
             raise

@@ -1,0 +1,111 @@
+"""A run's beginning and end: config values checked before anything opens, and a signal turned into a saved
+checkpoint and a non-zero exit.
+
+Schedulers stop jobs with SIGTERM (Slurm, Kubernetes, ``docker stop``), wait a grace period, then SIGKILL; Slurm can
+warn with SIGUSR1 before a time limit (``--signal=USR1@90``). Lightning notices SIGTERM only at batch boundaries
+and then ends the process with exit code 0. ``SaveOnSignal`` makes both signals stop the loops at the next batch
+boundary (within one step), saves ``last.ckpt`` there so ``ckpt_path=last`` resumes, and the training flow exits
+with ``128 + signal`` (143 for SIGTERM), as a killed process does, after the tracking closer ended the run KILLED.
+"""
+from __future__ import annotations
+
+import signal
+from collections.abc import Mapping
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from medexp.errors import ConfigError
+
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+class RunSignalled(SystemExit):
+    """The run stopped on a signal: ``code`` is the exit status a process killed by it reports."""
+
+    def __init__(self, signum: int):
+        super().__init__(128 + signum)
+        self.signum = signum
+
+
+class SaveOnSignal(pl.Callback):
+    """Stop at the next batch boundary on SIGTERM/SIGUSR1 and save ``<dirpath>/last.ckpt`` there (see module)."""
+
+    def __init__(self, dirpath: Path):
+        self.dirpath = Path(dirpath)
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        def handle(signum, frame):
+            self.signum = signum
+            # Lightning's own flag: its training and evaluation loops raise SIGTERMException at the next boundary
+            trainer._signal_connector.received_sigterm = True
+
+        for signum in HANDLED_SIGNALS:
+            self._previous[signum] = signal.signal(signum, handle)
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        from pytorch_lightning.trainer.states import TrainerFn
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        # while fitting (its validation included); a stop during the final test leaves the checkpoints as they are
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if self.signum is not None and isinstance(exception, SIGTERMException) and fitting:
+            trainer.save_checkpoint(self.dirpath / "last.ckpt")
+
+    def exit_status(self, exception: BaseException) -> RunSignalled | None:
+        """What the flow should raise instead of Lightning's ``SIGTERMException`` (which exits 0)."""
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            return RunSignalled(self.signum or signal.SIGTERM)
+        return None
+
+
+# -- config values ------------------------------------------------------------------------------------------------
+def _get(cfg: Mapping, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, Integral) and not isinstance(value, bool)
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+# (key, test, what it must be); a key the config does not have is not checked
+VALUE_RULES = (
+    ("trainer.max_epochs", lambda v: _integer(v) and (v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
+    ("trainer.min_epochs", lambda v: _integer(v) and v >= 0, "a whole number >= 0"),
+    ("trainer.accumulate_grad_batches", lambda v: _integer(v) and v >= 1, "a whole number >= 1"),
+    ("trainer.gradient_clip_val", lambda v: _number(v) and v >= 0, "a number >= 0 (or null: no clipping)"),
+    ("data.batch_size", lambda v: _integer(v) and v >= 1, "a whole number >= 1"),
+    ("data.num_workers", lambda v: _integer(v) and v >= 0, "a whole number >= 0"),
+    ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0, e.g. 1e-3"),
+    ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
+    ("seed", _integer, "a whole number"),
+)
+
+
+def check_config_values(cfg: Mapping) -> None:
+    """Types and ranges of the values every run uses, checked before the run opens anything (MLflow included), so
+    a typo is one line and leaves no empty FAILED run behind."""
+    for key, valid, meaning in VALUE_RULES:
+        value = _get(cfg, key)
+        if value is not None and not valid(value):
+            raise ConfigError(f"{key}={value!r} is not valid: it must be {meaning}")
