@@ -1,7 +1,8 @@
 """Semantic segmentation, 2D or 3D: patches in training, sliding windows over whole images in evaluation.
 
-Metrics are MONAI's: Dice per foreground class (and their mean, ``dice``) and the 95% Hausdorff distance; for a
-binary task also the pixel-level AUROC of the foreground probability. When a batch carries a field-of-view mask
+Metrics are MONAI's: Dice per foreground class (``dice_<class>`` when there are several) and their mean ``dice``,
+the 95% Hausdorff distance likewise (``hd95_<class>``, ``hd95``; on ``hd95_stages`` only); for a binary task also
+the pixel-level AUROC of the foreground probability. When a batch carries a field-of-view mask
 (``fov``; e.g. the retina in fundus photographs), the metrics count only pixels inside it, as the CHASEDB1/DRIVE
 protocols do.
 """
@@ -26,7 +27,7 @@ def as_tensor(x: torch.Tensor) -> torch.Tensor:
 
 
 class SegmentationTask(BaseTask):
-    # what ``predict_step`` returns, per sample: class probabilities per voxel (medexp.prediction writes label maps)
+    # what ``predict_step`` returns, per sample: class probabilities per voxel (medexp.workflows.predict writes label maps)
     prediction_kind = "segmentation"
 
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, roi_size: Sequence[int],
@@ -60,7 +61,15 @@ class SegmentationTask(BaseTask):
     # -- training ---------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
         images, labels = as_tensor(batch["image"]), as_tensor(batch["label"])
-        loss = self.criterion(self(images), labels)
+        outputs = self(images)
+        if outputs.ndim == images.ndim + 1:
+            # deep supervision (DynUNet): (B, 1 + heads, C, *spatial), heads upsampled to full size; each coarser
+            # head's loss weighs half the previous one, weights summing to 1 (nnU-Net's scheme)
+            heads = torch.unbind(outputs, dim=1)
+            weights = [0.5**level for level in range(len(heads))]
+            loss = sum(w * self.criterion(h, labels) for w, h in zip(weights, heads, strict=True)) / sum(weights)
+        else:
+            loss = self.criterion(outputs, labels)
         self.log_train_loss(loss)
         return loss
 
@@ -120,11 +129,15 @@ class SegmentationTask(BaseTask):
         values = {"dice": per_class.mean(), "mean_dice": per_class.mean(),
                   "loss": self.eval_losses[index].compute()}
         self.eval_losses[index].reset()
+        names = self.class_names[1:]
         if self.num_classes > 2:
-            values.update({f"dice_{name}": d for name, d in zip(self.class_names[1:], per_class, strict=True)})
+            values.update({f"dice_{name}": d for name, d in zip(names, per_class, strict=True)})
         if stage in self.hd95_stages:
-            values["hd95"] = self.hd95[stage].aggregate().nanmean()
+            hd95 = self.hd95[stage].aggregate()  # (num_classes - 1,): NaN for a class absent from every case
             self.hd95[stage].reset()
+            values["hd95"] = hd95.nanmean()
+            if self.num_classes > 2:
+                values.update({f"hd95_{name}": h for name, h in zip(names, hd95, strict=True)})
         if self.aurocs is not None:
             values["auroc"] = self.aurocs[index].compute()
             self.aurocs[index].reset()
