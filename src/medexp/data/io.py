@@ -4,7 +4,9 @@ MONAI's ``LoadImage`` picks the reader: NIfTI via nibabel, DICOM series folders 
 ITK, and 2D formats (PNG/JPEG/BMP/TIFF/GIF) via PIL with rows first (``(C, H, W)``, as numpy and the npz
 datasets index them; MONAI's own PIL default would give ``(C, W, H)``). 2D images are normalised by PIL mode:
 palette → RGB (or grayscale when the palette is gray), RGBA → RGB and LA → L (alpha dropped), 1-bit → L.
-Masks keep their stored values and are mapped to class indices 0..K-1 (``to_class_indices``).
+Masks keep their stored values and are mapped to class indices 0..K-1 (``to_class_indices``); a palette mask's
+stored values are its colours when they are gray (a white foreground may be palette index 251), its indices when
+the palette is coloured (Pascal VOC's: index = class). Lossy (JPEG) masks are binarised with ``mask_threshold``.
 """
 
 from __future__ import annotations
@@ -24,18 +26,35 @@ from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import is_supported_format
 from monai.transforms import LoadImage, MapTransform
 
-from medexp.errors import DataError
+from medexp.errors import ConfigError, DataError
 
 PIL_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif")
 _PIL_MODES_FOR_IMAGES = {"RGBA": "RGB", "LA": "L", "1": "L", "CMYK": "RGB"}
 
 
+def _through_palette(image):
+    """A palette image as the colours it shows: one gray channel when every colour it uses is gray, else RGB."""
+    rgb = image.convert("RGB")
+    return rgb.convert("L") if _is_gray(rgb) else rgb
+
+
 def _normalise_pil_image(image):
     """Pixels a network can read: colour stays RGB, gray stays one channel, alpha and palettes disappear."""
     if image.mode in ("P", "PA"):
-        rgb = image.convert("RGB")
-        return rgb.convert("L") if _is_gray(rgb) else rgb
+        return _through_palette(image)
     return image.convert(_PIL_MODES_FOR_IMAGES[image.mode]) if image.mode in _PIL_MODES_FOR_IMAGES else image
+
+
+def _normalise_pil_mask(image):
+    """A palette mask's values as its file means them. Gray palettes (black/white masks saved as GIF or palette
+    PNG; editors put the white foreground at any index, e.g. 251) are read by colour, so such files and 8-bit 0/255
+    files in one folder agree; a coloured palette (Pascal VOC's) colours class indices, which are kept."""
+    if image.mode not in ("P", "PA"):
+        return image
+    colours = _through_palette(image)
+    if colours.mode == "L":
+        return colours
+    return image.getchannel(0) if image.mode == "PA" else image
 
 
 def _is_gray(rgb_image) -> bool:
@@ -54,7 +73,7 @@ class _PILReader2D(PILReader):
 def _make_loader(for_images: bool, keep_dtype: bool = False) -> LoadImage:
     """One loader per role and process: building one registers every MONAI reader (and logs about nvImageCodec)."""
     loader = LoadImage(image_only=True, dtype=None if keep_dtype else np.float32, ensure_channel_first=True)
-    converter = _normalise_pil_image if for_images else None
+    converter = _normalise_pil_image if for_images else _normalise_pil_mask
     loader.register(_PILReader2D(converter=converter, reverse_indexing=False))  # registered last = tried first
     return loader
 
@@ -102,14 +121,19 @@ def to_class_indices(
     ):
         raise DataError(
             f"mask {path} holds values {values[:5].tolist()}{'...' if len(values) > 5 else ''} outside classes "
-            f"0..{(num_classes or 0) - 1}: set data.num_classes or data.label_values (stored value of each class)"
+            f"0..{(num_classes or 0) - 1}: set data.num_classes, data.label_values (stored value of each class) "
+            "or, for lossy (JPEG) binary masks, data.mask_threshold"
         )
     return mask
 
 
 class LoadCased(MapTransform):
     """Load one case's files: ``image`` as (C, *spatial) float32, ``label`` as (1, *spatial) class indices and
-    each binary mask (e.g. ``fov``) as (1, *spatial) 0/1, with their spatial shapes checked against each other."""
+    each binary mask (e.g. ``fov``) as (1, *spatial) 0/1, with their spatial shapes checked against each other.
+
+    ``mask_threshold``: every mask is binary, foreground where a channel exceeds this stored value (white or
+    coloured foreground on black). For masks saved lossily (JPEG): compression leaves values near 0 and 255, and
+    colour fringes at the edges."""
 
     def __init__(
         self,
@@ -118,12 +142,20 @@ class LoadCased(MapTransform):
         mask_keys: KeysCollection = ("fov",),
         num_classes: int | None = None,
         label_values: Sequence[float] | None = None,
+        mask_threshold: float | None = None,
     ) -> None:
+        if mask_threshold is not None and label_values is not None:
+            raise ConfigError("data.mask_threshold and data.label_values both say how stored mask values become "
+                              "classes: keep one, set the other to null")
+        if mask_threshold is not None and (num_classes or 2) != 2:
+            raise ConfigError(f"data.mask_threshold makes masks binary but data.num_classes={num_classes}: use it "
+                              "with num_classes=2, or data.label_values for several classes")
         keys = [image_key] + ([label_key] if label_key else []) + list(mask_keys)
         super().__init__(keys, allow_missing_keys=True)
         self.image_key, self.label_key, self.mask_keys = image_key, label_key, tuple(mask_keys)
         self.num_classes = num_classes
         self.label_values = None if label_values is None else [float(v) for v in label_values]
+        self.mask_threshold = mask_threshold
         self._image_loader = _make_loader(for_images=True)
         self._mask_loader = _make_loader(for_images=False)
 
@@ -143,6 +175,9 @@ class LoadCased(MapTransform):
 
     def _read_mask(self, path: str, as_classes: bool) -> MetaTensor:
         mask = _read(self._mask_loader, path)
+        if self.mask_threshold is not None:
+            foreground = mask.numpy().max(axis=0, keepdims=True) > self.mask_threshold
+            return MetaTensor(foreground.astype(np.float32), meta=mask.meta)
         array = _single_channel(mask.numpy(), path)
         array = (
             to_class_indices(array, path, self.num_classes, self.label_values)
@@ -158,7 +193,8 @@ def _single_channel(mask: np.ndarray, path: str) -> np.ndarray:
         return mask
     if all(np.array_equal(mask[0], mask[c]) for c in range(1, min(mask.shape[0], 3))):
         return mask[:1]
-    raise DataError(f"mask {path} has {mask.shape[0]} differing colour channels: save it as a gray or palette image")
+    raise DataError(f"mask {path} has {mask.shape[0]} differing colour channels: save it as a gray or palette image "
+                    "(for a JPEG mask of two classes, set data.mask_threshold)")
 
 
 def _check_shapes(case: Mapping[Hashable, Any], paths: Mapping[Hashable, str], image_key: str) -> None:

@@ -51,6 +51,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         augmentation: an ``AugmentationRecipe`` mapping (None = no augmentation).
         cache: "none", "memory" (CacheDataset) or "disk" (PersistentDataset under ``cache_dir``).
         label_values: stored mask value of each class, when masks do not hold 0..K-1 (0/255 masks need none).
+        mask_threshold: binarise every mask: foreground where a channel exceeds this stored value (JPEG masks).
         fov_threshold: derive a field-of-view mask for val/test as "image channel mean > threshold"; a datalist
             ``fov`` file is used when there is one and no threshold.
         validate: read every case in ``setup`` to check channels, shapes and label range (and fingerprint them).
@@ -81,6 +82,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         in_channels: int = 1,
         spatial_dims: int = 2,
         label_values: Sequence[float] | None = None,
+        mask_threshold: float | None = None,
         fov_threshold: float | None = None,
         validate: bool = True,
         class_names: Sequence[str] | None = None,
@@ -108,7 +110,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         self.batch_size, self.num_workers = batch_size, num_workers
         self.cache, self.cache_dir = cache, cache_dir
         self.num_classes, self.in_channels, self.spatial_dims = num_classes, in_channels, spatial_dims
-        self.label_values = _plain(label_values)
+        self.label_values, self.mask_threshold = _plain(label_values), mask_threshold
         self.fov_threshold, self.validate = fov_threshold, validate
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.name, self.seed = name, seed
@@ -118,7 +120,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     # ----------------------------------------------------------------------------------------------- setup
     def _loader(self) -> LoadCased:
-        return LoadCased(num_classes=self.num_classes, label_values=self.label_values)
+        return LoadCased(num_classes=self.num_classes, label_values=self.label_values,
+                         mask_threshold=self.mask_threshold)
 
     def setup(self, stage: str | None = None) -> None:
         """List, split and (once) validate the cases; datasets are built on first use of each loader."""
@@ -180,7 +183,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def _cache_key(self, name: str) -> str:
         """Cache folder per pipeline and settings, so a changed preprocessing never reuses stale files."""
-        settings = [name == "train", self.preprocessing, self.num_classes, self.label_values, self.fov_threshold]
+        settings = [name == "train", self.preprocessing, self.num_classes, self.label_values, self.mask_threshold,
+                    self.fov_threshold]
         return ("train-" if name == "train" else "eval-") + hashlib.sha1(
             json.dumps(settings, sort_keys=True).encode()
         ).hexdigest()[:12]

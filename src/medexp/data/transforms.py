@@ -57,7 +57,7 @@ def preprocessing_transforms(config: Mapping[str, Any] | None, keys: Sequence[st
 
     channels: [1]                # keep these stored channels (e.g. the green one of an RGB fundus photograph)
     spacing: [0.8, 0.8, 2.5]     # resample to this voxel spacing (image bilinear, masks nearest); null = keep
-    resize: [512, 512]           # resize to this spatial size; null = keep
+    resize: [512, 512]           # resize to this spatial size; 512 = longest side to 512, aspect kept; null = keep
     clip_percentiles: [0.5, 99.5]  # clip each image's channels to these percentiles
     window: [-100, 300]          # CT window a:b mapped to [0, 1] and clipped
     normalize: zscore            # per image and channel: zscore | minmax ([0, 1]) | none
@@ -77,7 +77,10 @@ def preprocessing_transforms(config: Mapping[str, Any] | None, keys: Sequence[st
     if options.get("spacing"):
         steps.append(Spacingd(keys, pixdim=list(options["spacing"]), mode=_modes(keys), allow_missing_keys=True))
     if options.get("resize"):
-        steps.append(Resized(keys, spatial_size=list(options["resize"]), mode=_modes(keys), allow_missing_keys=True))
+        size = options["resize"]
+        # one number: the longest side (photographs of many sizes and shapes keep their proportions)
+        shape = {"spatial_size": size, "size_mode": "longest"} if isinstance(size, int) else {"spatial_size": list(size)}
+        steps.append(Resized(keys, **shape, mode=_modes(keys), allow_missing_keys=True))
     if options.get("clip_percentiles"):
         lower, upper = options["clip_percentiles"]
         steps.append(ClipIntensityPercentilesd(image, lower=lower, upper=upper, channel_wise=True))
