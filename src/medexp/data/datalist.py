@@ -37,7 +37,8 @@ def build_datalist(
 ) -> list[Record]:
     """Read the records a config spec describes; a list of specs is concatenated (e.g. DRIVE training + test).
 
-    Every spec has ``kind`` (folder | csv | json | decathlon) plus that kind's options, and may add
+    Every spec has ``kind`` (folder | csv | json | decathlon, or a box format of ``medexp.data.box_formats``:
+    voc | coco | masks) plus that kind's options, and may add
     ``patient_regex`` (patient id = first group of this regex searched in the image file name), ``split``
     (the official split of all its records) and ``folds_file`` (an nnU-Net ``splits_final.json`` giving each
     record its ``fold``). Relative paths are resolved against ``root``.
@@ -59,16 +60,21 @@ def _read_one(spec: Mapping[str, Any], root: str | Path | None) -> list[Record]:
     patient_regex = options.pop("patient_regex", None)
     split = options.pop("split", None)
     folds_file = options.pop("folds_file", None)
+    from medexp.data.box_formats import BOX_READERS  # box annotation formats (VOC, COCO, masks) use this module
+
     readers = {
         "folder": folder_datalist,
         "csv": table_datalist,
         "json": table_datalist,
         "decathlon": decathlon_datalist,
+        **BOX_READERS,
     }
     if kind not in readers:
         raise DataError(f"datalist kind {kind!r} is unknown: use one of {sorted(readers)}")
     base = Path(root) if root is not None else Path.cwd()
-    if kind == "folder":
+    if kind in BOX_READERS:  # they resolve their own paths (a folder, a file, a wrapped datalist) against base
+        options["base"] = base
+    elif kind == "folder":
         options["root"] = base / options.get("root", ".")
     else:
         if "path" not in options:

@@ -44,9 +44,10 @@ from monai.apps.detection.transforms.dictionary import (
 from monai.data import DataLoader, MetaTensor
 from monai.data.box_utils import StandardMode, convert_box_mode, get_boxmode
 from monai.data.utils import orientation_ras_lps
-from monai.transforms import Compose, DeleteItemsd, EnsureTyped, MapTransform
+from monai.transforms import Compose, DeleteItemsd, EnsureTyped, MapTransform, SelectItemsd
 
 from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.box_formats import box_convention, class_indices
 from medexp.data.datalist import build_datalist
 from medexp.data.io import LoadCased
 from medexp.data.segmentation import SegmentationDataModule
@@ -128,6 +129,18 @@ class LoadDetectionCased(LoadCased):
             case = self.world_to_image(case)
         _check_inside(case[BOX], tuple(image.shape[1:]), where)
         return case
+
+
+def _box_convention(spec: Any, box_mode: str | None, box_axes: str | None) -> tuple[str, str]:
+    """The datalist's box mode and axis order: its format's own (VOC, COCO, masks), else the settings given (a MONAI
+    datalist: MONAI's corner mode on the image's axes by default); settings that contradict a format are an error."""
+    native = box_convention(spec)
+    if native is None:
+        return box_mode or "xyzxyz", box_axes or "array"
+    if (box_mode or native[0], box_axes or native[1]) != native:
+        raise ConfigError(f"data.box_mode={box_mode} / data.box_axes={box_axes} contradict the datalist's format, "
+                          f"whose boxes are {native[0]} / {native[1]}: leave both null")
+    return native
 
 
 def box_affine(affine: Any, spatial_dims: int, affine_lps_to_ras: bool = False) -> torch.Tensor:
@@ -214,7 +227,11 @@ def box_augmentation(recipe: AugmentationRecipe, spatial_dims: int, rotate90_pro
 
 
 def detection_outputs() -> list:
+    """Plain tensors, and exactly the case's own keys: MONAI's random box transforms record how to undo themselves
+    under ``box_transforms`` only when they fire (``RandZoomBoxd``, ``RandRotateBox90d``), so without the selection
+    the cases of one batch would differ in keys. Training augmentation is never undone."""
     return [
+        SelectItemsd(_ITEM_KEYS, allow_missing_keys=True),
         EnsureTyped(IMAGE, dtype=torch.float32, track_meta=False),
         EnsureTyped(BOX, dtype=torch.float32, track_meta=False),
         EnsureTyped(LABEL, dtype=torch.long, track_meta=False),
@@ -231,21 +248,31 @@ def collate_cases(batch: Sequence[dict | list[dict]]) -> dict[str, list]:
 class DetectionDataModule(SegmentationDataModule):
     """Detection datalist → split → (cached) MONAI pipelines with box transforms → lists of cases.
 
+    The datalist is MONAI's detection datalist (``kind: json``) or a box format of ``medexp.data.box_formats``
+    (``voc``, ``coco``, ``masks``), whose boxes come in the format's own convention.
+
     Args (beyond ``SegmentationDataModule``'s, whose mask options do not apply):
-        box_mode: MONAI box mode of the datalist's boxes (``xyzxyz``, ``cccwhd``, ``xyxy``, ``ccwh``, ...).
-        box_axes: ``array`` (MONAI's order: the loaded image's axes) or ``xy`` (2D, column first as in COCO).
+        box_mode: MONAI box mode of the datalist's boxes (``xyzxyz``, ``cccwhd``, ``xyxy``, ``ccwh``, ...); null =
+            the box format's own (``xyzxyz`` for a MONAI datalist).
+        box_axes: ``array`` (MONAI's order: the loaded image's axes) or ``xy`` (2D, column first as in COCO);
+            null = the box format's own (``array`` for a MONAI datalist).
         box_coordinates: ``image`` (voxels) or ``world`` (the image affine's units, e.g. LUNA16's mm).
         affine_lps_to_ras: world boxes in LPS (ITK, DICOM) while the affine is RAS (NIfTI via nibabel).
         rotate90_prob: probability of a random quarter turn in the first two axes (training).
         patch_size: train on patches that keep whole boxes, ``pos_neg_ratio`` of them centred on a box
             (``RandCropBoxByPosNegLabeld``, ``samples_per_image`` per image); null = whole images.
         num_classes: foreground classes (labels 0..num_classes-1), as MONAI's RetinaNet counts them.
+        class_names: their names; for formats that name classes (VOC, COCO) also their order (label i is
+            ``class_names[i]``); null = the names found, sorted.
     """
 
-    def __init__(self, datalist: Mapping[str, Any] | Sequence[Mapping[str, Any]], box_mode: str = "xyzxyz",
-                 box_axes: str = "array", box_coordinates: str = "image", affine_lps_to_ras: bool = False,
-                 rotate90_prob: float = 0.0, num_classes: int = 1, **kwargs: Any) -> None:
-        super().__init__(datalist=datalist, num_classes=num_classes, **kwargs)
+    def __init__(self, datalist: Mapping[str, Any] | Sequence[Mapping[str, Any]], box_mode: str | None = None,
+                 box_axes: str | None = None, box_coordinates: str = "image", affine_lps_to_ras: bool = False,
+                 rotate90_prob: float = 0.0, num_classes: int = 1, class_names: Sequence[str] | None = None,
+                 **kwargs: Any) -> None:
+        super().__init__(datalist=datalist, num_classes=num_classes, class_names=class_names, **kwargs)
+        self.given_class_names = list(class_names) if class_names else None
+        box_mode, box_axes = _box_convention(self.datalist_spec, box_mode, box_axes)
         self.box_settings = {"box_mode": box_mode, "box_axes": box_axes, "box_coordinates": box_coordinates,
                              "affine_lps_to_ras": affine_lps_to_ras}
         self._loader()  # unknown box settings fail now, not at the first batch
@@ -272,6 +299,12 @@ class DetectionDataModule(SegmentationDataModule):
         if self._split is not None:
             return
         records = build_datalist(self.datalist_spec, self.root)
+        names = class_indices(records, self.given_class_names)
+        if names:  # the format named its classes: they must be the model's
+            if len(names) != self.num_classes:
+                raise DataError(f"the datalist has {len(names)} box classes {names} but data.num_classes="
+                                f"{self.num_classes}: set data.num_classes={len(names)}")
+            self.class_names = names
         for record in records:
             check_box_record(record, self.spatial_dims, self.num_classes)
         self._split = split_from_config(records, self.split_config)
@@ -327,6 +360,13 @@ class DetectionDataModule(SegmentationDataModule):
             to_world = box_affine(input_affine, dims, self.box_settings["affine_lps_to_ras"])
             on_input["world"] = loader.to_datalist_convention(AffineBox()(voxels, affine=to_world))
         return on_input
+
+    def state_dict(self) -> dict[str, Any]:
+        """Class names read from the data travel in the checkpoint: prediction needs no training data."""
+        return {"class_names": list(self.class_names)}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.class_names = list(state.get("class_names", self.class_names))
 
     def fingerprint(self) -> dict[str, Any]:
         return {**super().fingerprint(), "boxes_per_class": {name: self.class_counts(name) for name in
