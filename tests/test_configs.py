@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
-SEGMENTATION = {"data": {"chasedb1", "decathlon", "folder_photos"}, "model": {"unet", "segresnet", "attention_unet", "swin_unetr", "unetr"}}
+SEGMENTATION = {"data": {"chasedb1", "decathlon", "folder_photos", "hippocampus"},
+                "model": {"unet", "segresnet", "attention_unet", "swin_unetr", "unetr", "dynunet"}}
 SEGMENTATION_COMPANIONS = {"data": "data=chasedb1", "model": "model=unet", "task": "task=segmentation"}
 DETECTION = {"data": {"synthetic_boxes", "detection_datalist", "voc"}, "model": {"retinanet"}, "task": {"detection"}}
 DETECTION_COMPANIONS = {"data": "data=synthetic_boxes", "model": "model=retinanet", "task": "task=detection"}
