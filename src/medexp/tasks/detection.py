@@ -8,7 +8,8 @@ validation and test log MONAI's COCO metrics (``COCOMetric`` over ``matching_bat
 ``map`` (mean AP over the IoU range), ``ap_iou10`` / ``ap_iou50`` / ... (AP at one IoU), ``mar`` (mean recall
 over the range at the most detections), ``mar_det1`` / ... (at fewer detections), ``ar_iou10`` / ...; with several
 classes each also per class (``map_<class>``). ``froc`` is LUNA16's score (mean sensitivity at 1/8 to 8 false
-positives per image); the test FROC curve is the task's test report.
+positives per image); the test report holds the FROC curve and, for 2D images, the first test images with their
+ground-truth and detected boxes drawn.
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ from medexp.tasks.segmentation import as_tensor
 EVAL_STAGES = ("val", "test")
 # LUNA16's FROC operating points: false positives per image at which sensitivity is read (their mean is the CPM)
 FROC_FP_PER_IMAGE = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
+REPORT_IMAGES = 4  # test images drawn with their boxes in the test report (2D)
 _COCO_KEY = re.compile(r"(?:(?P<cls>.+)_)?(?P<kind>mAP|mAR|AP|AR)_IoU_(?P<iou>[\d.]+)(?:_[\d.]+_[\d.]+)?_MaxDet_(?P<det>\d+)")
 
 
@@ -137,7 +139,8 @@ class DetectionTask(BaseTask):
                  classification_weight: float = 1.0, score_thresh: float = 0.02, nms_thresh: float = 0.22,
                  detections_per_image: int = 100, sw_roi_size: Sequence[int] | None = None, sw_overlap: float = 0.25,
                  iou_list: Sequence[float] = (0.1, 0.5, 0.75), iou_range: Sequence[float] = (0.1, 0.5, 0.05),
-                 max_detections: Sequence[int] = (1, 5, 100), monitor: str = "val/map", monitor_mode: str = "max"):
+                 max_detections: Sequence[int] = (1, 5, 100), monitor: str = "val/map", monitor_mode: str = "max",
+                 report_score_thresh: float = 0.5):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -153,6 +156,7 @@ class DetectionTask(BaseTask):
             check_sliding_windows(self.sw_roi_size, sw_overlap, net.size_divisible)
             net.set_sliding_window_inferer(roi_size=self.sw_roi_size, overlap=sw_overlap, sw_batch_size=1)
         self.classification_weight = classification_weight
+        self.report_score_thresh = report_score_thresh
         self.coco = COCOMetric(classes=self.class_names, iou_list=iou_list, iou_range=iou_range,
                                max_detection=max_detections, per_class=num_classes > 1, verbose=False)
         self.max_detections = max(max_detections)
@@ -206,13 +210,17 @@ class DetectionTask(BaseTask):
         return {BOX: boxes, LABEL: detected[LABEL][keep], score: detected[score][keep]}
 
     def _eval_step(self, stage: str, batch) -> None:
-        _, targets = self._inputs(batch)
-        for detected, target in zip(self.predict_step(batch, 0), targets, strict=True):
-            self.cases[stage].append({
+        images, targets = self._inputs(batch)
+        for image, detected, target, case_id in zip(images, self.predict_step(batch, 0), targets,
+                                                    batch.get("case_id", [""] * len(images)), strict=True):
+            case = {
                 "pred_box": detected[BOX].float().cpu().numpy(), "pred_label": detected[LABEL].cpu().numpy(),
                 "pred_score": detected[self.net.pred_score_key].float().cpu().numpy(),
                 "box": target[BOX].cpu().numpy(), "label": target[LABEL].cpu().numpy(),
-            })
+            }
+            if stage == "test" and image.ndim == 3 and len(self.cases[stage]) < REPORT_IMAGES:
+                case.update(image=as_tensor(image).float().cpu().numpy(), case_id=str(case_id))
+            self.cases[stage].append(case)
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
@@ -240,7 +248,7 @@ class DetectionTask(BaseTask):
         fp_per_image, sensitivity = froc_curve(matches, len(cases))
         values["froc"] = froc_score(fp_per_image, sensitivity)
         if stage == "test":
-            self.test_report = {"froc": (fp_per_image, sensitivity)}
+            self.test_report = {"froc": (fp_per_image, sensitivity), "drawn": [c for c in cases if "image" in c]}
         # every rank holds all cases now, so the values agree: logged without another reduction
         self.log_dict({f"{stage}/{k}": torch.tensor(v) for k, v in values.items()})
 
@@ -259,12 +267,17 @@ class DetectionTask(BaseTask):
         self._end_eval("test")
 
     def write_test_report(self, folder: Path) -> list[Path]:
-        """The FROC curve of the last test run, as a PNG in ``folder``."""
-        from medexp.tracking.plots import plot_froc
+        """The FROC curve of the last test run and (2D) its first images with ground-truth and detected boxes,
+        as PNGs in ``folder``."""
+        from medexp.tracking.plots import plot_detections, plot_froc
 
         if "froc" not in self.test_report:
             return []
         fp_per_image, sensitivity = self.test_report["froc"]
         score = froc_score(fp_per_image, sensitivity)
-        return [plot_froc(fp_per_image, sensitivity, FROC_FP_PER_IMAGE, folder / "froc_test.png",
-                          title=f"FROC (test): mean sensitivity at 1/8-8 FP/image {score:.3f}")]
+        written = [plot_froc(fp_per_image, sensitivity, FROC_FP_PER_IMAGE, folder / "froc_test.png",
+                             title=f"FROC (test): mean sensitivity at 1/8-8 FP/image {score:.3f}")]
+        if self.test_report["drawn"]:
+            written.append(plot_detections(self.test_report["drawn"], self.class_names,
+                                           folder / "detections_test.png", self.report_score_thresh))
+        return written

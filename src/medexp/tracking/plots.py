@@ -17,15 +17,21 @@ def _pyplot():
 
 
 def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str = "ROC (test)") -> Path:
-    """``curves``: (label, fpr, tpr) per class or one for a binary task."""
+    """``curves``: (label, fpr, tpr) per class or label, or one for a binary task."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(4.5, 4.5), dpi=120)
-    for label, fpr, tpr in curves:
+    many = len(curves) > 6  # the legend would hide the curves: it goes beside the axes
+    fig, ax = plt.subplots(figsize=(7.5 if many else 4.5, 4.5), dpi=120)
+    # matplotlib's default cycle repeats after 10 colours; ChestMNIST has 14 labels
+    colours = plt.get_cmap("tab20").colors if len(curves) > 10 else [None] * len(curves)
+    for (label, fpr, tpr), colour in zip(curves, colours, strict=False):
         auc = float(np.trapezoid(tpr, fpr))
-        ax.plot(fpr, tpr, lw=1.5, label=f"{label} (AUC {auc:.3f})")
+        ax.plot(fpr, tpr, lw=1.5, color=colour, label=f"{label} (AUC {auc:.3f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", xlim=(0, 1), ylim=(0, 1.01), title=title)
-    ax.legend(loc="lower right", fontsize=8)
+    if many:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), fontsize=8, frameon=False)
+    else:
+        ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -35,10 +41,11 @@ def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, t
 def _draw_matrix(ax, matrix: np.ndarray, row_names: Sequence[str], column_names: Sequence[str], title: str) -> None:
     """Counts in their cells, true classes as rows, predicted as columns."""
     ax.imshow(matrix, cmap="Blues")
+    middle = (matrix.min() + matrix.max()) / 2  # the colour scale spans min..max: white text on its darker half
     for i in range(matrix.shape[0]):
         for j in range(matrix.shape[1]):
             ax.text(j, i, int(matrix[i, j]), ha="center", va="center",
-                    color="white" if matrix[i, j] > matrix.max() / 2 else "black")
+                    color="white" if matrix[i, j] > middle else "black")
     ax.set(xticks=range(len(column_names)), yticks=range(len(row_names)), xticklabels=column_names,
            yticklabels=row_names, xlabel="predicted", ylabel="true", title=title)
 
@@ -106,6 +113,40 @@ def plot_froc(fp_per_image: np.ndarray, sensitivity: np.ndarray, operating_point
     ax.set_xscale("log", base=2)
     ax.set(xlabel="false positives per image", ylabel="sensitivity", ylim=(0, 1.01), title=title,
            xlim=(operating_points[0] / 2, operating_points[-1] * 2))
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_detections(cases: Sequence[dict], class_names: Sequence[str], path: Path, score_thresh: float,
+                    title: str = "Detections (test)") -> Path:
+    """2D images with their ground-truth boxes (green) and the detections scoring at least ``score_thresh``
+    (magenta, dashed, class and score written), one panel per case: ``{"image": (C, H, W), "box", "label",
+    "pred_box", "pred_label", "pred_score"}``, boxes in MONAI's standard mode (row_min, col_min, row_max, col_max)."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    columns = min(len(cases), 2)
+    rows = -(-len(cases) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.6 * rows), dpi=110, squeeze=False)
+    for ax, case in zip(axes.flat, cases, strict=False):
+        image = np.asarray(case["image"], dtype=np.float32)
+        shown = np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0]
+        low, high = np.percentile(shown, (0.5, 99.5))
+        ax.imshow(np.clip((shown - low) / max(float(high - low), 1e-6), 0, 1), cmap=None if shown.ndim == 3 else "gray")
+        for (r0, c0, r1, c1) in np.asarray(case["box"]).reshape(-1, 4):
+            ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, ec="lime", lw=1.4))
+        keep = np.asarray(case["pred_score"]) >= score_thresh
+        for (r0, c0, r1, c1), label, score in zip(np.asarray(case["pred_box"]).reshape(-1, 4)[keep],
+                                                   np.asarray(case["pred_label"])[keep],
+                                                   np.asarray(case["pred_score"])[keep], strict=True):
+            ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, ec="magenta", lw=1.1, ls="--"))
+            ax.text(c0, r0, f"{class_names[int(label)]} {score:.2f}", color="magenta", fontsize=6, va="bottom")
+        ax.set(xticks=[], yticks=[], title=case.get("case_id", ""))
+    for ax in axes.flat[len(cases):]:
+        ax.axis("off")
+    fig.suptitle(f"{title}: ground truth (green), detections scoring >= {score_thresh:g} (magenta, dashed)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
