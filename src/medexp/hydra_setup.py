@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 from omegaconf import OmegaConf
 
@@ -18,6 +19,51 @@ def prepare_hydra() -> None:
     from medexp.sweeps import register_optuna_sweeper
 
     register_optuna_sweeper()
+    _report_hydra_errors_in_one_line()
+
+
+def _report_hydra_errors_in_one_line() -> None:
+    """Errors Hydra meets before medexp's code runs (a YAML syntax error in a config file, a run folder it cannot
+    create) are printed as one line naming the file and the fix, not as Hydra's traceback. Hydra routes every
+    stage through ``hydra._internal.utils.run_and_report``; the wrapper translates those two kinds only."""
+    import hydra._internal.utils as hydra_utils
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "medexp_wrapped", False):
+        return
+
+    def run_and_report(func):
+        def translated():
+            try:
+                return func()
+            except Exception as exc:
+                message = one_line_message(exc)
+                if message is None:
+                    raise
+                print(f"error: {message}", file=sys.stderr)
+                sys.exit(2)
+
+        return original(translated)
+
+    run_and_report.medexp_wrapped = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def one_line_message(exc: BaseException) -> str | None:
+    """The one-line message for a YAML syntax error or a file-system error met while Hydra sets a run up."""
+    import yaml
+
+    error = exc
+    while error is not None and not isinstance(error, (yaml.YAMLError, OSError)):
+        error = error.__cause__ or error.__context__
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem_mark is not None:
+        mark = error.problem_mark
+        return (f"{mark.name} is not valid YAML: {error.problem} (line {mark.line + 1}, column {mark.column + 1}): "
+                "fix that file")
+    if isinstance(error, OSError) and error.filename is not None:
+        return (f"cannot write {error.filename}: {error.strerror}: choose a writable place for outputs with "
+                "MEDEXP_OUTPUT_ROOT=... or hydra.run.dir=...")
+    return None
 
 
 def in_multirun() -> bool:

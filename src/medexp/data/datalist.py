@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import glob
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -235,7 +236,12 @@ def _int_or_same(value: Any) -> Any:
 
 
 def _existing_path(base: Path, value: str, where: str) -> str:
+    """A listed file, relative to the datalist's folder unless absolute. A relative path may not climb out of that
+    folder (``../../etc/x``): a datalist from elsewhere must not reach files its folder does not hold unseen."""
     resolved = Path(value) if Path(value).is_absolute() else (base / value)
+    if not Path(value).is_absolute() and not Path(os.path.normpath(resolved)).is_relative_to(os.path.normpath(base)):
+        raise DataError(f"{where} lists {value}, which leaves the datalist's folder {base}: give it as an absolute "
+                        "path or keep the files under that folder")
     if not resolved.exists():
         raise DataError(f"file {resolved} listed in {where} does not exist: fix the path or remove the row")
     return str(resolved.resolve())

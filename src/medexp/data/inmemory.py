@@ -38,6 +38,36 @@ class ArraySplits:
     extra: dict = field(default_factory=dict)
 
 
+def _first(mask: np.ndarray, limit: int = 5) -> str:
+    """How many entries ``mask`` marks and the first few of their (sample) indices, for an error message."""
+    rows = np.flatnonzero(mask.reshape(len(mask), -1).any(axis=1))
+    return f"{len(rows)} of them, first at indices {rows[:limit].tolist()}"
+
+
+def integer_labels(labels: np.ndarray, where: str) -> np.ndarray:
+    """``labels`` as int64, refusing what a cast would silently change: NaN/inf and fractional values."""
+    if labels.dtype.kind in "iub":
+        return labels.astype(np.int64)
+    if labels.dtype.kind != "f":
+        raise DataError(f"{where} have dtype {labels.dtype}: labels must be numbers (class indices or 0/1)")
+    bad = ~np.isfinite(labels)
+    if bad.any():
+        raise DataError(f"{where} hold NaN or infinite values ({_first(bad)}): fix or drop those samples")
+    fractional = labels != np.round(labels)
+    if fractional.any():
+        raise DataError(f"{where} hold non-integer values such as {labels[fractional].flat[0]:g} ({_first(fractional)}): "
+                        "labels are class indices (or 0/1 per label); soft labels are not supported")
+    return labels.astype(np.int64)
+
+
+def check_finite(images: np.ndarray, where: str) -> None:
+    """Float images must be finite: one NaN pixel turns the loss into NaN an epoch later."""
+    if images.dtype.kind == "f":
+        bad = ~np.isfinite(images)
+        if bad.any():
+            raise DataError(f"{where} hold NaN or infinite pixels ({_first(bad)}): fix or drop those images")
+
+
 class IndexBatches:
     """An iterable of ``(images, labels)`` batches over resident tensors; a fresh permutation every epoch.
 
@@ -190,6 +220,8 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
                 raise DataError(f"{a.source}: the {split} split is empty or missing")
             if len(x) != len(y):
                 raise DataError(f"{a.source}: {split} has {len(x)} images but {len(y)} labels")
+            a.labels[split] = y = integer_labels(y, f"{a.source}: {split} labels")
+            check_finite(x, f"{a.source}: {split} images")
             if x.ndim != 4 or x.shape[1] != self.in_channels:
                 raise DataError(f"{a.source}: {split} images have shape {x.shape[1:]} (C, H, W); the config says "
                                 f"in_channels={self.in_channels}: set data.in_channels to match")

@@ -53,7 +53,7 @@ def load_medmnist(path: Path) -> dict[str, np.ndarray]:
                         "re-download the file")
     out = {}
     for split in SPLITS:
-        labels = arrays[f"{split}_labels"].astype(np.int64)
+        labels = arrays[f"{split}_labels"]  # cast by the data module once checked: 0.9 must not become class 0
         out[f"{split}_images"] = channels_first(arrays[f"{split}_images"])
         # (N, 1) class indices become (N,); (N, K) with K > 1 is multi-label and stays so
         out[f"{split}_labels"] = labels.reshape(len(labels), -1) if columns[split] > 1 else labels.reshape(-1)
