@@ -74,3 +74,16 @@ def test_an_error_raised_inside_hydra_instantiate_is_still_one_line(tmp_path):
     assert_clear_error(done, "data.box_mode")
     assert "Error in call to target" not in done.stderr and "Error executing job" not in done.stderr, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: data.box_mode='nonsense'"), done.stderr
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["trainer.max_epoch=2"], ["did you mean trainer.max_epochs"]),
+    (["modle=cnn"], ["did you mean model?"]),
+    (["hparams_search=optuna"], ["add -m"]),
+    (["data=chasedb1"], ["data=chasedb1 is a segmentation data set", "task=segmentation"]),
+    (["data=synthetic_boxes", "task=segmentation", "model=unet"], ["task=detection model=retinanet"]),
+])
+def test_mistakes_a_newcomer_makes_get_one_line_naming_the_fix(tmp_path, args, words):
+    done = medexp(*args, "logger=csv", cwd=tmp_path)
+    assert_clear_error(done, *words)
+    assert done.returncode == 2 and len([line for line in done.stderr.splitlines() if line.startswith("error:")]) == 1

@@ -129,3 +129,24 @@ def test_samplers_from_config(sampler):
         trial = study.ask(space)
         study.tell(trial, -abs(trial.params["optimizer.lr"] - 1e-3))
     assert len(study.trials) == 3
+
+
+def test_without_a_study_name_each_sweep_gets_its_own_study_and_the_same_command_resumes_it(tmp_path, mlflow_store):  # noqa: F811
+    storage = f"hydra.sweeper.storage=sqlite:///{tmp_path / 'optuna.db'}"
+    base = ["hparams_search=optuna", storage, "hydra.sweeper.sampler=random"]
+    run_toy(tmp_path, *base, "hydra.sweeper.n_trials=2", "model=cnn")
+    run_toy(tmp_path, *base, "hydra.sweeper.n_trials=2", "model=resnet18")  # another question: another study
+    run_toy(tmp_path, *base, "hydra.sweeper.n_trials=3", "model=cnn")  # the first command again: resumes
+    studies = {s.study_name: s.n_trials for s in optuna.get_all_study_summaries(f"sqlite:///{tmp_path / 'optuna.db'}")}
+    assert len(studies) == 2 and sorted(studies.values()) == [2, 3]
+    assert all(name.startswith("toy-") for name in studies)  # <name>-<data>-<model>-<digest>
+    assert sum(invocations(tmp_path).values()) == 5  # nothing ran twice, nothing was skipped
+
+
+def test_a_named_study_of_another_search_is_refused(tmp_path, mlflow_store, capsys):  # noqa: F811
+    run_toy(tmp_path, *optuna_args(tmp_path, "mine", 1, "hydra.sweeper.sampler=random"))
+    code = run_toy(tmp_path, *optuna_args(tmp_path, "mine", 2, "hydra.sweeper.sampler=random",
+                                          "hydra.sweeper.params.optimizer.lr=choice(0.1,0.01)"), check=False)
+    close_unfinished_sweeps()
+    assert code == 1
+    assert len(load(tmp_path, "mine").trials) == 1  # nothing added to the old study

@@ -50,9 +50,20 @@ def _report_hydra_errors_in_one_line() -> None:
 
 
 def one_line_message(exc: BaseException) -> str | None:
-    """The one-line message for a YAML syntax error or a file-system error met while Hydra sets a run up."""
+    """The one-line message for a misspelled key, a YAML syntax error or a file-system error met while Hydra sets a
+    run up."""
     import yaml
 
+    from medexp.errors import MedexpError
+
+    misspelled = _misspelled_key(exc)
+    if misspelled is not None:
+        return misspelled
+    error = exc
+    while error is not None and not isinstance(error, MedexpError):  # e.g. raised by the sweeper, outside a job
+        error = error.__cause__ or error.__context__
+    if error is not None:
+        return str(error)
     error = exc
     while error is not None and not isinstance(error, (yaml.YAMLError, OSError)):
         error = error.__cause__ or error.__context__
@@ -72,3 +83,23 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _misspelled_key(exc: BaseException) -> str | None:
+    """``trainer.max_epoch=2`` -> "did you mean trainer.max_epochs?", from the keys beside the one not found."""
+    import difflib
+
+    from hydra.errors import ConfigCompositionException
+
+    cause = exc.__cause__
+    if not isinstance(exc, ConfigCompositionException) or getattr(cause, "parent_node", None) is None:
+        return None
+    key, full_key, parent = str(cause.key), str(cause.full_key), cause.parent_node
+    prefix = full_key[: -len(key)]
+    close = difflib.get_close_matches(key, [str(k) for k in parent.keys()], n=3, cutoff=0.6)
+    if close:
+        suggestion = "did you mean " + " or ".join(f"{prefix}{k}" for k in close) + "?"
+    else:
+        suggestion = f"the keys there are {', '.join(sorted(str(k) for k in parent.keys()))}"
+    return (f"{full_key} is not a config key: {suggestion} (+{full_key}=... would add it as a new key; "
+            "medexp-train --cfg job shows the config)")

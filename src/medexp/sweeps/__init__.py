@@ -10,6 +10,35 @@ from __future__ import annotations
 OPTUNA_SWEEPER_TARGET = "hydra_plugins.medexp_optuna_sweeper.optuna_sweeper.MedexpOptunaSweeper"
 
 
+def default_study_name(config) -> str:
+    """The study a sweep belongs to when ``hydra.sweeper.study_name`` is not given: ``<name>-<data>-<model>-<digest>``,
+    the digest taken over the sweep's command line, search space, objective and storage. The same sweep command
+    resumes (or, started on several hosts, joins) the same study; a sweep of other data, model or space gets its
+    own. Pure: the MLflow sweep callback names the parent run with it before the sweeper runs."""
+    import hashlib
+    import json
+
+    from omegaconf import OmegaConf
+
+    hydra = config.hydra
+    sweeper = OmegaConf.to_container(hydra.sweeper, resolve=False)
+    identity = {
+        # where and how it runs (sweep dir, launcher, n_trials, sampler) does not change what is searched
+        "overrides": sorted(str(o) for o in hydra.overrides.task
+                            if not str(o).lstrip("+~").startswith(("hydra.", "hydra/")) or ".params." in str(o)),
+        "params": sweeper.get("params"), "metric": sweeper.get("metric"), "direction": sweeper.get("direction"),
+    }
+    digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    choices = hydra.runtime.choices
+    parts = [str(config.get("name", "medexp")), str(choices.get("data", "data")), str(choices.get("model", "model"))]
+    return "-".join([*parts, digest])
+
+
+def study_name(config) -> str:
+    """``hydra.sweeper.study_name``, or the default derived from the sweep (``default_study_name``)."""
+    return str(config.hydra.sweeper.get("study_name") or default_study_name(config))
+
+
 def optuna_sweeper_config():
     """``hydra.sweeper`` when this job belongs to medexp's Optuna sweeper, else None.
 

@@ -14,11 +14,12 @@ from typing import Any
 import optuna
 from hydra.core.utils import JobReturn
 from hydra.plugins.launcher import Launcher
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from medexp.sweeps import study as studies
+from medexp.sweeps import study_name
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, JobOutcome, job_outcome
 from medexp.sweeps.seeds import sampler_seed, trial_seed
 from medexp.sweeps.space import override_value, search_space
@@ -46,8 +47,11 @@ class OptunaSweep:
         s = self.settings
         fixed, space = search_space(s["params"] or {}, arguments)
         fixed = [line for line in fixed if line.split("=", 1)[0].lstrip("+~") not in _PER_TRIAL_KEYS]
-        study = studies.open_study(s["study_name"], s["storage"], s["direction"], sampler=None,
+        name = self._name_the_study()
+        study = studies.open_study(name, s["storage"], s["direction"], sampler=None,
                                    pruner=studies.build_pruner(s["pruner"], s["pruner_kwargs"]))
+        studies.check_signature(study, studies.signature(self.config, self.metric, space, fixed),
+                                explicit=bool(s.get("study_name")))
         studies.fail_stale_trials(study)
         study.sampler = studies.build_sampler(s["sampler"], s["sampler_kwargs"],
                                               sampler_seed(self.sweep_seed, len(study.trials)), space)
@@ -64,6 +68,16 @@ class OptunaSweep:
             remaining -= len(batch)
         self._report(study, outcomes)
         return study
+
+    def _name_the_study(self) -> str:
+        """The study's name (given, or derived from the sweep), also passed to every job: its pruning callback
+        reports to that study."""
+        name = study_name(self.config)
+        node = self.config.hydra.overrides
+        with read_write(node), open_dict(node):  # Hydra keeps its own section read-only
+            node.hydra = [*(o for o in node.hydra if not o.startswith("hydra.sweeper.study_name=")),
+                          f"hydra.sweeper.study_name={name}"]
+        return name
 
     def _ask(self, study: optuna.Study, space: dict[str, BaseDistribution], n: int) -> list[optuna.Trial]:
         batch = []

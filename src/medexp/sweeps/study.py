@@ -92,6 +92,34 @@ def open_study(study_name: str, storage: str, direction_name: str, sampler: optu
     return study
 
 
+SIGNATURE_ATTR = "medexp.signature"
+
+
+def signature(config, metric: str, space: Mapping[str, BaseDistribution], fixed: list[str]) -> dict[str, Any]:
+    """What a study searches: data, model, objective and search space (kept in the study, checked on resume)."""
+    choices = config.hydra.runtime.choices
+    return {"data": str(choices.get("data")), "model": str(choices.get("model")), "metric": metric,
+            "space": {key: repr(dist) for key, dist in sorted(space.items())},
+            "fixed": sorted(f for f in fixed if not f.startswith(("hydra.", "hydra/")))}
+
+
+def check_signature(study: optuna.Study, wanted: dict[str, Any], explicit: bool) -> None:
+    """A new study keeps ``wanted``; one that has trials must have been made for the same search, or resuming it
+    would mix trials of different questions (and, with a default name, silently report the old answer)."""
+    stored = study.user_attrs.get(SIGNATURE_ATTR)
+    if stored is None or not study.trials:
+        study.set_user_attr(SIGNATURE_ATTR, wanted)
+        return
+    if stored == wanted:
+        return
+    differs = ", ".join(f"{key} {stored.get(key)!r} there, {wanted[key]!r} here" for key in wanted
+                        if stored.get(key) != wanted[key])
+    hint = ("use another hydra.sweeper.study_name, or leave it unset to get one named after this sweep"
+            if explicit else "use another hydra.sweeper.study_name")
+    raise ConfigError(f"study {study.study_name!r} holds {len(study.trials)} trial(s) of another search ({differs}): "
+                      f"{hint}")
+
+
 def fail_stale_trials(study: optuna.Study) -> list:
     """Mark trials left RUNNING by a killed sweep as FAIL, so they neither count nor block; returns their numbers.
 

@@ -25,7 +25,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from medexp.sweeps import OPTUNA_SWEEPER_TARGET
+from medexp.sweeps import OPTUNA_SWEEPER_TARGET, study_name
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
 from medexp.sweeps.summary import (
     best_row,
@@ -297,7 +297,7 @@ def _describe(config: DictConfig) -> tuple[str, str, str | None, bool, dict[str,
     sweeper = config.hydra.sweeper
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if sweeper.get("_target_") == OPTUNA_SWEEPER_TARGET:
-        name = str(sweeper.study_name or f"{config.get('name', 'optuna')}-{stamp}")
+        name = study_name(config)
         metric, maximize = str(sweeper.metric), str(sweeper.direction).startswith("max")
         tags = {"sweep.storage": redact_text(str(sweeper.storage)), "sweep.sampler": str(sweeper.sampler),
                 "sweep.pruner": str(sweeper.pruner), "sweep.n_trials": str(sweeper.n_trials),

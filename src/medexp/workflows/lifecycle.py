@@ -109,3 +109,52 @@ def check_config_values(cfg: Mapping) -> None:
         value = _get(cfg, key)
         if value is not None and not valid(value):
             raise ConfigError(f"{key}={value!r} is not valid: it must be {meaning}")
+
+
+def check_run_mode(cfg: Mapping) -> None:
+    """``hparams_search=optuna`` without ``-m`` would quietly train once with the defaults: say so instead. (A DDP
+    rank of a trial also runs in single-run mode, but carries its trial number.)"""
+    from medexp.hydra_setup import in_multirun
+    from medexp.sweeps import optuna_sweeper_config
+
+    if optuna_sweeper_config() is not None and not in_multirun() and cfg.get("optuna_trial") is None:
+        raise ConfigError("hparams_search=optuna searches over many runs: add -m (medexp-train -m "
+                          "hparams_search=optuna ...)")
+
+
+def check_task_fits_data(cfg) -> None:
+    """A data set of one kind (classification, segmentation, detection) with a task of another fails deep inside
+    the model or the loss; name the task (and a model) to pick instead."""
+    from hydra.utils import get_class
+
+    from medexp.data.detection import DetectionDataModule
+    from medexp.data.inmemory import InMemoryClassificationDataModule
+    from medexp.data.segmentation import SegmentationDataModule
+    from medexp.tasks.classification import ClassificationTask
+    from medexp.tasks.detection import DetectionTask
+    from medexp.tasks.segmentation import SegmentationTask
+
+    kinds = [  # (data base class, task class, what to choose), the most specific data class first
+        (DetectionDataModule, DetectionTask, "task=detection model=retinanet"),
+        (SegmentationDataModule, SegmentationTask, "task=segmentation model=unet (or another segmentation model)"),
+        (InMemoryClassificationDataModule, ClassificationTask, "task=classification model=cnn (or resnet18, ...)"),
+    ]
+    try:
+        data, task = get_class(str(cfg.data._target_)), get_class(str(cfg.task._target_))
+    except Exception:  # a target of the user's own: nothing to compare it with
+        return
+    for data_class, task_class, choice in kinds:
+        if issubclass(data, data_class):
+            if not issubclass(task, task_class):
+                raise ConfigError(f"data={_choice('data', cfg.data.get('name'))} is a {task_class.prediction_kind} data "
+                                  f"set but the task is {task.__name__}: add {choice}")
+            return
+
+
+def _choice(group: str, default) -> str:
+    """The option of ``group`` on the command line (``data=chasedb1``), as the user wrote it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group, default))
+    return str(default)

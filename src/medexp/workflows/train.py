@@ -21,11 +21,13 @@ METRICS_FILE = "metrics.json"
 
 def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
-    from medexp.workflows.lifecycle import check_config_values
+    from medexp.workflows.lifecycle import check_config_values, check_run_mode, check_task_fits_data
 
     launched_at = launched_at if launched_at is not None else time.time()
-    check_config_values(OmegaConf.to_container(cfg, resolve=True))  # before anything opens, MLflow included
-    tracking_seam.prepare(cfg)
+    check_run_mode(cfg)
+    tracking_seam.prepare(cfg)  # no run yet: the writer opens the store while the checks below import torch
+    check_task_fits_data(cfg)
+    check_config_values(OmegaConf.to_container(cfg, resolve=True))  # before any run opens
     if not in_multirun():
         return _run(cfg, launched_at)
     from medexp.distributed import end_job_distributed, use_job_rank_commands
