@@ -23,7 +23,10 @@ def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[st
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
     from medexp.workflows.lifecycle import check_config_values, check_run_mode, check_task_fits_data
 
+    from medexp.workflows.quiet import quiet_libraries
+
     launched_at = launched_at if launched_at is not None else time.time()
+    quiet_libraries()
     check_run_mode(cfg)
     tracking_seam.prepare(cfg)  # no run yet: the writer opens the store while the checks below import torch
     check_task_fits_data(cfg)

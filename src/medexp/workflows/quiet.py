@@ -1,0 +1,38 @@
+"""Silence what a user cannot act on, each filter scoped to its own message (or logger), so that everything else
+still shows: Lightning's hardware and checkpoint-restoring INFO lines and its litlogger advertisement (timestamped
+by Hydra's job logging), the ``LeafSpec`` deprecation Lightning triggers under newer torch, the
+``log_every_n_steps`` warning (medexp logs per epoch, by design), and MONAI's nvImageCodec notice."""
+from __future__ import annotations
+
+import logging
+import warnings
+
+NOISY_WARNINGS = (
+    r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r"The number of training batches \(\d+\) is smaller than the logging interval",
+)
+# a logging filter, not a level: MONAI's other warnings from that module still show
+_NVIMAGECODEC = "nvImageCodec is not available"
+
+
+def quiet_libraries() -> None:
+    for message in NOISY_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
+    # INFO only: warnings and errors from Lightning still show
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
+                 "pytorch_lightning.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    monai_dicom = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    if not any(getattr(f, "medexp", False) for f in monai_dicom.filters):
+        monai_dicom.addFilter(_SkipMessage(_NVIMAGECODEC))
+
+
+class _SkipMessage(logging.Filter):
+    medexp = True
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()
