@@ -24,9 +24,9 @@ def test_library_noise_is_silenced_and_only_that(caplog):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("default")
         quiet_libraries()  # filters go after simplefilter: the order a run has
-        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
-        warnings.warn("The number of training batches (4) is smaller than the logging interval", UserWarning)
-        warnings.warn("something a user should see", UserWarning)
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=2)
+        warnings.warn("The number of training batches (4) is smaller than the logging interval", UserWarning, stacklevel=2)
+        warnings.warn("something a user should see", UserWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something a user should see"]
     with caplog.at_level(logging.INFO):
         logging.getLogger("pytorch_lightning.utilities.rank_zero").info("GPU available: False")

@@ -22,7 +22,6 @@ METRICS_FILE = "metrics.json"
 def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
     from medexp.workflows.lifecycle import check_config_values, check_run_mode, check_task_fits_data
-
     from medexp.workflows.quiet import quiet_libraries
 
     launched_at = launched_at if launched_at is not None else time.time()
