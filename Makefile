@@ -12,7 +12,7 @@ MLFLOW_HOST ?= 127.0.0.1
 # MEDEXP_OUTPUT_ROOT moves all outputs (as it does for medexp-train), the UI and server follow it
 OUTPUTS := $(or $(MEDEXP_OUTPUT_ROOT),$(CURDIR)/outputs)
 
-.PHONY: install train test test-fast lint format ui server compare bench clean
+.PHONY: install train test test-fast lint format ui server compare bench clean cluster-up cluster-down
 
 $(BIN)/medexp-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,12 @@ compare: install  ## ranked runs of an experiment or sweep: make compare EXP=med
 
 bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18 x5)
 	$(BIN)/python benchmarks/bench_train.py --npz $(BENCH_NPZ) $(ARGS)
+
+cluster-up:  ## local one-node Slurm + PostgreSQL for sweeps (root; installs what is missing) -> outputs/cluster.env
+	OUTPUTS=$(OUTPUTS) scripts/cluster/up.sh
+
+cluster-down:  ## stop the local Slurm and PostgreSQL that cluster-up started
+	scripts/cluster/down.sh
 
 clean:
 	rm -rf outputs .pytest_cache .ruff_cache build dist src/*.egg-info
