@@ -189,8 +189,9 @@ def artifact_paths(client, run_id: str, path: str | None = None) -> set[str]:
     return found
 
 
-def test_grid_sweep_is_one_parent_with_named_children(tmp_path, mlflow_store):
+def test_grid_sweep_is_one_parent_with_named_children(tmp_path, mlflow_store, capsys):
     run_toy(tmp_path, "model=cnn,resnet18", "optimizer.lr=1e-3,3e-4", "data.batch_size=32")
+    printed = capsys.readouterr().out
 
     parents, children = sweep_runs(mlflow_store)
     assert len(parents) == 1 and len(children) == 4
@@ -216,6 +217,11 @@ def test_grid_sweep_is_one_parent_with_named_children(tmp_path, mlflow_store):
     assert table.index("model=resnet18,optimizer.lr=1e-3") < table.index("model=cnn,optimizer.lr=3e-4")
     assert json.loads((tmp_path / "outputs/multirun/mlflow_sweep.json").read_text())["parent_run_id"] == \
         parent.info.run_id
+    # the terminal gets the ranking, best first, and the best overrides; no mean over different models
+    ranking = printed[printed.index("best first by val/score"):]
+    assert ranking.index("model=resnet18,optimizer.lr=1e-3") < ranking.index("model=cnn,optimizer.lr=3e-4")
+    assert "Best: model=resnet18 optimizer.lr=0.001" in printed
+    assert not any(key.startswith(("mean/", "std/")) for key in parent.data.metrics)
 
 
 def test_failed_grid_job_is_a_failed_child_and_fails_the_parent(tmp_path, mlflow_store):

@@ -19,10 +19,11 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from medexp.sweeps import study as studies
-from medexp.sweeps import study_name
+from medexp.sweeps import study_name, workers
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, JobOutcome, job_outcome
 from medexp.sweeps.seeds import sampler_seed, trial_seed
 from medexp.sweeps.space import override_value, search_space
+from medexp.sweeps.summary import fmt
 from medexp.tracking.redact import redact_text
 
 log = logging.getLogger(__name__)
@@ -48,26 +49,44 @@ class OptunaSweep:
         fixed, space = search_space(s["params"] or {}, arguments)
         fixed = [line for line in fixed if line.split("=", 1)[0].lstrip("+~") not in _PER_TRIAL_KEYS]
         name = self._name_the_study()
-        study = studies.open_study(name, s["storage"], s["direction"], sampler=None,
-                                   pruner=studies.build_pruner(s["pruner"], s["pruner_kwargs"]))
-        studies.check_signature(study, studies.signature(self.config, self.metric, space, fixed),
-                                explicit=bool(s.get("study_name")))
-        studies.fail_stale_trials(study)
-        study.sampler = studies.build_sampler(s["sampler"], s["sampler_kwargs"],
-                                              sampler_seed(self.sweep_seed, len(study.trials)), space)
-        counted = studies.n_counted_trials(study)
-        remaining = max(int(s["n_trials"]) - counted, 0)
+        with workers.study_lock(s["storage"], name):
+            study = studies.open_study(name, s["storage"], s["direction"], sampler=None,
+                                       pruner=studies.build_pruner(s["pruner"], s["pruner_kwargs"]))
+            studies.check_signature(study, studies.signature(self.config, self.metric, space, fixed),
+                                    explicit=bool(s.get("study_name")))
+            workers.reap_stale_trials(study)
+            counted = studies.n_counted_trials(study)
+        # this invocation's share: what the study misses now (a failed trial is not redone in the same invocation);
+        # other workers on the study may take some of it, claims decide
+        budget = max(int(s["n_trials"]) - counted, 0)
         log.info("study %s (%s): %d trial(s) counted, %d to run to reach n_trials=%d, %d at a time",
-                 study.study_name, redact_text(str(s["storage"])), counted, remaining, int(s["n_trials"]), int(s["n_jobs"]))
+                 study.study_name, redact_text(str(s["storage"])), counted, budget, int(s["n_trials"]), int(s["n_jobs"]))
         self._save_sweep_config()
         outcomes: list[JobOutcome] = []
-        self._first_trial = len(study.trials)
-        while remaining > 0 and not self._grid_exhausted(study):
-            batch = self._ask(study, space, min(int(s["n_jobs"]), remaining))
-            outcomes += self._run_batch(study, batch, fixed)
-            remaining -= len(batch)
+        self._validated = False
+        with workers.Heartbeat(study) as heartbeat:
+            while budget > 0:
+                batch = self._claim(study, space, min(int(s["n_jobs"]), budget))
+                if not batch:
+                    break
+                with heartbeat.tracking(batch):
+                    outcomes += self._run_batch(study, batch, fixed)
+                budget -= len(batch)
         self._report(study, outcomes)
         return study
+
+    def _claim(self, study: optuna.Study, space: dict[str, BaseDistribution], n: int) -> list[optuna.Trial]:
+        """Up to ``n`` new trials, as many as the study still misses counting other workers' running ones."""
+        s = self.settings
+        with workers.study_lock(s["storage"], study.study_name):
+            n = min(n, int(s["n_trials"]) - workers.n_claimed_trials(study))
+            # seeded by the trial count: reproducible, and a resumed study or a second worker does not replay
+            study.sampler = studies.build_sampler(s["sampler"], s["sampler_kwargs"],
+                                                  sampler_seed(self.sweep_seed, len(study.trials)), space)
+            batch = self._ask(study, space, n)
+            for trial in batch:
+                workers.claim(study, trial)
+        return batch
 
     def _name_the_study(self) -> str:
         """The study's name (given, or derived from the sweep), also passed to every job: its pruning callback
@@ -90,8 +109,9 @@ class OptunaSweep:
     def _run_batch(self, study: optuna.Study, batch: list[optuna.Trial], fixed: list[str]) -> list[JobOutcome]:
         overrides = [self.trial_overrides(trial, fixed) for trial in batch]
         try:
-            if batch[0].number == self._first_trial:  # later batches differ in values only; a bad one fails its trial
+            if not self._validated:  # later batches differ in values only; a bad one fails its trial
                 self.validate_batch(overrides)
+                self._validated = True
             returns = self.launcher.launch(overrides, initial_job_idx=batch[0].number)
         except BaseException:
             for trial in batch:  # Ctrl-C or a config that does not compose: these trials did not run
@@ -112,6 +132,9 @@ class OptunaSweep:
         if outcome.state == FAIL:
             log.warning("trial %d failed: %s: %s", trial.number, type(outcome.error).__name__, outcome.error)
         study.tell(trial, outcome.value, state=TrialState[outcome.state])
+        value = "" if outcome.value is None else f" {self.metric}={outcome.value:.4g}"
+        print(f"trial {trial.number} {outcome.state}{value} "
+              f"({', '.join(f'{k}={fmt(v)}' for k, v in trial.params.items())})", flush=True)
         return outcome
 
     def _report(self, study: optuna.Study, outcomes: list[JobOutcome]) -> None:
@@ -121,7 +144,8 @@ class OptunaSweep:
         completed = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
         if completed:
             best = study.best_trial
-            log.info("best trial %d: %s=%s with %s", best.number, self.metric, best.value, best.params)
+            log.info("best trial %d: %s=%.4g with %s", best.number, self.metric, best.value,
+                     " ".join(f"{k}={fmt(v)}" for k, v in best.params.items()))
             results = {"study_name": study.study_name, "metric": self.metric, "best_trial": best.number,
                        "best_value": best.value, "best_params": best.params}
             OmegaConf.save(OmegaConf.create(results), self._sweep_dir() / "optimization_results.yaml")

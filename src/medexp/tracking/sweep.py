@@ -30,10 +30,12 @@ from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
 from medexp.sweeps.summary import (
     best_row,
     columns_of,
+    fmt,
     mean_and_std,
     plot_objective,
     rank,
     to_markdown,
+    to_text,
     write_csv,
 )
 from medexp.tracking.redact import redact_text
@@ -47,6 +49,7 @@ OBJECTIVE_METRIC = "sweep/objective"  # on each child: the value the sweep compa
 STATE_TAG = "sweep.state"  # on each child: COMPLETE | PRUNED | FAIL
 TRIAL_TAG = "sweep.trial"  # on each child: Hydra's job number, which the Optuna sweeper makes the trial number
 PARAM_TAG = "sweep.param."  # on each child: the value of each swept key, as given to Hydra
+REPEAT_KEYS = {"seed", "data.fold"}  # sweeps over these repeat one experiment: their parent gets mean ± std
 _RUN_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAIL: "FAILED"}
 
 
@@ -183,8 +186,9 @@ def open_parent_run(config: DictConfig) -> SweepRecord:
     client = MlflowClient(uri)
     experiment_id = get_or_create_experiment(client, str(config.tracking.experiment), uri)
     kind, name, metric, maximize, tags = _describe(config)
-    run_id = _open_study_parent(client, experiment_id, tags) if kind == "optuna" else None
-    if run_id is None:
+    if kind == "optuna":
+        run_id = _study_parent(client, experiment_id, name, tags, str(config.hydra.sweeper.storage))
+    else:
         run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
     record = SweepRecord(uri, experiment_id, run_id, name, kind, swept_keys(config), metric, maximize,
                          started_ms=int(time.time() * 1000))
@@ -234,7 +238,9 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
     ranked = rank(rows, objective, record.maximize)
     table = to_markdown(ranked, [c for c in columns if c != "run_id"])
     complete = [r for r in rows if r["state"] == COMPLETE]
-    spread = mean_and_std(complete, [c for c in columns if c == objective or c.startswith("test")])
+    # a mean over runs answers one question only when they differ by seed or fold, not by model or lr
+    repeats = bool(record.keys) and set(record.keys) <= REPEAT_KEYS
+    spread = mean_and_std(complete, [c for c in columns if c == objective or c.startswith("test")]) if repeats else {}
     if spread:
         table += "\n**Mean ± std over complete runs:**\n\n" + to_markdown(
             [{"metric": k, "mean ± std": f"{m:.4f} ± {s:.4f}", "runs": n} for k, (m, s, n) in spread.items()],
@@ -259,6 +265,10 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
                                                                  objective: best[objective], "params": best_params}),
                         "summary/best_params.yaml")
     client.log_batch(record.parent_run_id, metrics=metrics, tags=tags)
+    shown = [c for c in columns if c not in ("run_id", "duration_s")]
+    print(f"\nSweep {record.name}: {len(rows)} run(s), best first by {objective}\n{to_text(ranked, shown)}", flush=True)
+    if best is not None:
+        print("Best: " + " ".join(f"{k}={fmt(best[k])}" for k in record.keys if best.get(k) is not None), flush=True)
     failed = interrupted or any(r["state"] == FAIL and r["started_ms"] >= record.started_ms for r in rows)
     client.set_terminated(record.parent_run_id, "FAILED" if failed else "FINISHED")
     unwatch_run(record.parent_run_id)
@@ -314,8 +324,21 @@ def _describe(config: DictConfig) -> tuple[str, str, str | None, bool, dict[str,
     return kind, name, metric, maximize, tags
 
 
-def _open_study_parent(client: Any, experiment_id: str, tags: dict[str, str]) -> str | None:
-    """The parent run of an earlier invocation of the same Optuna study, reopened; its stale children failed."""
+def _study_parent(client: Any, experiment_id: str, name: str, tags: dict[str, str], storage: str) -> str:
+    """The Optuna study's one parent run: created by the study's first sweeper, reopened by every other one (started
+    at once on other hosts, or later to resume it). Under the study's lock, so two sweepers never both create it."""
+    from medexp.sweeps.workers import live_trials, study_lock
+
+    with study_lock(storage, name):
+        run_id = _open_study_parent(client, experiment_id, tags, live_trials(storage, name))
+        if run_id is None:
+            run_id = client.create_run(experiment_id, run_name=name, tags=tags).info.run_id
+    return run_id
+
+
+def _open_study_parent(client: Any, experiment_id: str, tags: dict[str, str], live: set[int]) -> str | None:
+    """The parent run of an earlier invocation of the same Optuna study, reopened; children of trials that are no
+    longer running (their sweeper is gone) are failed, those of ``live`` trials (another worker's) left alone."""
     found = client.search_runs([experiment_id], max_results=1, filter_string=(
         f"tags.`sweep.kind` = 'optuna' and tags.`sweep.name` = '{tags['sweep.name']}' "
         f"and tags.`sweep.storage` = '{tags['sweep.storage']}'"))
@@ -325,6 +348,8 @@ def _open_study_parent(client: Any, experiment_id: str, tags: dict[str, str]) ->
     client.update_run(run_id, status="RUNNING")
     for child in client.search_runs([experiment_id], max_results=10000, filter_string=(
             f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'")):
+        if int(child.data.tags.get(TRIAL_TAG, -1)) in live:
+            continue
         client.set_tag(child.info.run_id, STATE_TAG, FAIL)
         client.set_tag(child.info.run_id, "sweep.error", "interrupted: the sweep was stopped while it ran")
         client.set_terminated(child.info.run_id, "FAILED")
