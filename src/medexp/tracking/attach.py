@@ -165,7 +165,8 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
         for copy in (run_dir / ".hydra").glob("*.yaml"):  # Hydra's own copies of the command line and config
             redact_file(copy)
         tracking.callbacks.append(RunRecorder(tracking.mlflow, config, run_dir, tags=run_tags(cfg),
-                                              fingerprint=datamodule.fingerprint, resumed=resumed))
+                                              fingerprint=datamodule.fingerprint, resumed=resumed,
+                                              choices=hydra_choices()))
     return tracking
 
 

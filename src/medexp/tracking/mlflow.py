@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import yaml
 from pytorch_lightning.loggers.logger import Logger
@@ -109,7 +110,7 @@ class MlflowRunLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         stamp = int(time.time() * 1000)
         step = (step or 0) + self.step_offset
-        self._send("metrics", metrics=[(k, float(v), stamp, step) for k, v in metrics.items()])
+        self._send("metrics", metrics=[(k, metric_value(v), stamp, step) for k, v in metrics.items()])
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -155,6 +156,34 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# config groups that say where and how a run is recorded, not what it is: kept in config.yaml, not as params
+_NOT_COMPARED = ("callbacks", "logger", "paths", "tracking", "hydra")
+_PATH_NAMES = ("dir", "dirpath", "root", "path", "data_dir", "output_dir")
+
+
+def comparable_params(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str, Any]:
+    """The params a user compares runs by: the option chosen in each group (``model=resnet18``, ``data=...``) and
+    every hyperparameter, without ``_target_``/``_partial_`` plumbing, file paths and the recording groups (all of
+    which stay in the ``config.yaml`` artifact)."""
+    params = {group: option for group, option in choices.items() if "/" not in group}
+    for key, value in flatten(config).items():
+        parts = key.split(".")
+        if parts[0] in _NOT_COMPARED or parts[-1].startswith("_") or parts[-1] in _PATH_NAMES:
+            continue
+        if isinstance(value, str) and value.startswith("/"):  # an absolute path under another name
+            continue
+        params[key] = value
+    return params
+
+
+def metric_value(value: float) -> float:
+    """A metric as its source holds it: a float32 (most tensors) becomes the float64 of its shortest decimal form,
+    0.88 rather than 0.8799999952316284; other values stay as they are."""
+    value = float(value)
+    single = np.float32(value)
+    return float(str(single)) if np.isfinite(single) and float(single) == value else value
+
+
 class RunRecorder(pl.Callback):
     """Records a run's params, tags and artifacts in its MLflow run (rank zero only, on the logger's queue).
 
@@ -166,10 +195,12 @@ class RunRecorder(pl.Callback):
     """
 
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
-                 fingerprint: Callable[[], Mapping[str, Any]], resumed: bool = False):
+                 fingerprint: Callable[[], Mapping[str, Any]], resumed: bool = False,
+                 choices: Mapping[str, str] | None = None):
         self.logger, self.config, self.run_dir = logger, config, Path(run_dir)
         self.tags, self.fingerprint = dict(tags), fingerprint
         self.resumed = resumed
+        self.choices = dict(choices or {})
 
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -177,7 +208,7 @@ class RunRecorder(pl.Callback):
         if self.resumed:  # params are immutable in MLflow; the resumed run keeps the ones it started with
             return
         fingerprint = dict(self.fingerprint())
-        self.logger.log_hyperparams(self.config)
+        self.logger.log_hyperparams(comparable_params(self.config, self.choices))
         tags = {**self.tags, "dataset.sha256": str(fingerprint.get("sha256", ""))}
         self.logger.log_tags(tags)
         self._log_file(self._write("dataset_fingerprint.json", json.dumps(fingerprint, indent=2, default=str)))
