@@ -43,3 +43,24 @@ def test_unknown_experiment_is_one_line(tmp_path, tracking_uri, capsys):
         main(["nope", "--out", str(tmp_path)])
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: no MLflow experiment 'nope'")
+
+
+def test_default_experiment_and_one_report_folder_per_call(tmp_path, tracking_uri, capsys, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("medexp")
+    for model, auroc in (("cnn", 0.8), ("resnet18", 0.9)):  # plain runs, outside any sweep
+        run = client.create_run(experiment, run_name=f"{model}-run", tags={"choice.model": model})
+        client.log_param(run.info.run_id, "optimizer.lr", "0.001" if model == "cnn" else "0.01")
+        client.log_metric(run.info.run_id, "val/auroc", auroc)
+    monkeypatch.setenv("MEDEXP_OUTPUT_ROOT", str(tmp_path / "out"))
+    main([])  # the experiment defaults to medexp, the config's default name
+    main([])
+    out = capsys.readouterr().out
+    assert out.startswith("medexp: 2 runs by val/auroc")
+    header, best = out.splitlines()[2].split(), out.splitlines()[4].split()
+    assert header[:4] == ["run", "state", "model", "optimizer.lr"] and best[:4] == ["resnet18-run", "RUNNING",
+                                                                                    "resnet18", "0.01"]
+    assert len(list((tmp_path / "out" / "compare").iterdir())) in (1, 2)  # two calls in one second share a stamp
+    assert all((folder / "report.html").is_file() for folder in (tmp_path / "out" / "compare").iterdir())

@@ -88,7 +88,8 @@ def _find_parent(client: Any, experiment_id: str, sweep: str):
 def _row(run: Any, keys: list[str], metric: str) -> Row:
     tags, params, metrics = run.data.tags, run.data.params, run.data.metrics
     row: Row = {"run": run.info.run_name, "state": tags.get("sweep.state") or tags.get("trial_state") or run.info.status}
-    row.update({k: tags.get(param_tag(k), params.get(k)) for k in keys})
+    # a swept value, else the param, else the option chosen in that group (runs logged before params held choices)
+    row.update({k: tags.get(param_tag(k), params.get(k, tags.get(f"choice.{k}"))) for k in keys})
     # a sweep job records the value it was compared on; a plain run, the metric's last logged value
     row[metric] = metrics.get(OBJECTIVE_METRIC) if OBJECTIVE_METRIC in metrics else metrics.get(metric)
     row.update({k: v for k, v in metrics.items() if k.startswith("test")})
@@ -103,7 +104,8 @@ def _key_params(runs: list) -> list[str]:
         return swept[:MAX_PARAM_COLUMNS]
     values: dict[str, set] = {}
     for run in runs:
-        for key, value in run.data.params.items():
+        chosen = {k[len("choice."):]: v for k, v in run.data.tags.items() if k.startswith("choice.")}
+        for key, value in {**chosen, **run.data.params}.items():
             values.setdefault(key, set()).add(value)
     differing = [k for k, v in values.items() if len(v) > 1 and not k.startswith(_NOT_HYPERPARAMETERS)]
     return sorted(differing)[:MAX_PARAM_COLUMNS]
