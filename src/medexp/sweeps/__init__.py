@@ -8,6 +8,9 @@ from __future__ import annotations
 
 # hydra.sweeper._target_ of medexp's Optuna sweeper: how jobs and callbacks recognise an Optuna sweep
 OPTUNA_SWEEPER_TARGET = "hydra_plugins.medexp_optuna_sweeper.optuna_sweeper.MedexpOptunaSweeper"
+# overrides saying where and how a sweep runs, not what it searches: workers of one study (on hosts with their own
+# output disks, sweep dirs and launchers) may differ in them
+WHERE_NOT_WHAT = ("hydra.", "hydra/", "paths.")
 
 
 def default_study_name(config) -> str:
@@ -25,7 +28,7 @@ def default_study_name(config) -> str:
     identity = {
         # where and how it runs (sweep dir, launcher, n_trials, sampler) does not change what is searched
         "overrides": sorted(str(o) for o in hydra.overrides.task
-                            if not str(o).lstrip("+~").startswith(("hydra.", "hydra/")) or ".params." in str(o)),
+                            if not str(o).lstrip("+~").startswith(WHERE_NOT_WHAT) or ".params." in str(o)),
         "params": sweeper.get("params"), "metric": sweeper.get("metric"), "direction": sweeper.get("direction"),
     }
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]

@@ -56,6 +56,7 @@ class OptunaSweep:
                                     explicit=bool(s.get("study_name")))
             workers.reap_stale_trials(study)
             counted = studies.n_counted_trials(study)
+            study.sampler = self._sampler(study, space)
         # this invocation's share: what the study misses now (a failed trial is not redone in the same invocation);
         # other workers on the study may take some of it, claims decide
         budget = max(int(s["n_trials"]) - counted, 0)
@@ -80,13 +81,18 @@ class OptunaSweep:
         s = self.settings
         with workers.study_lock(s["storage"], study.study_name):
             n = min(n, int(s["n_trials"]) - workers.n_claimed_trials(study))
-            # seeded by the trial count: reproducible, and a resumed study or a second worker does not replay
-            study.sampler = studies.build_sampler(s["sampler"], s["sampler_kwargs"],
-                                                  sampler_seed(self.sweep_seed, len(study.trials)), space)
+            if not isinstance(study.sampler, optuna.samplers.GridSampler):  # its seed orders the grid: keep it
+                study.sampler = self._sampler(study, space)  # a worker that started beside another one diverges
             batch = self._ask(study, space, n)
             for trial in batch:
                 workers.claim(study, trial)
         return batch
+
+    def _sampler(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> optuna.samplers.BaseSampler:
+        """Seeded by the study's trial count: reproducible, and a resumed study does not replay its first trials."""
+        s = self.settings
+        return studies.build_sampler(s["sampler"], s["sampler_kwargs"],
+                                     sampler_seed(self.sweep_seed, len(study.trials)), space)
 
     def _name_the_study(self) -> str:
         """The study's name (given, or derived from the sweep), also passed to every job: its pruning callback

@@ -16,6 +16,7 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from medexp.errors import ConfigError
+from medexp.sweeps import WHERE_NOT_WHAT
 from medexp.sweeps.space import grid_values
 from medexp.tracking.redact import redact_text
 
@@ -83,8 +84,10 @@ def open_study(study_name: str, storage: str, direction_name: str, sampler: optu
     if not storage:
         raise ConfigError("hydra.sweeper.storage is empty: jobs report to the study through a storage URL "
                           "(default sqlite:///<outputs>/optuna.db)")
+    from medexp.sweeps.workers import heartbeat_storage
+
     wanted = direction(direction_name)
-    study = optuna.create_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner,
+    study = optuna.create_study(study_name=study_name, storage=heartbeat_storage(storage), sampler=sampler, pruner=pruner,
                                 direction=wanted, load_if_exists=True)
     if study.direction.name.lower() != wanted:
         raise ConfigError(f"study {study_name!r} in {redact_text(str(storage))} was created to {study.direction.name.lower()}; "
@@ -100,7 +103,7 @@ def signature(config, metric: str, space: Mapping[str, BaseDistribution], fixed:
     choices = config.hydra.runtime.choices
     return {"data": str(choices.get("data")), "model": str(choices.get("model")), "metric": metric,
             "space": {key: repr(dist) for key, dist in sorted(space.items())},
-            "fixed": sorted(f for f in fixed if not f.startswith(("hydra.", "hydra/")))}
+            "fixed": sorted(f for f in fixed if not f.lstrip("+~").startswith(WHERE_NOT_WHAT))}
 
 
 def check_signature(study: optuna.Study, wanted: dict[str, Any], explicit: bool) -> None:
@@ -118,20 +121,6 @@ def check_signature(study: optuna.Study, wanted: dict[str, Any], explicit: bool)
             if explicit else "use another hydra.sweeper.study_name")
     raise ConfigError(f"study {study.study_name!r} holds {len(study.trials)} trial(s) of another search ({differs}): "
                       f"{hint}")
-
-
-def fail_stale_trials(study: optuna.Study) -> list:
-    """Mark trials left RUNNING by a killed sweep as FAIL, so they neither count nor block; returns their numbers.
-
-    Assumes one sweeper process per study (parallelism comes from ``n_jobs``), as this sweeper is built.
-    """
-    stale = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-    for trial in stale:
-        study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    if stale:
-        log.warning("study %s: marked %d trial(s) left RUNNING by an interrupted sweep as FAIL: %s",
-                    study.study_name, len(stale), [t.number for t in stale])
-    return [t.number for t in stale]
 
 
 def n_counted_trials(study: optuna.Study) -> int:
