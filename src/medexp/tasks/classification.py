@@ -189,7 +189,7 @@ class ClassificationTask(BaseTask):
     def write_test_report(self, folder: Path) -> list[Path]:
         """ROC curves (one per class or label) and the confusion matrix (one 2x2 per label for a multi-label
         task) of the last test run, as PNG files in ``folder``."""
-        from medexp.tracking.plots import plot_confusion_matrix, plot_label_confusion_matrices, plot_roc
+        from medexp.reports.plots import plot_confusion_matrix, plot_label_confusion_matrices, plot_roc
 
         if not self.test_report:
             return []

@@ -269,7 +269,7 @@ class DetectionTask(BaseTask):
     def write_test_report(self, folder: Path) -> list[Path]:
         """The FROC curve of the last test run and (2D) its first images with ground-truth and detected boxes,
         as PNGs in ``folder``."""
-        from medexp.tracking.plots import plot_detections, plot_froc
+        from medexp.reports.plots import plot_detections, plot_froc
 
         if "froc" not in self.test_report:
             return []

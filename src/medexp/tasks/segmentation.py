@@ -157,7 +157,7 @@ class SegmentationTask(BaseTask):
         return self._write_overlays("val", folder)
 
     def _write_overlays(self, stage: str, folder: Path) -> list[Path]:
-        from medexp.tracking.plots import plot_segmentation_overlay
+        from medexp.reports.plots import plot_segmentation_overlay
 
         return [plot_segmentation_overlay(image, truth, pred, folder / f"{stage}_case{i}.png",
                                           title=f"{stage} case {i}")
