@@ -59,6 +59,11 @@ class MlflowRunLogger(Logger):
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
+    def log_model(self, folder: Path, register_as: str | None = None) -> None:
+        """Log the files ``medexp.export.model.write_model_files`` wrote as the run's MLflow model (``model``),
+        registered as a new version of ``register_as`` if given."""
+        self._send("model", folder=str(Path(folder).resolve()), register_as=register_as)
+
     def write_run_id(self, path: Path) -> None:
         """Write the run id into ``path`` once the run exists (for ``ckpt_path=last`` resumes)."""
         self._send("run_id_file", path=str(Path(path).resolve()))
@@ -190,7 +195,9 @@ class RunRecorder(pl.Callback):
     - fit start: flattened resolved config as params; tags (git, overrides, dataset fingerprint); config.yaml
       (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON; the run id into the run
       directory for resume;
-    - fit end: the best checkpoint, and the task's validation report where it has one (segmentation overlays);
+    - fit end: the best checkpoint; the run's MLflow model from it (``medexp.export``: preprocessing, network,
+      probabilities; registered as a new version of ``tracking.register_as`` if set) where the task has one; the
+      task's validation report where it has one (segmentation overlays);
     - test end: the task's test report (``task.write_test_report(folder) -> [files]``, declared on ``BaseTask``).
     """
 
@@ -222,7 +229,18 @@ class RunRecorder(pl.Callback):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "")
         if best and Path(best).is_file():
             self._log_file(Path(best), "checkpoints")
+            self._log_model(Path(best), trainer.datamodule, pl_module)
         self._log_report(pl_module.write_validation_report)
+
+    def _log_model(self, best: Path, datamodule, task) -> None:
+        from medexp.export.model import EXAMPLE_SIZE, is_deployable, stored_test_images, write_model_files
+
+        if not is_deployable(datamodule, task):
+            return
+        folder = write_model_files(str(best), self.run_dir / "model",
+                                   example=stored_test_images(datamodule, EXAMPLE_SIZE))
+        self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
+
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:

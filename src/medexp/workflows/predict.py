@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import BasePredictionWriter
 
 from medexp.data.io import PIL_SUFFIXES
@@ -240,26 +239,16 @@ WRITERS: dict[str, type[PredictionWriter]] = {
 def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = "test_images", batch_size: int = 64,
             save_probabilities: bool = False, data_root: str | None = None, accelerator: str = "cpu",
             trusted_targets: Sequence[str] = (), trust_checkpoint: bool = False) -> dict:
-    """Predict on ``inputs`` with ``ckpt_path``; write the outputs and ``predictions.json`` to ``output_dir``."""
+    """Predict on ``inputs`` with ``ckpt_path`` (a .ckpt, or an MLflow model URI: ``runs:/<id>/model``,
+    ``models:/<name>/<version>``); write the outputs and ``predictions.json`` to ``output_dir``."""
     import pytorch_lightning as pl
-    from hydra.utils import instantiate
 
-    from medexp.workflows.build import build_task
-    from medexp.workflows.checkpoints import load_checkpoint
+    from medexp.export.model import MODEL_URI_SCHEMES, load_for_inference
 
-    ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust_checkpoint)
+    loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
     images = find_inputs(inputs, npz_key)
-    config = ckpt["hyper_parameters"]["config"]
-    cfg = OmegaConf.create(config)
-    if data_root is not None:  # only for checkpoints without the data module's state (see below)
-        cfg.data.root = data_root
-    datamodule = instantiate(cfg.data, augmentation=None, seed=cfg.seed)
-    # what preprocessing learnt from the training set (e.g. its mean/std), saved by Lightning with the data module
-    if type(datamodule).__qualname__ in ckpt:
-        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
+    datamodule, task = loaded.datamodule, loaded.task
     loader = datamodule.prediction_loader([image.source for image in images], batch_size)
-    task = build_task(cfg, datamodule, config)
-    task.load_state_dict(ckpt["state_dict"])
     kind = task.prediction_kind
     if kind not in WRITERS:
         raise ConfigError(f"medexp-predict cannot write the predictions of a {type(task).__name__} "
@@ -271,7 +260,8 @@ def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = 
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with unwrapped_user_errors():
         trainer.predict(task, dataloaders=loader, return_predictions=False)
-    summary = {"checkpoint": str(Path(ckpt_path).resolve()), "inputs": str(inputs), "prediction_kind": kind,
+    source = ckpt_path if str(ckpt_path).startswith(MODEL_URI_SCHEMES) else str(Path(ckpt_path).resolve())
+    summary = {"checkpoint": source, "inputs": str(inputs), "prediction_kind": kind,
                "cases": writer.cases}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))
     return summary

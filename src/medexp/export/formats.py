@@ -1,0 +1,130 @@
+"""``medexp-export``: a checkpoint's inference model (``medexp.export.model``) as an ONNX or TorchScript file, checked
+against PyTorch on the run's test split and, where the run is in an MLflow store, logged to that run.
+
+Both files take the MLflow model's input (one input, ``image``: float32 ``(N, C, H, W)`` as stored, 0-255, any N)
+and give its output (``probabilities``: ``(N, classes)``); the normalisation statistics are constants in the graph.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medexp.errors import ConfigError, DataError
+from medexp.export import INPUT_NAME, OUTPUT_NAME
+
+PARITY_TOLERANCE = 1e-4  # max |exported - PyTorch| over the test split's probabilities
+ONNX_OPSET = 18
+
+
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, output: Path) -> None:
+    # the TorchScript-based exporter: the networks are static graphs, and it needs no onnxscript at run time
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        torch.onnx.export(model, (example,), str(output), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                          opset_version=ONNX_OPSET, dynamo=False)
+
+
+def run_onnx(output: Path, images: np.ndarray) -> np.ndarray:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(output), providers=["CPUExecutionProvider"])
+    return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
+
+
+def write_torchscript(model: torch.nn.Module, example: torch.Tensor, output: Path) -> None:
+    from medexp.export.model import trace
+
+    trace(model, example).save(str(output))
+
+
+def run_torchscript(output: Path, images: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # torch 2.14 marks TorchScript deprecated; the format is what was asked for
+        warnings.filterwarnings("ignore", message=".*torch.jit.load.* is deprecated", category=FutureWarning)
+        loaded = torch.jit.load(str(output), map_location="cpu")
+    with torch.no_grad():
+        return loaded(torch.from_numpy(images)).numpy()
+
+
+# format -> (writer, runner, file suffix)
+FORMATS: dict[str, tuple[Callable, Callable, str]] = {
+    "onnx": (write_onnx, run_onnx, ".onnx"),
+    "torchscript": (write_torchscript, run_torchscript, ".pt"),
+}
+
+
+def default_output(fmt: str, folder: str | Path) -> Path:
+    return Path(folder) / f"model{FORMATS[fmt][2] if fmt in FORMATS else ''}"
+
+
+def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequence[str] = (),
+           trust_checkpoint: bool = False, data_root: str | None = None, tracking_uri: str | None = None) -> dict:
+    """Write ``output`` in ``fmt`` and compare it with PyTorch on the test split; with ``tracking_uri``, log both
+    to the checkpoint's run in that store. Returns what was measured."""
+    from medexp.export.model import deployable, load_for_inference, stored_test_images
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"format={fmt!r} is not known: use one of {', '.join(FORMATS)}")
+    write, run, _ = FORMATS[fmt]
+    if tracking_uri is not None:  # also where runs:/ and models:/ checkpoints are fetched from
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+    loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
+    model = deployable(loaded)
+    images = stored_test_images(loaded.datamodule)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    write(model, torch.from_numpy(images[:2]), output)
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images)).numpy()
+    exported = run(output, images)
+    difference = float(np.abs(exported - reference).max())
+    result = {"format": fmt, "output": str(output.resolve()), "checkpoint": str(ckpt_path),
+              "test_images": len(images), "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE}
+    if tracking_uri is not None:
+        result["mlflow_run"] = log_export(ckpt_path, output, fmt, difference)
+    if not difference <= PARITY_TOLERANCE:
+        raise DataError(f"the {fmt} model differs from PyTorch by up to {difference:.2e} on the test split (more "
+                        f"than {PARITY_TOLERANCE:g}); it was written to {output} but should not be used")
+    return result
+
+
+def checkpoint_run(ckpt_path: str) -> str | None:
+    """The MLflow run a checkpoint belongs to: the run of a ``runs:/`` or ``models:/`` URI, or the id medexp-train
+    wrote into the checkpoint's run folder."""
+    from medexp.tracking.mlflow import RUN_ID_FILE
+
+    if ckpt_path.startswith("runs:/"):
+        return ckpt_path.removeprefix("runs:/").split("/")[0]
+    if ckpt_path.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        name, _, version = ckpt_path.removeprefix("models:/").partition("/")
+        return MlflowClient().get_model_version(name, version).run_id
+    run_id_file = Path(ckpt_path).resolve().parent.parent / RUN_ID_FILE
+    return run_id_file.read_text().strip() if run_id_file.is_file() else None
+
+
+def log_export(ckpt_path: str, output: Path, fmt: str, difference: float) -> str | None:
+    """The file under ``export/`` and ``export/<fmt>_max_abs_difference`` in the checkpoint's run, in the current
+    tracking store; None when the checkpoint has no run there."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = checkpoint_run(str(ckpt_path))
+    if run_id is None:
+        return None
+    client = MlflowClient()
+    try:
+        client.get_run(run_id)
+    except MlflowException:  # trained against another store: nothing to attach to here
+        return None
+    client.log_artifact(run_id, str(output), "export")
+    client.log_metric(run_id, f"export/{fmt}_max_abs_difference", difference)
+    return run_id
