@@ -25,6 +25,9 @@ from medexp.hydra_setup import in_multirun
 from medexp.tracking.redact import redact_file, redact_text
 
 PROBE_TIMEOUT_S = 5.0
+# MLflow 3's UI shows its GenAI view unless the link asks for model training (the experiment tag alone is not read
+# by every 3.x UI)
+TRAINING_VIEW = "workflowType=machine_learning"
 ON_UNREACHABLE = ("fail", "local")
 
 
@@ -128,7 +131,7 @@ class Tracking:
         if run_id and experiment_id:
             uri = str(self.tracking_uri)
             served = uri.startswith(("http://", "https://"))
-            lines.append(f"MLflow UI:  {ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}"
+            lines.append(f"MLflow UI:  {ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
                          + ("" if served else "  (serve it with: make ui)"))
         return lines
 
@@ -166,7 +169,7 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
             redact_file(copy)
         tracking.callbacks.append(RunRecorder(tracking.mlflow, config, run_dir, tags=run_tags(cfg),
                                               fingerprint=datamodule.fingerprint, resumed=resumed,
-                                              choices=hydra_choices()))
+                                              choices=hydra_choices(), overridden=overridden_keys()))
     return tracking
 
 
@@ -182,6 +185,17 @@ def hydra_choices() -> dict[str, str]:
     if not HydraConfig.initialized():
         return {}
     return {k: str(v) for k, v in HydraConfig.get().runtime.choices.items() if v is not None}
+
+
+def overridden_keys() -> list[str]:
+    """The config keys this run's command line set (``model.channels=[8,16]`` -> ``model.channels``)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    groups = hydra_choices()  # model=resnet18 chooses an option; model.channels=... sets a key
+    keys = [o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task if "=" in o]
+    return [key for key in keys if key not in groups]
 
 
 def sweep_child_context() -> dict | None:

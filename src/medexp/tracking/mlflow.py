@@ -15,7 +15,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +115,7 @@ class MlflowRunLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         stamp = int(time.time() * 1000)
         step = (step or 0) + self.step_offset
-        self._send("metrics", metrics=[(k, metric_value(v), stamp, step) for k, v in metrics.items()])
+        self._send("metrics", metrics=[(metric_name(k), metric_value(v), stamp, step) for k, v in metrics.items()])
 
     @rank_zero_only
     def finalize(self, status: str) -> None:
@@ -166,19 +166,30 @@ _NOT_COMPARED = ("callbacks", "logger", "paths", "tracking", "hydra")
 _PATH_NAMES = ("dir", "dirpath", "root", "path", "data_dir", "output_dir")
 
 
-def comparable_params(config: Mapping[str, Any], choices: Mapping[str, str]) -> dict[str, Any]:
+def comparable_params(config: Mapping[str, Any], choices: Mapping[str, str],
+                      overridden: Sequence[str] = ()) -> dict[str, Any]:
     """The params a user compares runs by: the option chosen in each group (``model=resnet18``, ``data=...``) and
     every hyperparameter, without ``_target_``/``_partial_`` plumbing, file paths and the recording groups (all of
-    which stay in the ``config.yaml`` artifact)."""
+    which stay in the ``config.yaml`` artifact). A network's architecture is what its option names; its keys become
+    params only where the command line changed them (``model.channels=...``): otherwise two models' different keys
+    would fill the compare view's plot instead of ``model`` and the learning rate."""
     params = {group: option for group, option in choices.items() if "/" not in group}
     for key, value in flatten(config).items():
         parts = key.split(".")
         if parts[0] in _NOT_COMPARED or parts[-1].startswith("_") or parts[-1] in _PATH_NAMES:
             continue
+        if parts[0] == "model" and not any(key == o or key.startswith(f"{o}.") for o in overridden):
+            continue
         if isinstance(value, str) and value.startswith("/"):  # an absolute path under another name
             continue
         params[key] = value
     return params
+
+
+def metric_name(key: str) -> str:
+    """Lightning's LearningRateMonitor names its metric ``lr-<Optimizer>``: as ``train/lr`` it sorts among the
+    training curves, not before the test metrics the compare view should pick first (the optimizer is a param)."""
+    return "train/lr" if key.startswith("lr-") and "/" not in key else key
 
 
 def metric_value(value: float) -> float:
@@ -203,11 +214,11 @@ class RunRecorder(pl.Callback):
 
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
                  fingerprint: Callable[[], Mapping[str, Any]], resumed: bool = False,
-                 choices: Mapping[str, str] | None = None):
+                 choices: Mapping[str, str] | None = None, overridden: Sequence[str] = ()):
         self.logger, self.config, self.run_dir = logger, config, Path(run_dir)
         self.tags, self.fingerprint = dict(tags), fingerprint
         self.resumed = resumed
-        self.choices = dict(choices or {})
+        self.choices, self.overridden = dict(choices or {}), list(overridden)
 
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
@@ -215,7 +226,7 @@ class RunRecorder(pl.Callback):
         if self.resumed:  # params are immutable in MLflow; the resumed run keeps the ones it started with
             return
         fingerprint = dict(self.fingerprint())
-        self.logger.log_hyperparams(comparable_params(self.config, self.choices))
+        self.logger.log_hyperparams(comparable_params(self.config, self.choices, self.overridden))
         tags = {**self.tags, "dataset.sha256": str(fingerprint.get("sha256", ""))}
         self.logger.log_tags(tags)
         self._log_file(self._write("dataset_fingerprint.json", json.dumps(fingerprint, indent=2, default=str)))
@@ -240,7 +251,6 @@ class RunRecorder(pl.Callback):
         folder = write_model_files(str(best), self.run_dir / "model",
                                    example=stored_test_images(datamodule, EXAMPLE_SIZE))
         self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
-
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:

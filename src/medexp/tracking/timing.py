@@ -1,6 +1,6 @@
 """Wall-clock landmarks of a run: seconds from launch to the first training step, training images/s.
 
-Saved to ``timing.json`` in the run folder and logged as ``perf/*`` metrics, so the cost of start-up (imports, data,
+Saved to ``timing.json`` in the run folder and logged as ``time/*`` metrics, so the cost of start-up (imports, data,
 MLflow) is visible per run, and ``benchmarks/bench_train.py`` reads it.
 """
 from __future__ import annotations
@@ -56,4 +56,4 @@ class RunTimer(pl.Callback):
         (self.run_dir / "timing.json").write_text(json.dumps({**figures, "launched_at": self.launched_at,
                                                               "first_step_at": self.first_step_at}, indent=2))
         for logger in trainer.loggers:
-            logger.log_metrics({f"perf/{k}": v for k, v in figures.items()}, step=trainer.global_step)
+            logger.log_metrics({f"time/{k}": v for k, v in figures.items()}, step=trainer.global_step)
