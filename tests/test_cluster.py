@@ -2,9 +2,11 @@
 own ``scripts/cluster/up.sh`` (as ``make cluster-up``; it installs them on a fresh machine, as root)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -42,6 +44,20 @@ def toy_worker(out: Path, *overrides: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT)
 
 
+@contextlib.contextmanager
+def stopped_at_exit(process: subprocess.Popen, sweep_dir: Path):
+    """The sweep process, ended with its Slurm jobs when the block ends: a failed assertion leaves nothing running."""
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            process.wait(timeout=60)
+            jobs = [p.name for p in (sweep_dir / ".submitit").glob("*") if p.is_dir()]
+            if jobs:
+                subprocess.run(["scancel", *jobs], check=False)
+
+
 def test_two_workers_share_one_postgresql_study_and_run_exactly_n_trials(tmp_path, cluster, mlflow_store):  # noqa: F811
     import optuna
     from optuna.trial import TrialState
@@ -67,3 +83,46 @@ def test_two_workers_share_one_postgresql_study_and_run_exactly_n_trials(tmp_pat
     assert len(parents) == 1, [p.info.run_name for p in parents]
     assert sorted(int(c.data.tags["sweep.trial"]) for c in children) == list(range(6))
     assert all(c.data.tags["sweep.state"] == "COMPLETE" for c in children)
+
+
+def test_slurm_launcher_runs_a_grid_sweep_as_one_parent_with_a_child_per_job(tmp_path, cluster, mlflow_store):  # noqa: F811
+    worker = toy_worker(tmp_path, "hydra/launcher=slurm", "model=cnn,resnet18")
+    assert worker.wait(timeout=600) == 0, (tmp_path / "worker.log").read_text()[-3000:]
+
+    parents, children = sweep_runs(mlflow_store)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert sorted(c.info.run_name for c in children) == ["model=cnn", "model=resnet18"]
+    assert all(c.info.status == "FINISHED" and c.data.tags["sweep.state"] == "COMPLETE" for c in children)
+    jobs = [p.name for p in (tmp_path / "outputs/multirun/.submitit").iterdir()]
+    assert jobs, "no Slurm job folder: the sweep did not go through submitit"
+    assert parents[0].data.tags["sweep.launcher"] == "SlurmLauncher"
+
+
+def test_a_requeued_slurm_job_resumes_from_last_ckpt_into_the_same_mlflow_run(tmp_path, cluster, mlflow_store):  # noqa: F811
+    """``scontrol requeue`` stops the job as a preemption does (SIGTERM: last.ckpt saved at the next batch); Slurm
+    starts it again about 2 minutes later and it finishes its epochs in the same run folder and MLflow run."""
+    epochs, sweep_dir = 3, tmp_path / "sweep"
+    command = [str(REPO / ".venv/bin/medexp-train"), "-m", "hydra/launcher=slurm", "model=cnn",
+               f"trainer.max_epochs={epochs}", "data.num_train=1024", "data.num_val=32", "data.num_test=32",
+               "callbacks.progress_bar.refresh_rate=0", f"hydra.sweep.dir={sweep_dir}"]
+    env = {**os.environ, **cluster, "OMP_NUM_THREADS": "1"}
+    with open(tmp_path / "sweep.log", "w") as log, stopped_at_exit(
+            subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path), sweep_dir) as sweep:
+        last = sweep_dir / "0/checkpoints/last.ckpt"
+        deadline = time.time() + 300
+        while not last.is_file() and sweep.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert last.is_file(), "the job saved no last.ckpt after its first epoch"
+        (job,) = [p.name for p in (sweep_dir / ".submitit").iterdir() if p.is_dir()]  # <sweep>/.submitit/<job id>
+        subprocess.run(["scontrol", "requeue", job], check=True)
+        assert sweep.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True, check=True).stdout
+    assert "Restarts=1" in shown, shown
+    parents, (child,) = sweep_runs(mlflow_store, "medexp")
+    assert child.info.status == "FINISHED" and child.data.tags["sweep.state"] == "COMPLETE"
+    steps = {m.step for m in mlflow_store.get_metric_history(child.info.run_id, "val/auroc")}
+    assert len(steps) == epochs  # an epoch cut short is redone, none is skipped or added
+    assert mlflow_store.get_metric_history(child.info.run_id, "epoch")[-1].value == epochs
+    logs = "".join(p.read_text() for p in (sweep_dir / ".submitit" / job).glob("*log.*"))
+    assert "Restoring states from the checkpoint" in logs or "resuming from a checkpoint" in logs.lower()

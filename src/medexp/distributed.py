@@ -65,3 +65,29 @@ def end_job_distributed() -> None:
         dist.destroy_process_group()
     for name in DDP_ENV:
         os.environ.pop(name, None)
+
+
+# -- Slurm preemption ----------------------------------------------------------------------------------------------
+def slurm_job_id() -> str | None:
+    """This Slurm job as ``scontrol`` names it (``<array job>_<task>`` for an array task), or None outside Slurm."""
+    array_job, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array_job and task:
+        return f"{array_job}_{task}"
+    return os.environ.get("SLURM_JOB_ID")
+
+
+def slurm_requeued() -> bool:
+    """This Slurm job runs again after a requeue (preemption, ``scontrol requeue``, a signalled time limit)."""
+    return slurm_job_id() is not None and int(os.environ.get("SLURM_RESTART_COUNT") or 0) > 0
+
+
+def requeue_slurm_job() -> None:
+    """Put this Slurm job back in the queue (it restarts in the same job id, so in the same run folder), as after
+    Slurm's pre-timeout signal. The job must have been submitted requeueable (submitit's are; ``sbatch --requeue``)."""
+    import subprocess
+
+    job = slurm_job_id()
+    done = subprocess.run(["scontrol", "requeue", str(job)], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"scontrol requeue {job} failed: {done.stderr.strip()}: the job ends here, resume it with "
+                           "ckpt_path=last in its run folder")

@@ -90,9 +90,13 @@ def build_trial_callbacks(cfg: DictConfig) -> list:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``last`` -> this run directory's last checkpoint; a path must exist."""
+    """``last`` -> this run directory's last checkpoint; a path must exist. A requeued Slurm job (preempted, or
+    signalled before its time limit) resumes from its own ``last.ckpt`` when it saved one."""
     if ckpt_path is None:
-        return None
+        from medexp.distributed import slurm_requeued
+
+        last = run_dir / "checkpoints" / "last.ckpt"
+        return str(last) if slurm_requeued() and last.is_file() else None
     if ckpt_path == "last":
         last = run_dir / "checkpoints" / "last.ckpt"
         if not last.is_file():

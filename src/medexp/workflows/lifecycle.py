@@ -17,6 +17,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 
+from medexp.distributed import requeue_slurm_job, slurm_job_id
 from medexp.errors import ConfigError
 
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
@@ -60,6 +61,8 @@ class SaveOnSignal(pl.Callback):
         fitting = trainer.state.fn == TrainerFn.FITTING
         if self.signum is not None and isinstance(exception, SIGTERMException) and fitting:
             trainer.save_checkpoint(self.dirpath / "last.ckpt")
+            if self.signum == signal.SIGUSR1 and trainer.is_global_zero and slurm_job_id() is not None:
+                requeue_slurm_job()  # Slurm's pre-timeout warning: back in the queue, to resume from last.ckpt
 
     def exit_status(self, exception: BaseException) -> RunSignalled | None:
         """What the flow should raise instead of Lightning's ``SIGTERMException`` (which exits 0)."""
