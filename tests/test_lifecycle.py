@@ -225,7 +225,7 @@ def test_on_unreachable_local_falls_back_and_keeps_metrics(tmp_path):
     assert result.stderr.count("cannot be reached") == 1
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
     assert 0 <= metrics["test/auroc"] <= 1
-    assert f"test/auroc                   {metrics['test/auroc']:.4g}" in result.stdout  # printed, 4 digits
+    assert f"test/auroc: {metrics['test/auroc']:.4g}" in result.stdout  # printed, 4 significant digits
     runs = MlflowClient(f"sqlite:///{tmp_path / 'out' / 'mlflow.db'}").search_runs(["1"])
     assert [r.info.status for r in runs] == ["FINISHED"]
 

@@ -102,7 +102,6 @@ def report(metrics: dict[str, float], run_dir: Path, best: str | None, monitor: 
     (run_dir / METRICS_FILE).write_text(json.dumps(
         {"metrics": metrics, "best_checkpoint": best, "run_dir": str(run_dir.resolve())}, indent=2))
     shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") or k == monitor}
-    lines = [f"  {key:<28} {value:.4g}" if math.isfinite(value) else f"  {key:<28} {value}"
-             for key, value in shown.items()]
+    lines = [f"  {key}: {value:.4g}" if math.isfinite(value) else f"  {key}: {value}" for key, value in shown.items()]
     lines += [f"Run folder: {run_dir.resolve()}", *([f"Best checkpoint: {best}"] if best else [])]
     print("\n".join(["", "medexp: run finished", *lines]), flush=True)
