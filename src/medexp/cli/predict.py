@@ -5,7 +5,7 @@ Only Hydra is imported at module level, so ``--help`` stays fast.
 from __future__ import annotations
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
 from medexp.cli import user_errors
 from medexp.hydra_setup import prepare_hydra
@@ -18,8 +18,9 @@ def main(cfg: DictConfig) -> dict:
     from medexp.workflows.predict import predict
 
     with user_errors():
+        ckpt_path = list(cfg.ckpt_path) if isinstance(cfg.ckpt_path, ListConfig) else cfg.ckpt_path
         summary = predict(
-            cfg.ckpt_path, cfg.inputs, cfg.output_dir, npz_key=cfg.npz_key, batch_size=cfg.batch_size,
+            ckpt_path, cfg.inputs, cfg.output_dir, npz_key=cfg.npz_key, batch_size=cfg.batch_size,
             save_probabilities=cfg.save_probabilities, data_root=cfg.data_root, accelerator=cfg.accelerator,
             trusted_targets=list(cfg.trusted_targets), trust_checkpoint=cfg.trust_checkpoint,
         )

@@ -42,8 +42,9 @@ class Loaded:
 
 
 def resolve_checkpoint(ckpt_path: str) -> str:
-    """A local checkpoint path for ``ckpt_path``: itself, or the checkpoint inside an MLflow model
-    (``runs:/<run id>/model``, ``models:/<name>/<version>``), downloaded from the store ``MLFLOW_TRACKING_URI`` names."""
+    """A local checkpoint path for ``ckpt_path``: itself, the checkpoint inside an MLflow model (``runs:/<run
+    id>/model``, ``models:/<name>/<version>``) or a checkpoint artifact (``runs:/<run id>/checkpoints/<file>``),
+    downloaded from the store ``MLFLOW_TRACKING_URI`` names."""
     if not str(ckpt_path).startswith(MODEL_URI_SCHEMES):
         return str(ckpt_path)
     import mlflow
@@ -54,6 +55,8 @@ def resolve_checkpoint(ckpt_path: str) -> str:
         raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {mlflow.get_tracking_uri()}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0]}; set MLFLOW_TRACKING_URI to the store "
                         "that holds it") from None
+    if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
+        return str(folder)
     found = sorted(folder.glob(f"**/{CHECKPOINT}"))
     if not found:
         raise DataError(f"the MLflow model {ckpt_path} holds no medexp checkpoint: it was not logged by medexp-train")

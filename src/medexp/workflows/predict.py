@@ -236,18 +236,27 @@ WRITERS: dict[str, type[PredictionWriter]] = {
 
 
 # -- the flow -----------------------------------------------------------------------------------------------------
-def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = "test_images", batch_size: int = 64,
+def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path, npz_key: str = "test_images", batch_size: int = 64,
             save_probabilities: bool = False, data_root: str | None = None, accelerator: str = "cpu",
             trusted_targets: Sequence[str] = (), trust_checkpoint: bool = False) -> dict:
     """Predict on ``inputs`` with ``ckpt_path`` (a .ckpt, or an MLflow model URI: ``runs:/<id>/model``,
-    ``models:/<name>/<version>``); write the outputs and ``predictions.json`` to ``output_dir``."""
+    ``models:/<name>/<version>``; several of them, or ``sweep:<parent run id or name>``, for an ensemble that
+    averages their probabilities); write the outputs and ``predictions.json`` to ``output_dir``."""
     import pytorch_lightning as pl
 
+    from medexp.export.ensemble import Ensemble, check_same_preprocessing, ensemble_members
     from medexp.export.model import MODEL_URI_SCHEMES, load_for_inference
 
-    loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
+    members = ensemble_members(ckpt_path)
+    loaded = [load_for_inference(member, trusted_targets, trust=trust_checkpoint, data_root=data_root)
+              for member in members]
     images = find_inputs(inputs, npz_key)
-    datamodule, task = loaded.datamodule, loaded.task
+    datamodule, task = loaded[0].datamodule, loaded[0].task  # the first member reads the inputs for all
+    if len(loaded) > 1:
+        check_same_preprocessing([member.datamodule for member in loaded], members)
+        model = Ensemble([member.task for member in loaded])
+    else:
+        model = task
     loader = datamodule.prediction_loader([image.source for image in images], batch_size)
     kind = task.prediction_kind
     if kind not in WRITERS:
@@ -259,9 +268,9 @@ def predict(ckpt_path: str, inputs: str, output_dir: str | Path, npz_key: str = 
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with unwrapped_user_errors():
-        trainer.predict(task, dataloaders=loader, return_predictions=False)
-    source = ckpt_path if str(ckpt_path).startswith(MODEL_URI_SCHEMES) else str(Path(ckpt_path).resolve())
-    summary = {"checkpoint": source, "inputs": str(inputs), "prediction_kind": kind,
+        trainer.predict(model, dataloaders=loader, return_predictions=False)
+    sources = [member if member.startswith(MODEL_URI_SCHEMES) else str(Path(member).resolve()) for member in members]
+    summary = {"checkpoint": sources[0] if len(sources) == 1 else sources, "inputs": str(inputs), "prediction_kind": kind,
                "cases": writer.cases}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))
     return summary
