@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 
+from hydra.experimental.callback import Callback
+
 DDP_ENV = ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT", "GROUP_RANK", "RANK",
            "LOCAL_WORLD_SIZE")
 CONFIG_SOURCE_FLAGS = ("--config-path", "-cp", "--config-name", "-cn", "--config-dir", "-cd")
@@ -91,3 +93,64 @@ def requeue_slurm_job() -> None:
     if done.returncode != 0:
         raise RuntimeError(f"scontrol requeue {job} failed: {done.stderr.strip()}: the job ends here, resume it with "
                            "ckpt_path=last in its run folder")
+
+
+# -- one GPU per parallel local job ----------------------------------------------------------------------------------
+_SWEEP_PID = "MEDEXP_SWEEP_PID"
+_held_gpu: tuple[str, object] | None = None  # (GPU, its open lock file) for this worker process's life
+
+
+class GpuPerWorker(Callback):
+    """Hydra callback: each worker process of a parallel local sweep (``hydra/launcher=joblib``) sees one GPU of its
+    own through ``CUDA_VISIBLE_DEVICES``, so ``n_jobs`` = number of GPUs runs one trial per GPU (Hydra #1331/#1974).
+
+    The GPUs are those the sweep was given (``CUDA_VISIBLE_DEVICES``) or all it finds. A worker claims a free one by
+    a lock file in the sweep folder at its first job and keeps it: once CUDA starts in a process, its devices are
+    fixed, and joblib reuses worker processes across jobs. With more workers than GPUs the extra ones share.
+    A Hydra callback rather than a launcher: it runs in the job's process before the task imports torch.
+    """
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        os.environ[_SWEEP_PID] = str(os.getpid())  # workers inherit it: a job in another process is a worker's
+
+    def on_job_start(self, config, **kwargs) -> None:
+        from hydra.core.hydra_config import HydraConfig
+
+        hydra_cfg = HydraConfig.get()
+        in_worker = os.environ.get(_SWEEP_PID) not in (None, str(os.getpid()))
+        if not in_worker or not str(hydra_cfg.launcher.get("_target_", "")).endswith("JoblibLauncher"):
+            return
+        gpus = _sweep_gpus()
+        if gpus:
+            os.environ["CUDA_VISIBLE_DEVICES"] = _claim_gpu(gpus, hydra_cfg.sweep.dir)
+
+
+def _sweep_gpus() -> list[str]:
+    visible = os.environ.get("MEDEXP_SWEEP_GPUS") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        os.environ["MEDEXP_SWEEP_GPUS"] = visible  # the sweep's set, kept once this worker narrows its own view
+        return [g for g in visible.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]  # NVML's count: CUDA is not started
+
+
+def _claim_gpu(gpus: list[str], sweep_dir: str) -> str:
+    global _held_gpu
+    import fcntl
+    from pathlib import Path
+
+    if _held_gpu is not None:
+        return _held_gpu[0]
+    folder = Path(sweep_dir) / ".gpus"
+    folder.mkdir(parents=True, exist_ok=True)
+    for gpu in gpus:
+        handle = open(folder / f"{gpu}.lock", "w")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            continue
+        _held_gpu = (gpu, handle)  # the lock lives as long as this process
+        return gpu
+    return gpus[os.getpid() % len(gpus)]  # more workers than GPUs
