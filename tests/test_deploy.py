@@ -29,7 +29,7 @@ from medexp.workflows.predict import predict
 from medexp.workflows.train import run_experiment
 
 REGISTERED = "medexp_test_model"
-TINY = ["trainer.max_epochs=1", "data.num_train=128", "data.num_val=32", "data.num_test=32", "test=false",
+TINY = ["trainer.max_epochs=1", "data.num_train=128", "data.num_val=32", "data.num_test=32",
         "callbacks.progress_bar.refresh_rate=0", f"tracking.register_as={REGISTERED}"]
 TOLERANCE = 1e-4
 
@@ -74,7 +74,7 @@ def stored(cases: Path) -> np.ndarray:
     return np.load(cases)["test_images"][:, None].astype(np.float32)
 
 
-def test_run_logs_a_registered_pyfunc_that_predicts_what_medexp_predict_writes(logged_run, tmp_path):
+def test_run_logs_a_registered_pyfunc_and_its_report(logged_run, tmp_path):
     import mlflow
 
     run_dir, run_id, uri, cases, best = logged_run
@@ -91,6 +91,8 @@ def test_run_logs_a_registered_pyfunc_that_predicts_what_medexp_predict_writes(l
         np.testing.assert_allclose(model.predict(stored(cases)), reference, atol=TOLERANCE)
         # a different batch size than the traced example's
         np.testing.assert_allclose(model.predict(stored(cases)[:3]), reference[:3], atol=TOLERANCE)
+    report = [a.path for a in mlflow.MlflowClient(uri).list_artifacts(run_id, "report")]
+    assert "report/index.html" in report and (run_dir / "report" / "index.html").is_file()
     example = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model/input_example.json",
                                                        dst_path=str(tmp_path / "example")))
     assert np.asarray(json.loads(example.read_text())).shape == (2, 1, 32, 32)

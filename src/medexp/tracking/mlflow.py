@@ -209,7 +209,8 @@ class RunRecorder(pl.Callback):
     - fit end: the best checkpoint; the run's MLflow model from it (``medexp.export``: preprocessing, network,
       probabilities; registered as a new version of ``tracking.register_as`` if set) where the task has one; the
       task's validation report where it has one (segmentation overlays);
-    - test end: the task's test report (``task.write_test_report(folder) -> [files]``, declared on ``BaseTask``).
+    - test end: the task's test report (``task.write_test_report(folder) -> [files]``, declared on ``BaseTask``),
+      and ``report/index.html`` (``medexp.reports.page``: intervals, calibration, cases, Grad-CAM) where there is one.
     """
 
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
@@ -254,7 +255,11 @@ class RunRecorder(pl.Callback):
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
+        from medexp.reports.page import write_test_page
+
         self._log_report(pl_module.write_test_report)
+        self._log_report(lambda folder: write_test_page(pl_module, trainer.datamodule, folder,
+                                                        f"Test report: {self.run_dir.name}"))
 
     def _log_report(self, write: Callable[[Path], list[Path]]) -> None:
         folder = self.run_dir / "report"
