@@ -12,6 +12,8 @@ MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
 # MEDEXP_OUTPUT_ROOT moves all outputs (as it does for medexp-train), the UI and server follow it
 OUTPUTS := $(or $(MEDEXP_OUTPUT_ROOT),$(CURDIR)/outputs)
+# the tracking server's store (make server DB=postgresql://user:pw@host/db for a team); artifacts go through it
+DB ?= sqlite:///$(OUTPUTS)/mlflow.db
 
 .PHONY: install train test test-fast lint format ui server compare bench clean cluster-up cluster-down
 
@@ -41,9 +43,9 @@ format: install
 ui: install  ## MLflow UI over outputs/ on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (loopback only by default)
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
-server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT)
+server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT) [DB=postgresql://...]
 	mkdir -p $(OUTPUTS)
-	$(BIN)/mlflow server --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db \
+	$(BIN)/mlflow server --backend-store-uri '$(DB)' --serve-artifacts \
 		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 compare: install  ## ranked runs of an experiment or sweep: make compare [EXP=medexp] [SWEEP=<parent run id | sweep name>]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -126,3 +128,42 @@ def test_a_requeued_slurm_job_resumes_from_last_ckpt_into_the_same_mlflow_run(tm
     assert mlflow_store.get_metric_history(child.info.run_id, "epoch")[-1].value == epochs
     logs = "".join(p.read_text() for p in (sweep_dir / ".submitit" / job).glob("*log.*"))
     assert "Restoring states from the checkpoint" in logs or "resuming from a checkpoint" in logs.lower()
+
+
+def test_make_server_keeps_runs_in_postgresql_and_serves_artifacts(tmp_path, cluster):
+    import sqlalchemy
+    from mlflow.tracking import MlflowClient
+
+    from test_tracking_server import free_loopback_port
+
+    port, name = free_loopback_port(), f"server-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "MEDEXP_OUTPUT_ROOT": str(tmp_path)}
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(["make", "-s", "server", f"DB={cluster['MEDEXP_MLFLOW_DB']}", f"MLFLOW_PORT={port}"],
+                                  cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        uri = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
+            time.sleep(0.5)
+        client = MlflowClient(uri)
+        run = client.create_run(client.create_experiment(name))
+        client.log_text(run.info.run_id, "hello", "notes/a.txt")
+        assert run.info.artifact_uri.startswith("mlflow-artifacts:")  # clients need no shared filesystem
+        assert any((tmp_path / "mlartifacts").rglob("a.txt")), "the artifact did not land in the server's folder"
+        assert Path(client.download_artifacts(run.info.run_id, "notes/a.txt", str(tmp_path))).read_text() == "hello"
+        engine = sqlalchemy.create_engine(cluster["MEDEXP_MLFLOW_DB"])
+        with engine.connect() as connection:
+            stored = connection.execute(sqlalchemy.text("select count(*) from experiments where name = :n"),
+                                        {"n": name}).scalar()
+        engine.dispose()
+        assert stored == 1
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)  # make and the server it started
+        server.wait(timeout=30)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A local one-node Slurm cluster (munge, slurmctld, slurmd on localhost, this machine's cores) and a PostgreSQL
-# server with a database for Optuna sweeps; installs what is missing (Debian/Ubuntu, as root). Idempotent: what
-# already runs is left running. Writes $OUTPUTS/cluster.env (MEDEXP_PG_URL, MEDEXP_SLURM_PARTITION).
+# server with a database for Optuna sweeps and one for an MLflow server; installs what is missing (Debian/Ubuntu, as root). Idempotent: what
+# already runs is left running. Writes $OUTPUTS/cluster.env (MEDEXP_PG_URL, MEDEXP_MLFLOW_DB,
+# MEDEXP_SLURM_PARTITION).
 # Made for tests and trying medexp on one machine, not for a real cluster: jobs run as root, one fixed password.
 set -euo pipefail
 OUTPUTS=${OUTPUTS:-${MEDEXP_OUTPUT_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)/outputs}}
 PARTITION=${MEDEXP_SLURM_PARTITION:-debug}
-PG_USER=medexp PG_PASSWORD=medexp PG_DB=medexp_sweeps PG_PORT=${MEDEXP_PG_PORT:-5432}
+PG_USER=medexp PG_PASSWORD=medexp PG_DB=medexp_sweeps PG_MLFLOW_DB=medexp_mlflow PG_PORT=${MEDEXP_PG_PORT:-5432}
 SLURM_CONF=/etc/slurm/slurm.conf
 MARK="# written by medexp scripts/cluster/up.sh"
 
@@ -95,14 +96,17 @@ psql_su() { runuser -u postgres -- psql -p "$PG_PORT" -v ON_ERROR_STOP=1 -qtA "$
 for _ in $(seq 50); do psql_su -c "select 1" >/dev/null 2>&1 && break; sleep 0.2; done
 [ "$(psql_su -c "select 1 from pg_roles where rolname='$PG_USER'")" = 1 ] \
   || psql_su -c "CREATE USER $PG_USER WITH PASSWORD '$PG_PASSWORD' CREATEDB"
-[ "$(psql_su -c "select 1 from pg_database where datname='$PG_DB'")" = 1 ] \
-  || psql_su -c "CREATE DATABASE $PG_DB OWNER $PG_USER"
+# one database for Optuna studies, one for an MLflow server: both keep an alembic_version table
+for db in "$PG_DB" "$PG_MLFLOW_DB"; do
+  [ "$(psql_su -c "select 1 from pg_database where datname='$db'")" = 1 ] || psql_su -c "CREATE DATABASE $db OWNER $PG_USER"
+done
 URL="postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$PG_PORT/$PG_DB"
 PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_PORT" -U "$PG_USER" -d "$PG_DB" -qtA -c "select 1" >/dev/null \
   || die "PostgreSQL is up but $URL refuses the login: see /var/log/postgresql/"
-say "postgresql $PG_VERSION: database $PG_DB on 127.0.0.1:$PG_PORT"
+say "postgresql $PG_VERSION: databases $PG_DB (Optuna), $PG_MLFLOW_DB (make server DB=...) on 127.0.0.1:$PG_PORT"
 
 mkdir -p "$OUTPUTS"
-printf 'MEDEXP_PG_URL=%s\nMEDEXP_SLURM_PARTITION=%s\n' "$URL" "$PARTITION" > "$OUTPUTS/cluster.env.tmp"
+printf 'MEDEXP_PG_URL=%s\nMEDEXP_MLFLOW_DB=%s\nMEDEXP_SLURM_PARTITION=%s\n' "$URL" "${URL%/*}/$PG_MLFLOW_DB" "$PARTITION" \
+  > "$OUTPUTS/cluster.env.tmp"
 mv "$OUTPUTS/cluster.env.tmp" "$OUTPUTS/cluster.env"
 say "wrote $OUTPUTS/cluster.env"
