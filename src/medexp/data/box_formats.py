@@ -86,8 +86,8 @@ class _Dropped:
         if self.files:
             names = ", ".join(f"{name} ({n})" for name, n in list(self.files.items())[:10])
             more = f" and {len(self.files) - 10} more files" if len(self.files) > 10 else ""
-            log.warning("%s: dropped %d box(es) with no area or reaching outside the image: %s%s", self.source,
-                        sum(self.files.values()), names, more)
+            log.warning("%s: dropped %d box(es) with no area or reaching outside the image: %s%s (fix those boxes "
+                        "to train on them)", self.source, sum(self.files.values()), names, more)
 
 
 # -- Pascal VOC ---------------------------------------------------------------------------------------------------
