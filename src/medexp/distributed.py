@@ -154,3 +154,31 @@ def _claim_gpu(gpus: list[str], sweep_dir: str) -> str:
         _held_gpu = (gpu, handle)  # the lock lives as long as this process
         return gpu
     return gpus[os.getpid() % len(gpus)]  # more workers than GPUs
+
+
+# -- multi-node layout -----------------------------------------------------------------------------------------------
+def launch_layout(what: str) -> int:
+    """``nodes`` or ``devices`` (processes per node) of the launch this process belongs to: torchrun's environment
+    (``--nnodes``, ``--nproc-per-node``), else Slurm's (``srun`` with ``--ntasks-per-node``), else one and one.
+    The ``${medexp_launch:nodes}`` resolver of ``trainer=ddp_multinode``: Lightning checks nodes x devices against
+    the world size the launcher set up, so both come from that launcher."""
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" in env and "LOCAL_WORLD_SIZE" in env:
+        devices, world = int(env["LOCAL_WORLD_SIZE"]), int(env["WORLD_SIZE"])
+        nodes = world // devices
+    elif "SLURM_NTASKS" in env and "SLURM_JOB_NUM_NODES" in env:
+        nodes = int(env["SLURM_JOB_NUM_NODES"])
+        devices = int(env.get("SLURM_NTASKS_PER_NODE") or int(env["SLURM_NTASKS"]) // nodes)
+    else:
+        nodes, devices = 1, 1
+    layout = {"nodes": nodes, "devices": devices}
+    if what not in layout:
+        raise ValueError(f"medexp_launch:{what}: use nodes or devices")
+    return layout[what]
+
+
+def register_resolvers() -> None:
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("medexp_launch"):
+        OmegaConf.register_new_resolver("medexp_launch", launch_layout)

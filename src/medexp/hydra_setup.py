@@ -16,6 +16,9 @@ from omegaconf import OmegaConf
 def prepare_hydra() -> None:
     if not OmegaConf.has_resolver("medexp_cwd"):
         OmegaConf.register_new_resolver("medexp_cwd", os.getcwd, use_cache=True)
+    from medexp.distributed import register_resolvers
+
+    register_resolvers()
     from medexp.sweeps import register_optuna_sweeper
 
     register_optuna_sweeper()
