@@ -25,7 +25,7 @@ class MedexpOptunaSweeper(Sweeper):
             hydra_context=hydra_context, task_function=task_function, config=config)
 
     def sweep(self, arguments: list[str]) -> Any:
-        from medexp.sweeps.optuna_sweeper import OptunaSweep
+        from medexp.sweeps.optuna_loop import OptunaSweep
 
         assert self.config is not None and self.launcher is not None
         return OptunaSweep(self.settings, self.config, self.launcher, self.validate_batch_is_legal).run(arguments)
