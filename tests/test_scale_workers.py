@@ -68,3 +68,24 @@ def test_the_study_lock_excludes_other_holders(tmp_path):
             pass
     assert entered.wait(5)
     thread.join()
+
+
+def test_the_parent_stays_running_while_another_worker_runs_a_trial(tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    from medexp.tracking.sweep import SweepRecord, close_parent_run
+
+    client = MlflowClient(tracking_uri)
+    experiment = client.create_experiment("workers")
+    parent = client.create_run(experiment, run_name="study").info.run_id
+    record = SweepRecord(tracking_uri, experiment, parent, "study", "optuna", ["optimizer.lr"], "val/score", True, 0)
+    tags = {"mlflow.parentRunId": parent, "sweep.trial": "0"}
+    client.create_run(experiment, run_name="trial-0", tags={**tags, "sweep.state": "COMPLETE"})
+    other = client.create_run(experiment, run_name="trial-1", tags={**tags, "sweep.trial": "1"}).info.run_id
+
+    close_parent_run(record)  # this worker is done, the other one still runs trial 1
+    assert client.get_run(parent).info.status == "RUNNING"
+    client.set_tag(other, "sweep.state", "COMPLETE")
+    client.set_terminated(other, "FINISHED")
+    close_parent_run(record)  # the last worker to end closes it
+    assert client.get_run(parent).info.status == "FINISHED"

@@ -51,6 +51,7 @@ TRIAL_TAG = "sweep.trial"  # on each child: Hydra's job number, which the Optuna
 PARAM_TAG = "sweep.param."  # on each child: the value of each swept key, as given to Hydra
 REPEAT_KEYS = {"seed", "data.fold"}  # sweeps over these repeat one experiment: their parent gets mean ± std
 _RUN_STATUS = {COMPLETE: "FINISHED", PRUNED: "FINISHED", FAIL: "FAILED"}
+RUNNING = "RUNNING"  # a child without an outcome yet: another worker of the same Optuna study is running it
 
 
 @dataclass
@@ -269,6 +270,12 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
     print(f"\nSweep {record.name}: {len(rows)} run(s), best first by {objective}\n{to_text(ranked, shown)}", flush=True)
     if best is not None:
         print("Best: " + " ".join(f"{k}={fmt(best[k])}" for k in record.keys if best.get(k) is not None), flush=True)
+    running = [r["trial"] for r in rows if r["state"] == RUNNING]
+    if running and not interrupted:  # another worker of the study still runs these: the last one to end closes it
+        unwatch_run(record.parent_run_id)
+        log.info("MLflow: sweep %s summarised; trial(s) %s still run in another worker, which closes run %s",
+                 record.name, running, record.parent_run_id)
+        return
     failed = interrupted or any(r["state"] == FAIL and r["started_ms"] >= record.started_ms for r in rows)
     client.set_terminated(record.parent_run_id, "FAILED" if failed else "FINISHED")
     unwatch_run(record.parent_run_id)
@@ -286,7 +293,7 @@ def sweep_rows(client: Any, record: SweepRecord) -> tuple[list[dict[str, Any]], 
     for run in _children(client, record):
         tags, metrics = run.data.tags, run.data.metrics
         value = metrics.get(OBJECTIVE_METRIC)
-        state = tags.get(STATE_TAG) or (COMPLETE if run.info.status == "FINISHED" else FAIL)
+        state = tags.get(STATE_TAG) or {"FINISHED": COMPLETE, "RUNNING": RUNNING}.get(run.info.status, FAIL)
         if value is None and state == PRUNED:
             value = metrics.get(objective)
         row = {"trial": int(tags.get(TRIAL_TAG, -1)), "run": run.info.run_name, "state": state}
