@@ -36,6 +36,12 @@ def record_environment(cfg) -> None:
     time.sleep(0.5)  # both workers busy at once
 
 
+def fresh_joblib_workers() -> None:
+    from joblib.externals.loky import get_reusable_executor
+
+    get_reusable_executor().shutdown(wait=True)
+
+
 def test_joblib_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
     import hydra
     from hydra.core.global_hydra import GlobalHydra
@@ -46,11 +52,16 @@ def test_joblib_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["app", "-m", f"out={tmp_path}", "x=1,2,3,4,5,6", "hydra/launcher=joblib",
                                       "hydra.launcher.n_jobs=2"])
     GlobalHydra.instance().clear()
+    # joblib reuses its worker processes across sweeps of one Python process, with the environment they started
+    # with: fresh ones for this test, and none of its own (one GPU each, no MLFLOW_TRACKING_URI) left to later tests
+    fresh_joblib_workers()
     try:
         hydra.main(version_base="1.3", config_path=str(tmp_path), config_name="app")(record_environment)()
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
+        get_reusable_executor().shutdown(wait=True)  # nor may later tests reuse workers with this sweep's GPUs
+        fresh_joblib_workers()
 
     seen = [json.loads(p.read_text()) for p in sorted((tmp_path / "multirun").glob("*/env.json"))]
     assert len(seen) == 6
