@@ -23,8 +23,8 @@ from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.detection import DetectionDataModule, box_augmentation
 from medexp.data.synthetic_boxes import make_box_lesions
 from medexp.errors import ConfigError, DataError
-from medexp.workflows.train import run_experiment
 from medexp.tasks.detection import DetectionTask
+from medexp.workflows.train import run_experiment
 from test_predict import restored
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]

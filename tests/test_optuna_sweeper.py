@@ -114,7 +114,7 @@ def test_a_study_cannot_flip_its_direction(tmp_path, mlflow_store):  # noqa: F81
     code = run_toy(tmp_path, *optuna_args(tmp_path, "flip", 1), check=False)
     close_unfinished_sweeps()
 
-    assert code == 1 and len(load(tmp_path, "flip").trials) == 0
+    assert code == 2 and len(load(tmp_path, "flip").trials) == 0  # a user error: one line, exit 2
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "cmaes"])

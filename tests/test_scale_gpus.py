@@ -39,7 +39,7 @@ def record_environment(cfg) -> None:
 def fresh_joblib_workers() -> None:
     from joblib.externals.loky import get_reusable_executor
 
-    get_reusable_executor().shutdown(wait=True)
+    get_reusable_executor().shutdown(wait=True, kill_workers=True)
 
 
 def test_joblib_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
@@ -60,7 +60,6 @@ def test_joblib_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
-        get_reusable_executor().shutdown(wait=True)  # nor may later tests reuse workers with this sweep's GPUs
         fresh_joblib_workers()
 
     seen = [json.loads(p.read_text()) for p in sorted((tmp_path / "multirun").glob("*/env.json"))]

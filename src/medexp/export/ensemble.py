@@ -7,6 +7,7 @@ windows included) are averaged per image, detections are not (boxes need fusing,
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
@@ -36,7 +37,8 @@ def sweep_members(sweep: str) -> list[str]:
 
     from medexp.tracking.compare import _find_parent
 
-    client = MlflowClient()
+    # the environment's store, not a URI an earlier caller in this process set globally with mlflow.set_tracking_uri
+    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or None)
     for experiment in client.search_experiments():
         try:
             parent = _find_parent(client, experiment.experiment_id, sweep)

@@ -6,6 +6,7 @@ and give its output (``probabilities``: ``(N, classes)``); the normalisation sta
 """
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -71,10 +72,8 @@ def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequen
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not known: use one of {', '.join(FORMATS)}")
     write, run, _ = FORMATS[fmt]
-    if tracking_uri is not None:  # also where runs:/ and models:/ checkpoints are fetched from
-        import mlflow
-
-        mlflow.set_tracking_uri(tracking_uri)
+    if tracking_uri is not None:  # also where runs:/ and models:/ checkpoints are fetched from (by the env, which
+        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # is this command's own: not mlflow's process-wide global)
     loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
     model = deployable(loaded)
     images = stored_test_images(loaded.datamodule)
@@ -120,7 +119,7 @@ def log_export(ckpt_path: str, output: Path, fmt: str, difference: float) -> str
     run_id = checkpoint_run(str(ckpt_path))
     if run_id is None:
         return None
-    client = MlflowClient()
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     try:
         client.get_run(run_id)
     except MlflowException:  # trained against another store: nothing to attach to here

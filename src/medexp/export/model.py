@@ -12,6 +12,7 @@ whose model carries the run's checkpoint (``resolve_checkpoint``).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,10 +50,11 @@ def resolve_checkpoint(ckpt_path: str) -> str:
         return str(ckpt_path)
     import mlflow
 
+    store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
     try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ckpt_path)))
+        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ckpt_path), tracking_uri=store))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the store
-        raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {mlflow.get_tracking_uri()}: "
+        raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {store}: "
                         f"{type(exc).__name__}: {str(exc).splitlines()[0]}; set MLFLOW_TRACKING_URI to the store "
                         "that holds it") from None
     if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
