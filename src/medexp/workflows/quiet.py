@@ -1,7 +1,8 @@
 """Silence what a user cannot act on, each filter scoped to its own message (or logger), so that everything else
 still shows: Lightning's hardware and checkpoint-restoring INFO lines and its litlogger advertisement (timestamped
 by Hydra's job logging), the ``LeafSpec`` deprecation Lightning triggers under newer torch, the
-``log_every_n_steps`` warning (medexp logs per epoch, by design), and MONAI's nvImageCodec notice."""
+``log_every_n_steps`` warning (medexp logs per epoch, by design), Lightning's "srun is available" hint on hosts with
+Slurm installed, and MONAI's nvImageCodec notice."""
 from __future__ import annotations
 
 import logging
@@ -10,6 +11,8 @@ import warnings
 NOISY_WARNINGS = (
     r"`isinstance\(treespec, LeafSpec\)` is deprecated",
     r"The number of training batches \(\d+\) is smaller than the logging interval",
+    # on any host with Slurm installed, for every run not started by srun (medexp's Slurm jobs are)
+    r"The `srun` command is available on your system but is not used",
 )
 # a logging filter, not a level: MONAI's other warnings from that module still show
 _NVIMAGECODEC = "nvImageCodec is not available"
