@@ -13,18 +13,12 @@ Prints one JSON line per command and the ratio of the fastest medexp run to the 
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import subprocess
-import sys
-import tempfile
-import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import epoch_ratio  # benchmarks/epoch_ratio.py: the harness both epoch benchmarks share
+
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "BCCD"
-BIN = Path(sys.executable).parent
 CLASSES = ["RBC", "WBC", "Platelets"]
 
 
@@ -108,40 +102,5 @@ def plain_epoch(data: Path) -> None:
     print(f"plain: last loss {loss.item():.4f}")
 
 
-def timed(command: list[str]) -> float:
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}\n{result.stderr[-2000:]}")
-    return time.perf_counter() - started
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--repeats", type=int, default=2)
-    parser.add_argument("--plain", action="store_true", help="run the plain loop in this process")
-    args = parser.parse_args()
-    if args.plain:
-        plain_epoch(args.data)
-        return
-    best = {"medexp": float("inf"), "plain": float("inf")}
-    with tempfile.TemporaryDirectory() as tmp:
-        commands = {
-            "plain": [sys.executable, __file__, "--plain", "--data", str(args.data)],
-            "medexp": [str(BIN / "medexp-train"), "experiment=bccd_cells", f"data.root={args.data}", "logger=none",
-                       "test=false", "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0",
-                       f"hydra.run.dir={tmp}/run"],
-        }
-        for repeat in range(args.repeats):
-            for name, command in commands.items():
-                seconds = timed(command)
-                best[name] = min(best[name], seconds)
-                print(json.dumps({"command": name, "repeat": repeat, "wall_s": round(seconds, 1)}), flush=True)
-    print(json.dumps({"medexp_s": round(best["medexp"], 1), "plain_s": round(best["plain"], 1),
-                      "ratio": round(best["medexp"] / best["plain"], 3),
-                      "threads": os.environ.get("OMP_NUM_THREADS", "all")}))
-
-
 if __name__ == "__main__":
-    main()
+    epoch_ratio.main(__file__, DATA, plain_epoch, ["experiment=bccd_cells", "test=false"])
