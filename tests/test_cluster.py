@@ -8,13 +8,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
 import pytest
 
 from test_sweep_app import mlflow_store, sweep_runs  # noqa: F401  (mlflow_store is a fixture)
+from test_tracking_server import wait_until_serving
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -143,15 +143,7 @@ def test_make_server_keeps_runs_in_postgresql_and_serves_artifacts(tmp_path, clu
                                   cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         uri = f"http://127.0.0.1:{port}"
-        deadline = time.time() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()[-2000:]
-            time.sleep(0.5)
+        wait_until_serving(uri, server, tmp_path / "server.log", timeout=120)
         client = MlflowClient(uri)
         run = client.create_run(client.create_experiment(name))
         client.log_text(run.info.run_id, "hello", "notes/a.txt")

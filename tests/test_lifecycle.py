@@ -98,15 +98,13 @@ def test_secrets_are_masked_everywhere():
 
 @pytest.mark.slow
 def test_a_password_in_the_tracking_uri_is_stored_nowhere(tmp_path):
-    from test_tracking_server import free_loopback_port, server_command
+    from test_tracking_server import free_loopback_port, server_command, wait_until_serving
 
     port = free_loopback_port()
-    server = subprocess.Popen(server_command(port, tmp_path / "server"), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+    with open(tmp_path / "server.log", "w") as log:
+        server = subprocess.Popen(server_command(port, tmp_path / "server"), stdout=log, stderr=subprocess.STDOUT)
     try:
-        import urllib.request
-
-        wait_for(lambda: _healthy(urllib.request, port), 90, "the tracking server")
+        wait_until_serving(f"http://127.0.0.1:{port}", server, tmp_path / "server.log", timeout=90)
         uri = f"http://alice:Pl4ntedS3cret@127.0.0.1:{port}"
         result = medexp("medexp-train", "trainer.max_epochs=1", *SMALL, f"hydra.run.dir={tmp_path / 'run'}",
                         cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri})
@@ -122,13 +120,6 @@ def test_a_password_in_the_tracking_uri_is_stored_nowhere(tmp_path):
              if p.is_file() and b"Pl4ntedS3cret" in p.read_bytes()]
     assert leaks == []
     assert any((tmp_path / "run" / "checkpoints").glob("*.ckpt"))
-
-
-def _healthy(request, port: int) -> bool:
-    try:
-        return request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2).status == 200
-    except OSError:
-        return False
 
 
 # -- D3: atomic checkpoints ----------------------------------------------------------------------------------------

@@ -26,6 +26,20 @@ def server_command(port: int, store: Path) -> list[str]:
             "--artifacts-destination", str(store / "mlartifacts"), "--workers", "1"]
 
 
+def wait_until_serving(uri: str, server: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Until the MLflow server at ``uri`` answers ``/health``; its log is the message if it dies or never answers."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
+                return
+        except OSError:
+            pass
+        assert server.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, f"mlflow server did not come up in {timeout:.0f} s"
+        time.sleep(0.5)
+
+
 @pytest.fixture
 def tracking_server(tmp_path, monkeypatch):
     port = free_loopback_port()
@@ -33,16 +47,7 @@ def tracking_server(tmp_path, monkeypatch):
     server = subprocess.Popen(server_command(port, tmp_path / "server"), stdout=log, stderr=subprocess.STDOUT)
     uri = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if urllib.request.urlopen(f"{uri}/health", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert server.poll() is None, (tmp_path / "server.log").read_text()[-2000:]
-            assert time.monotonic() < deadline, "mlflow server did not come up in 90 s"
-            time.sleep(0.5)
+        wait_until_serving(uri, server, tmp_path / "server.log", timeout=90)
         monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
         yield uri
     finally:
