@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from PIL import Image
 
 from conftest import SHARED_DATA, compose_config
 from medexp.data.detection import DetectionDataModule
@@ -102,6 +103,8 @@ def test_bccd_predictions_land_on_the_ground_truth_in_voc_convention(trained, tm
     assert written["box_mode"] == "xyxy" and written["box_axes"] == "xy" and written["class_names"] == CLASSES
     found = total = 0  # ground-truth cells that a detection scoring >= 0.3 covers at IoU >= 0.5
     for case in written["cases"]:
+        with Image.open(case["input"]) as photo:
+            assert case["shape"] == [photo.height, photo.width]  # rows, columns: the axis order of the arrays
         detected = [box for box, score in zip(case["boxes"], case["scores"], strict=True) if score >= 0.3]
         for truth in voc_boxes(Path(case["input"]).stem):
             total += 1

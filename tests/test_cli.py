@@ -82,6 +82,7 @@ def test_an_error_raised_inside_hydra_instantiate_is_still_one_line(tmp_path):
     (["hparams_search=optuna"], ["add -m"]),
     (["data=chasedb1"], ["data=chasedb1 is a segmentation data set", "task=segmentation"]),
     (["data=synthetic_boxes", "task=segmentation", "model=unet"], ["task=detection model=retinanet"]),
+    (["tracking.register_as=lesions"], ["tracking.register_as=lesions", "logs no MLflow run"]),  # with logger=csv
 ])
 def test_mistakes_a_newcomer_makes_get_one_line_naming_the_fix(tmp_path, args, words):
     done = medexp(*args, "logger=csv", cwd=tmp_path)

@@ -73,3 +73,20 @@ def test_predict_writes_label_maps_on_each_input_grid(hippocampus_run, tmp_path)
         assert mask.shape == source.shape  # odd sizes (e.g. 35 x 51 x 35): the network's padding is undone
         np.testing.assert_allclose(mask.affine, source.affine, atol=1e-5)
         assert set(np.unique(np.asarray(mask.dataobj))) <= {0, 1, 2}
+
+
+def test_test_true_without_test_cases_stops_before_training(tmp_path):
+    """The official folds hold no test split: ``test=true`` is refused in one line before the first epoch, not
+    after the whole training."""
+    training = json.loads((REAL / "msd_task04_hippocampus_folds.json").read_text())["training"]
+    rows = [{**row, "image": str(REAL / row["image"]), "label": str(REAL / row["label"])}
+            for fold in (0, 1) for row in [r for r in training if r["fold"] == fold][:1]]
+    (tmp_path / "folds.json").write_text(json.dumps({"training": rows}))
+    done = subprocess.run([str(Path(sys.executable).parent / "medexp-train"), "experiment=hippocampus",
+                           f"data.root={REAL}", f"data.datalist.path={tmp_path / 'folds.json'}", "test=true",
+                           "logger=csv", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1].startswith("error: data=hippocampus has no test cases: run with "
+                                                            "test=false"), done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and not list((tmp_path / "run").rglob("*.ckpt"))

@@ -68,6 +68,12 @@ class _PILReader2D(PILReader):
     def verify_suffix(self, filename) -> bool:
         return is_supported_format(filename, PIL_SUFFIXES)
 
+    def _get_spatial_shape(self, img):
+        # MONAI gives (width, height) whatever the axis order; medexp keeps PIL's (rows, columns) arrays, so the
+        # shape written beside predictions must be (height, width) too
+        shape = super()._get_spatial_shape(img)
+        return shape if self.reverse_indexing else shape[::-1].copy()
+
 
 @lru_cache(maxsize=3)
 def _make_loader(for_images: bool, keep_dtype: bool = False) -> LoadImage:

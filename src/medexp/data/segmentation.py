@@ -209,9 +209,8 @@ class SegmentationDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         if not self.split.test:
-            raise DataError(
-                "the split has no test cases: set data.split.test_patients or test_ratio to evaluate on a test set"
-            )
+            raise DataError(f"data={self.name} has no test cases: run with test=false (the validation split scores "
+                            "the chosen checkpoint), or set data.split.test_ratio or test_patients")
         return self._dataloader("test", 1, shuffle=False)
 
     def prediction_loader(self, images: Sequence[str], batch_size: int = 1) -> DataLoader:

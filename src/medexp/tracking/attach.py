@@ -46,6 +46,10 @@ def prepare(cfg: DictConfig) -> None:
     """Make sure the tracking store can be reached before any training (a few seconds at most), falling back to
     the local store with ``tracking.on_unreachable=local``; then start the writer process, which opens the store
     while this process imports torch."""
+    register_as = (cfg.get("tracking") or {}).get("register_as")
+    if register_as and mlflow_spec(cfg) is None:
+        raise ConfigError(f"tracking.register_as={register_as} registers the run's model in MLflow, but this run "
+                          "logs no MLflow run: drop logger= (MLflow is the default) or drop tracking.register_as")
     if mlflow_spec(cfg) is None or not launched_as_rank_zero():
         return
     uri = str(cfg.tracking.uri)

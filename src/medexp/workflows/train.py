@@ -63,6 +63,8 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what checkpoints and the tracking store keep
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
+    if cfg.test and cfg.train:
+        datamodule.test_dataloader()  # a split without test cases stops the run now, not after the training
     task = build_task(cfg, datamodule, config)
     ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
     if ckpt_path is not None:
