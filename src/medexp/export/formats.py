@@ -1,8 +1,16 @@
-"""``medexp-export``: a checkpoint's inference model (``medexp.export.model``) as an ONNX or TorchScript file, checked
-against PyTorch on the run's test split and, where the run is in an MLflow store, logged to that run.
+"""``medexp-export``: a checkpoint's inference graph (``medexp.export.model``) as an ONNX or TorchScript file, checked
+against PyTorch on the run's real cases and, where the run is in an MLflow store, logged to that run.
 
-Both files take the MLflow model's input (one input, ``image``: float32 ``(N, C, H, W)`` as stored, 0-255, any N)
-and give its output (``probabilities``: ``(N, classes)``); the normalisation statistics are constants in the graph.
+Both files have one input, ``image``, with a free batch axis. A classifier's takes the MLflow model's input
+(float32 ``(N, C, H, W)`` as stored, 0-255) and gives its output (``probabilities``: ``(N, classes)``); the
+normalisation statistics are constants in the graph. A segmentation model's graph (``DeployableSegmenter``) takes
+float32 ``(N, C, *spatial)`` stored intensities already on the working grid (the recipe's resampling and resizing
+done by the caller) and gives ``probabilities`` ``(N, classes, *spatial)``: the intensity preprocessing (per image
+and channel, computed in the graph) and the network run once over the whole input. Sliding windows stay outside:
+with per-image statistics inside the graph, tiling an image through it would normalise each tile on its own; give
+it whole images of a size the network takes (the training patch, ``roi_size``, always fits), or use the MLflow
+model for medexp-predict's tiled label maps. Its spatial axes are free where the network allows (checked at a
+second size; ``spatial_axes`` in the result).
 """
 from __future__ import annotations
 
@@ -15,20 +23,21 @@ import numpy as np
 import torch
 
 from medexp.errors import ConfigError, DataError
-from medexp.export import INPUT_NAME, OUTPUT_NAME
+from medexp.export import INPUT_NAME, OUTPUT_NAME, SEGMENTATION
 
-PARITY_TOLERANCE = 1e-4  # max |exported - PyTorch| over the test split's probabilities
+PARITY_TOLERANCE = 1e-4  # max |exported - PyTorch| over the real cases' probabilities
+PARITY_CASES = 8  # segmentation cases compared (whole 3D volumes: a few are enough, all would take minutes)
 ONNX_OPSET = 18
 
 
-def write_onnx(model: torch.nn.Module, example: torch.Tensor, output: Path) -> None:
+def write_onnx(model: torch.nn.Module, example: torch.Tensor, output: Path, free_spatial: bool = False) -> None:
     # the TorchScript-based exporter: the networks are static graphs, and it needs no onnxscript at run time
+    free = {0: "batch", **({axis: f"spatial{axis - 2}" for axis in range(2, example.ndim)} if free_spatial else {})}
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         torch.onnx.export(model, (example,), str(output), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=ONNX_OPSET, dynamo=False)
+                          dynamic_axes={INPUT_NAME: free, OUTPUT_NAME: free}, opset_version=ONNX_OPSET, dynamo=False)
 
 
 def run_onnx(output: Path, images: np.ndarray) -> np.ndarray:
@@ -38,8 +47,8 @@ def run_onnx(output: Path, images: np.ndarray) -> np.ndarray:
     return session.run([OUTPUT_NAME], {INPUT_NAME: images})[0]
 
 
-def write_torchscript(model: torch.nn.Module, example: torch.Tensor, output: Path) -> None:
-    from medexp.export.model import trace
+def write_torchscript(model: torch.nn.Module, example: torch.Tensor, output: Path, free_spatial: bool = False) -> None:
+    from medexp.export.model import trace  # a trace has no declared axes: free_spatial is checked, not declared
 
     trace(model, example).save(str(output))
 
@@ -63,11 +72,40 @@ def default_output(fmt: str, folder: str | Path) -> Path:
     return Path(folder) / f"model{FORMATS[fmt][2] if fmt in FORMATS else ''}"
 
 
+def parity_inputs(loaded) -> np.ndarray:
+    """Real cases to compare the export with PyTorch on: the test split's stored images (classification); up to
+    ``PARITY_CASES`` stored cases on the working grid, cut or padded to the sliding window's ROI (segmentation)."""
+    from medexp.export.model import model_kind, stored_cases, stored_test_images
+
+    datamodule, task = loaded.datamodule, loaded.task
+    if model_kind(datamodule, task) != SEGMENTATION:
+        return stored_test_images(datamodule)
+    datamodule.validate = False  # only the cases read here are needed: reading every case to check it first is not
+    return stored_cases(datamodule, ("spacing", "resize"), task.inferer.roi_size, PARITY_CASES)
+
+
+def max_difference(model: torch.nn.Module, run: Callable, output: Path, images: np.ndarray) -> float:
+    """max |exported - PyTorch| over ``images``."""
+    with torch.no_grad():
+        reference = model(torch.from_numpy(images)).numpy()
+    return float(np.abs(run(output, images) - reference).max())
+
+
+def takes_other_sizes(model: torch.nn.Module, run: Callable, output: Path, images: np.ndarray) -> bool:
+    """Whether the exported graph still gives PyTorch's answer at a size other than the traced one (twice it along
+    the first spatial axis): fully convolutional networks do, networks with a fixed patch grid (UNETR) do not."""
+    other = np.concatenate([images[:1], images[:1]], axis=2)
+    try:
+        return max_difference(model, run, output, other) <= PARITY_TOLERANCE
+    except Exception:  # noqa: BLE001 - the network or the runtime refusing the size says the same
+        return False
+
+
 def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequence[str] = (),
            trust_checkpoint: bool = False, data_root: str | None = None, tracking_uri: str | None = None) -> dict:
-    """Write ``output`` in ``fmt`` and compare it with PyTorch on the test split; with ``tracking_uri``, log both
-    to the checkpoint's run in that store. Returns what was measured."""
-    from medexp.export.model import deployable, load_for_inference, stored_test_images
+    """Write ``output`` in ``fmt`` and compare it with PyTorch on real cases; with ``tracking_uri``, log both to the
+    checkpoint's run in that store. Returns what was measured."""
+    from medexp.export.model import deployable, load_for_inference, model_kind
 
     if fmt not in FORMATS:
         raise ConfigError(f"format={fmt!r} is not known: use one of {', '.join(FORMATS)}")
@@ -76,20 +114,24 @@ def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequen
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # is this command's own: not mlflow's process-wide global)
     loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
     model = deployable(loaded)
-    images = stored_test_images(loaded.datamodule)
+    images = parity_inputs(loaded)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    write(model, torch.from_numpy(images[:2]), output)
-    with torch.no_grad():
-        reference = model(torch.from_numpy(images)).numpy()
-    exported = run(output, images)
-    difference = float(np.abs(exported - reference).max())
+    segmentation = model_kind(loaded.datamodule, loaded.task) == SEGMENTATION
+    example = torch.from_numpy(images[:2])
+    write(model, example, output, free_spatial=segmentation)
+    difference = max_difference(model, run, output, images)
     result = {"format": fmt, "output": str(output.resolve()), "checkpoint": str(ckpt_path),
               "test_images": len(images), "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE}
+    if segmentation:
+        free = takes_other_sizes(model, run, output, images)
+        if not free and fmt == "onnx":  # declared fixed, so that a runtime refuses other sizes instead of erring
+            write(model, example, output, free_spatial=False)
+        result["spatial_axes"] = "free" if free else f"fixed {list(images.shape[2:])}"
     if tracking_uri is not None:
         result["mlflow_run"] = log_export(ckpt_path, output, fmt, difference)
     if not difference <= PARITY_TOLERANCE:
-        raise DataError(f"the {fmt} model differs from PyTorch by up to {difference:.2e} on the test split (more "
+        raise DataError(f"the {fmt} model differs from PyTorch by up to {difference:.2e} on real cases (more "
                         f"than {PARITY_TOLERANCE:g}); it was written to {output} but should not be used")
     return result
 

@@ -1,10 +1,23 @@
-"""A trained checkpoint as one self-contained inference model: raw stored images in, class probabilities out.
+"""A trained checkpoint as one self-contained inference model: raw stored images in, predictions out.
 
-Deployed models (the MLflow model of every run, ``medexp-export``'s ONNX and TorchScript files) all trace the same
-``DeployableClassifier``: the data module's test-time intensity preprocessing (8-bit scaling and the training set's
-per-channel mean/std, baked in as constants), the network and the task's probability function. Its one input,
-``image``, is float32 ``(N, C, H, W)`` in the stored intensity scale (0-255), with a dynamic batch axis; its output
-is ``(N, classes)`` probabilities, what ``medexp-predict`` writes for the same images.
+Classification (``DeployableClassifier``): the data module's test-time intensity preprocessing (8-bit scaling and
+the training set's per-channel mean/std, baked in as constants), the network and the task's probability function,
+one traced graph. Its one input, ``image``, is float32 ``(N, C, H, W)`` in the stored intensity scale (0-255), with
+a dynamic batch axis; its output is ``(N, classes)`` probabilities, what ``medexp-predict`` writes for the same images.
+The MLflow model, ONNX and TorchScript files all hold that graph.
+
+Segmentation (``SegmentationPredictor``, the MLflow model): float32 ``(N, C, *spatial)`` intensities as stored, on
+the model's working grid, in; uint8 ``(N, *spatial)`` label maps out, equal to ``medexp-predict``'s for the same
+files. It runs medexp's own Python pipeline from the slimmed checkpoint rather than a traced graph: the same MONAI
+transforms (channels, resize, percentile clipping, window, per-image z-score or min-max), the task's own
+``predict_probabilities`` (sliding windows with the trained ROI, overlap and Gaussian weighting, mirroring) and the
+same ``Invertd`` that maps probabilities back to the input size, then the argmax; so parity is exact by construction,
+and no part of the chain has to be re-implemented in graph form (MONAI's sliding window and its inverse resize do
+not trace to a graph with free spatial axes). The price: serving it needs medexp installed (its pip requirements
+name it). The spacing step is left out: a model cannot resample an array that carries no voxel spacing, so inputs
+of a recipe that resamples must already be on the training spacing (the model's metadata says which).
+``medexp-export`` writes ``DeployableSegmenter`` instead: the intensity preprocessing and the network as one graph
+over whole inputs, sliding windows and resampling left to the caller.
 
 Checkpoints are found here too: a path, or an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``)
 whose model carries the run's checkpoint (``resolve_checkpoint``).
@@ -13,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from medexp.errors import ConfigError, DataError
-from medexp.export import CHECKPOINT, EXAMPLE, META, TORCHSCRIPT
+from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, META, SEGMENTATION, TORCHSCRIPT
 
 MODEL_URI_SCHEMES = ("runs:/", "models:/")
 STORED_SCALE = 255.0  # medexp's in-memory sets (MedMNIST, synthetic) store 8-bit images; _as_float divides by it
@@ -116,29 +129,86 @@ class DeployableClassifier(nn.Module):
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
+def percentile(flat: torch.Tensor, q: float) -> torch.Tensor:
+    """The ``q``-th percentile along the last axis, linearly interpolated as numpy's and ``torch.quantile`` (MONAI's
+    ``ClipIntensityPercentiles``) compute it, from a sort: ``torch.quantile`` has no ONNX export. Keeps that axis."""
+    ordered = flat.sort(dim=-1).values
+    last = torch._shape_as_tensor(flat)[-1] - 1  # a graph value, not a constant: the voxel count stays free
+    position = last.to(flat.dtype) * (q / 100.0)
+    below = position.floor()
+    low = ordered.index_select(-1, below.long().view(1))
+    high = ordered.index_select(-1, torch.minimum(below.long() + 1, last).view(1))
+    return low + (position - below) * (high - low)
+
+
+class DeployableSegmenter(nn.Module):
+    """Stored images on the working grid -> class probabilities per voxel, the network run once over the whole
+    input (``medexp-export``'s graph): the intensity steps of the recipe (``preprocessing_transforms``: channels,
+    percentile clipping, window, z-score or min-max, per image and channel) as tensor operations, the network, the
+    softmax. Resampling, resizing and sliding windows are not in it."""
+
+    def __init__(self, net: nn.Module, preprocessing: Mapping[str, Any]):
+        super().__init__()
+        self.net = net
+        self.channels = list(preprocessing.get("channels") or [])
+        self.clip = preprocessing.get("clip_percentiles")
+        self.window = preprocessing.get("window")
+        self.normalize = preprocessing.get("normalize", "zscore")
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        x = image[:, self.channels] if self.channels else image
+        spatial = list(range(2, x.ndim))
+        voxels = [None] * (x.ndim - 3)  # (N, C, 1) statistics -> (N, C, 1, ..., 1)
+        if self.clip:
+            flat = x.flatten(2)
+            lower, upper = (percentile(flat, q)[(..., *voxels)] for q in self.clip)
+            x = torch.minimum(torch.maximum(x, lower), upper)
+        if self.window:
+            low, high = self.window
+            x = ((x - low) / (high - low)).clamp(0.0, 1.0)
+        if self.normalize == "zscore":  # MONAI: population std, 1 where it is 0
+            mean = x.mean(dim=spatial, keepdim=True)
+            std = (x - mean).square().mean(dim=spatial, keepdim=True).sqrt()
+            x = (x - mean) / torch.where(std == 0, torch.ones_like(std), std)
+        elif self.normalize == "minmax":  # MONAI: a constant channel becomes 0
+            low, high = x.amin(dim=spatial, keepdim=True), x.amax(dim=spatial, keepdim=True)
+            x = (x - low) / torch.where(high == low, torch.ones_like(high), high - low)
+        return torch.softmax(self.net(x).float(), dim=1)
+
+
+def model_kind(datamodule, task) -> str | None:
+    """The deployed model a run has: ``classification`` on in-memory sets (their preprocessing is a fixed intensity
+    transform, one graph), ``segmentation`` on file-based sets; None for the rest (detection)."""
+    from medexp.data.segmentation import SegmentationDataModule
+    from medexp.tasks.segmentation import SegmentationTask
+
+    if is_deployable(datamodule, task):
+        return CLASSIFICATION
+    if isinstance(datamodule, SegmentationDataModule) and isinstance(task, SegmentationTask):
+        return SEGMENTATION
+    return None
+
+
 def is_deployable(datamodule, task) -> bool:
-    """Whether a run has an inference model: so far classification on in-memory sets (their preprocessing is a
-    fixed intensity transform; file-based sets resample and crop, which the model does not yet hold)."""
+    """Whether a run's model is the classifier graph (``DeployableClassifier``): classification on in-memory sets."""
     from medexp.data.inmemory import InMemoryClassificationDataModule
     from medexp.tasks.classification import ClassificationTask
 
     return isinstance(datamodule, InMemoryClassificationDataModule) and isinstance(task, ClassificationTask)
 
 
-def deployable(loaded: Loaded) -> DeployableClassifier:
-    """The inference model of a rebuilt checkpoint."""
+def deployable(loaded: Loaded) -> nn.Module:
+    """The graph ``medexp-export`` writes for a rebuilt checkpoint."""
     datamodule, task = loaded.datamodule, loaded.task
-    if not is_deployable(datamodule, task):
-        raise ConfigError(f"a {type(task).__name__} on {type(datamodule).__name__} cannot be exported yet (only "
-                          "classification on in-memory sets: MedMNIST, synthetic): use medexp-predict for it")
+    kind = model_kind(datamodule, task)
+    if kind == SEGMENTATION:
+        return DeployableSegmenter(task.net, datamodule.preprocessing).eval()
+    if kind is None:
+        raise ConfigError(f"a {type(task).__name__} on {type(datamodule).__name__} cannot be exported (only "
+                          "classification and segmentation): use medexp-predict for it")
     if datamodule.mean is None:
         datamodule.setup()  # an old checkpoint without its normalisation statistics: read the training set
     return DeployableClassifier(task.net, datamodule.mean, datamodule.std, task.multi_label).eval()
-
-
-def input_shape(loaded: Loaded) -> list[int]:
-    """``(C, H, W)`` of one input image."""
-    return list(loaded.datamodule.image_shape)
 
 
 def stored_test_images(datamodule, limit: int | None = None) -> np.ndarray:
@@ -148,7 +218,98 @@ def stored_test_images(datamodule, limit: int | None = None) -> np.ndarray:
     return np.asarray(datamodule.arrays.images["test"][:limit], dtype=np.float32)
 
 
-def trace(model: DeployableClassifier, example: torch.Tensor) -> torch.jit.ScriptModule:
+def stored_cases(datamodule, steps: Sequence[str], size: Sequence[int], limit: int | None = None) -> np.ndarray:
+    """Cases of the test split (the validation split where there is none) as medexp reads them, stored intensities,
+    after the recipe's spatial preprocessing ``steps`` (``spacing``, ``resize``) and centred on ``size`` (cropped
+    or zero-padded, so that they stack and fit the network), float32 ``(N, C, *size)``."""
+    from monai.transforms import Compose, ResizeWithPadOrCropd
+
+    from medexp.data.io import LoadCased
+    from medexp.data.transforms import preprocessing_transforms
+
+    split = datamodule.split
+    options = {step: datamodule.preprocessing.get(step) for step in steps}
+    pipeline = Compose([LoadCased(label_key=None, mask_keys=()),
+                        *preprocessing_transforms({**options, "normalize": "none"}, ("image",)),
+                        ResizeWithPadOrCropd("image", list(size))])
+    cases = [pipeline({"image": record["image"]})["image"].numpy() for record in (split.test or split.val)[:limit]]
+    return np.stack(cases).astype(np.float32)
+
+
+def input_example(datamodule, task) -> np.ndarray:
+    """Inputs as the run's MLflow model takes them, for its signature and input example: stored test images
+    (classification); one stored case on the training grid, centred on the sliding window's ROI so that the
+    example and its JSON copy stay small whatever the image size (segmentation)."""
+    if model_kind(datamodule, task) == SEGMENTATION:
+        return stored_cases(datamodule, ("spacing",), task.inferer.roi_size, limit=1)
+    return stored_test_images(datamodule, EXAMPLE_SIZE)
+
+
+class StoredArrayd:
+    """An image array in, as ``LoadCased`` gives a file's image: a float32 ``(C, *spatial)`` MetaTensor, named (for
+    the one-line errors of the checks that follow) by the item's ``name``. (A plain callable, not a MONAI
+    ``MapTransform``: this module loads without MONAI for classifiers.)"""
+
+    image_key = "image"
+
+    def __call__(self, data: Mapping) -> dict:
+        from monai.data import MetaTensor
+
+        case = dict(data)
+        image = torch.tensor(np.asarray(case[self.image_key]), dtype=torch.float32)
+        case[self.image_key] = MetaTensor(image, meta={"filename_or_obj": case.pop("name")})
+        return case
+
+
+class SegmentationPredictor:
+    """Stored images -> label maps, the way ``medexp-predict`` computes them (see the module docstring): each
+    image through the prediction pipeline (spacing left out), the task's sliding windows, ``Invertd``, argmax."""
+
+    def __init__(self, datamodule, task):
+        from monai.transforms import Invertd, InvertibleTransform
+
+        from medexp.data.transforms import prediction_pipeline
+
+        # an array carries no voxel spacing to resample from: inputs come on the training grid
+        preprocessing = {**datamodule.preprocessing, "spacing": None}
+        self.pipeline = prediction_pipeline(StoredArrayd(), preprocessing, datamodule.in_channels,
+                                            datamodule.spatial_dims)
+        # the resize undone on the probabilities; nothing to undo (and MONAI would warn) without one
+        invertible = any(isinstance(step, InvertibleTransform) for step in self.pipeline.flatten().transforms)
+        self.to_input_grid = Invertd("probabilities", transform=self.pipeline, orig_keys="image",
+                                     nearest_interp=False) if invertible else None
+        self.task = task.eval()
+
+    @classmethod
+    def from_checkpoint(cls, path: str) -> SegmentationPredictor:
+        # loading an MLflow pyfunc runs the code pickled in it already: its checkpoint is trusted no less
+        loaded = load_for_inference(path, trust=True)
+        return cls(loaded.datamodule, loaded.task)
+
+    def __call__(self, images: np.ndarray, probabilities: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+        """uint8 ``(N, *spatial)`` class indices; with ``probabilities``, also the float32 ``(N, classes,
+        *spatial)`` probabilities they are the argmax of, as ``{"label_map": …, "probabilities": …}``."""
+        from monai.data import MetaTensor
+
+        from medexp.export import LABELS_NAME, OUTPUT_NAME
+
+        labels, probs = [], []
+        with torch.inference_mode():
+            for index, image in enumerate(images):  # one at a time, as medexp-predict: the same windows and sums
+                case = self.pipeline({"image": image, "name": f"input[{index}]"})
+                predicted = self.task.predict_probabilities(case["image"].as_tensor()[None])[0]
+                restored = MetaTensor(predicted.float().cpu())
+                if self.to_input_grid is not None:
+                    restored = self.to_input_grid({"image": case["image"], "probabilities": restored})["probabilities"]
+                restored = restored.numpy()
+                labels.append(restored.argmax(axis=0).astype(np.uint8))
+                probs += [restored.astype(np.float32)] if probabilities else []
+        if not probabilities:
+            return np.stack(labels)
+        return {LABELS_NAME: np.stack(labels), OUTPUT_NAME: np.stack(probs)}
+
+
+def trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     """TorchScript by tracing (the networks are static graphs); the batch axis stays free."""
     import warnings
 
@@ -158,18 +319,29 @@ def trace(model: DeployableClassifier, example: torch.Tensor) -> torch.jit.Scrip
         return torch.jit.trace(model, example, check_trace=False)
 
 
-def write_model_files(ckpt_path: str, folder: Path, example: np.ndarray | None = None) -> Path:
-    """Write what the MLflow model is made of into ``folder``: TorchScript, slimmed checkpoint, input example
-    (``example``: a few stored images; zeros of the right shape if none), and the class names."""
+def segmentation_settings(loaded: Loaded) -> dict[str, Any]:
+    """What the segmentation model does to its input, for its metadata."""
+    preprocessing, inferer = loaded.datamodule.preprocessing, loaded.task.inferer
+    return {"spatial_dims": loaded.datamodule.spatial_dims, "preprocessing": preprocessing,
+            "training_spacing": preprocessing.get("spacing"), "resize": preprocessing.get("resize"),
+            "roi_size": list(inferer.roi_size), "sw_overlap": inferer.overlap, "sw_mode": str(inferer.mode),
+            "mirrored_axes": [[dim - 2 for dim in dims] for dims in loaded.task.tta_flips]}
+
+
+def write_model_files(ckpt_path: str, folder: Path, example: np.ndarray) -> Path:
+    """Write what the MLflow model is made of into ``folder``: slimmed checkpoint, input example (``example``: a
+    few inputs, ``input_example``), a description (kind, class names, for segmentation its grid and sliding
+    window) and, for a classifier, its TorchScript graph."""
     folder.mkdir(parents=True, exist_ok=True)
     loaded = load_for_inference(ckpt_path, trust=True)  # written by this very run: nothing foreign in it
-    model = deployable(loaded)
-    if example is None:
-        example = np.zeros((EXAMPLE_SIZE, *input_shape(loaded)), dtype=np.float32)
+    kind = model_kind(loaded.datamodule, loaded.task)
     example = np.ascontiguousarray(example[:EXAMPLE_SIZE], dtype=np.float32)
-    trace(model, torch.from_numpy(example)).save(str(folder / TORCHSCRIPT))
+    meta = {"kind": kind, "class_names": list(loaded.task.class_names), "source_checkpoint": str(ckpt_path)}
+    if kind == CLASSIFICATION:
+        trace(deployable(loaded), torch.from_numpy(example)).save(str(folder / TORCHSCRIPT))
+    else:
+        meta.update(segmentation_settings(loaded))
     slim_checkpoint(loaded, folder / CHECKPOINT)
     np.save(folder / EXAMPLE, example)
-    (folder / META).write_text(json.dumps({"class_names": list(loaded.task.class_names),
-                                           "source_checkpoint": str(ckpt_path)}))
+    (folder / META).write_text(json.dumps(meta))
     return folder

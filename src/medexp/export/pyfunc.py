@@ -1,9 +1,11 @@
-"""A run's MLflow model: a pyfunc around the TorchScript ``DeployableClassifier`` (preprocessing, network,
-probabilities), with the run's slimmed checkpoint beside it so ``medexp-predict``/``medexp-export`` accept the URI.
+"""A run's MLflow model, with the run's slimmed checkpoint inside so ``medexp-predict``/``medexp-export`` accept its
+URI: for a classifier a pyfunc around the TorchScript ``DeployableClassifier`` (preprocessing, network,
+probabilities); for a segmentation model a pyfunc that runs medexp's own pipeline from that checkpoint
+(``SegmentationPredictor``: preprocessing, sliding windows, argmax; ``medexp.export.model`` says why not a graph).
 
 Split in two so a training run never waits on MLflow: ``medexp.export.model.write_model_files`` runs in the trainer
-(torch is loaded there, MLflow is not) and writes the TorchScript file, the checkpoint and an input example to a
-folder; ``log_model`` runs in the MLflow writer process (no torch there), which turns that folder into the run's
+(torch is loaded there, MLflow is not) and writes the checkpoint, an input example and a classifier's TorchScript
+file to a folder; ``log_model`` runs in the MLflow writer process (no torch there), which turns that folder into the run's
 ``model`` artifact and, if asked, a new version of a registered model.
 """
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from medexp.export import CHECKPOINT, EXAMPLE, META, OUTPUT_NAME, TORCHSCRIPT
+from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, LABELS_NAME, META, OUTPUT_NAME, TORCHSCRIPT
 
 MODEL_ARTIFACT = "model"  # runs:/<run id>/model
 
@@ -44,27 +46,76 @@ class MedexpPyfunc(mlflow.pyfunc.PythonModel):
             return self.model(images).numpy()
 
 
+class MedexpSegmentationPyfunc(mlflow.pyfunc.PythonModel):
+    """float32 ``(N, C, *spatial)`` intensities as stored, on the training grid -> uint8 ``(N, *spatial)`` label maps;
+    with ``params={"probabilities": True}`` a dict of those and the float32 ``(N, classes, *spatial)`` probabilities."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        from medexp.export.model import SegmentationPredictor
+
+        self.model = SegmentationPredictor.from_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None):
+        probabilities = bool((params or {}).get("probabilities", False))
+        return self.model(np.asarray(model_input, dtype=np.float32), probabilities=probabilities)
+
+
+def segmentation_metadata(meta: dict) -> dict:
+    """What a caller must know about a segmentation model's input and output, in words (the MLmodel's metadata)."""
+    axes = "(N, C, H, W)" if meta["spatial_dims"] == 2 else "(N, C, D, H, W)"
+    spatial = "(N, H, W)" if meta["spatial_dims"] == 2 else "(N, D, H, W)"
+    grid = (f"already resampled to the training voxel spacing {meta['training_spacing']} (the model cannot resample "
+            "an array: it has no spacing)" if meta["training_spacing"] else "on the stored grid (not resampled)")
+    if meta["resize"]:
+        grid += f"; any size: resized to {meta['resize']} inside the model, the label map returned at the input size"
+    mirroring = f", mirrored along axes {meta['mirrored_axes']} and averaged" if meta["mirrored_axes"] else ""
+    return {
+        "kind": meta["kind"], "class_names": meta["class_names"], "preprocessing": meta["preprocessing"],
+        "training_spacing": meta["training_spacing"], "roi_size": meta["roi_size"],
+        "input": f"float32 {axes} raw intensities as stored (no normalisation by the caller), {grid}",
+        "output": f"uint8 {spatial} class indices into class_names; with params {{'probabilities': true}} a dict of "
+                  f"{LABELS_NAME} and float32 {OUTPUT_NAME} (N, classes, ...)",
+        "inference": f"sliding windows of {meta['roi_size']}, overlap {meta['sw_overlap']}, {meta['sw_mode']} "
+                     f"weighting{mirroring}, softmax, argmax: what medexp-predict writes for the same image files",
+    }
+
+
 def save_model(folder: Path, path: Path) -> None:
     """The MLflow model (pyfunc flavour, tensor signature, input example) at ``path`` from ``folder``'s files."""
     from importlib.metadata import version
 
     from mlflow.models import ModelSignature
-    from mlflow.types import Schema, TensorSpec
+    from mlflow.types import ParamSchema, ParamSpec, Schema, TensorSpec
 
     example = np.load(folder / EXAMPLE)
-    classes = json.loads((folder / META).read_text())["class_names"]
-    signature = ModelSignature(
-        # unnamed: a served request's {"inputs": [...]} arrives as one array, not a dict of named tensors
-        inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(classes)), OUTPUT_NAME)]),
-    )
+    meta = json.loads((folder / META).read_text())
+    # unnamed input: a served request's {"inputs": [...]} arrives as one array, not a dict of named tensors
+    requirements = [f"torch=={version('torch').split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
+    if meta["kind"] == CLASSIFICATION:
+        python_model, artifacts = MedexpPyfunc(), {"torchscript": str(folder / TORCHSCRIPT)}
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
+            outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])), OUTPUT_NAME)]),
+        )
+        metadata = {"class_names": meta["class_names"], "input": "float32 (N, C, H, W) as stored (0-255), not "
+                    "normalised", "output": "float32 (N, classes) probabilities"}
+    else:  # segmentation: channels fixed, spatial axes free
+        python_model, artifacts = MedexpSegmentationPyfunc(), {}
+        free = (-1,) * meta["spatial_dims"]
+        signature = ModelSignature(
+            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], *free))]),
+            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *free), LABELS_NAME)]),
+            params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
+        )
+        metadata = segmentation_metadata(meta)
+        requirements.append(f"medexp=={version('medexp')}")  # the pipeline is medexp's own code
     # requirements given, not inferred: inferring them loads the model in a subprocess (seconds per run)
     mlflow.pyfunc.save_model(
-        path, python_model=MedexpPyfunc(), signature=signature, input_example=example,
-        artifacts={"torchscript": str(folder / TORCHSCRIPT), "checkpoint": str(folder / CHECKPOINT)},
-        pip_requirements=[f"torch=={version('torch').split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"],
-        metadata={"class_names": classes, "input": "float32 (N, C, H, W) as stored (0-255), not normalised",
-                  "output": "float32 (N, classes) probabilities"},
+        path, python_model=python_model, signature=signature, input_example=example,
+        artifacts={**artifacts, "checkpoint": str(folder / CHECKPOINT)}, pip_requirements=requirements,
+        metadata=metadata,
     )
 
 

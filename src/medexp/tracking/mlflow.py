@@ -207,8 +207,8 @@ class RunRecorder(pl.Callback):
       (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON; the run id into the run
       directory for resume;
     - fit end: the best checkpoint; the run's MLflow model from it (``medexp.export``: preprocessing, network,
-      probabilities; registered as a new version of ``tracking.register_as`` if set) where the task has one; the
-      task's validation report where it has one (segmentation overlays);
+      probabilities or label maps; registered as a new version of ``tracking.register_as`` if set) where the task has
+      one; the task's validation report where it has one (segmentation overlays);
     - test end: the task's test report (``task.write_test_report(folder) -> [files]``, declared on ``BaseTask``),
       and ``report/index.html`` (``medexp.reports.page``: intervals, calibration, cases, Grad-CAM) where there is one.
     """
@@ -245,12 +245,11 @@ class RunRecorder(pl.Callback):
         self._log_report(pl_module.write_validation_report)
 
     def _log_model(self, best: Path, datamodule, task) -> None:
-        from medexp.export.model import EXAMPLE_SIZE, is_deployable, stored_test_images, write_model_files
+        from medexp.export.model import input_example, model_kind, write_model_files
 
-        if not is_deployable(datamodule, task):
+        if model_kind(datamodule, task) is None:
             return
-        folder = write_model_files(str(best), self.run_dir / "model",
-                                   example=stored_test_images(datamodule, EXAMPLE_SIZE))
+        folder = write_model_files(str(best), self.run_dir / "model", input_example(datamodule, task))
         self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
 
     @rank_zero_only
