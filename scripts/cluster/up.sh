@@ -9,6 +9,8 @@ OUTPUTS=${OUTPUTS:-${MEDEXP_OUTPUT_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)/ou
 PARTITION=${MEDEXP_SLURM_PARTITION:-debug}
 PG_USER=medexp PG_PASSWORD=medexp PG_DB=medexp_sweeps PG_MLFLOW_DB=medexp_mlflow PG_PORT=${MEDEXP_PG_PORT:-5432}
 SLURM_CONF=/etc/slurm/slurm.conf
+# the machine's cores: nproc counts OMP_NUM_THREADS as a limit, which tests and benchmarks set to 1
+CPUS=$(env -u OMP_NUM_THREADS -u OMP_THREAD_LIMIT nproc)
 MARK="# written by medexp scripts/cluster/up.sh"
 
 say() { echo "cluster-up: $*"; }
@@ -64,7 +66,7 @@ ReturnToService=2
 JobRequeue=1
 KillWait=10
 MinJobAge=600
-NodeName=localhost CPUs=$(nproc) State=UNKNOWN
+NodeName=localhost CPUs=$CPUS State=UNKNOWN
 PartitionName=$PARTITION Nodes=localhost Default=YES MaxTime=INFINITE State=UP
 CONF
 if ! cmp -s "$SLURM_CONF.tmp" "$SLURM_CONF" 2>/dev/null; then
@@ -85,7 +87,7 @@ for _ in $(seq 60); do
   sleep 0.5
 done
 case "$state" in idle*|mix*|alloc*) ;; *) die "Slurm node localhost is '${state:-unknown}': see /var/log/slurm/slurmd.log";; esac
-say "slurm: partition $PARTITION, node localhost ($(nproc) CPUs) $state"
+say "slurm: partition $PARTITION, node localhost ($CPUS CPUs) $state"
 
 # PostgreSQL: Debian's cluster, run by the postgres user (the server refuses root)
 PG_VERSION=$(ls /usr/lib/postgresql | sort -V | tail -1)
