@@ -34,8 +34,6 @@ def test_launch_layout_comes_from_torchrun_or_slurm(monkeypatch):
 
 
 def test_two_nodes_by_torchrun_train_one_run_with_single_process_metrics(tmp_path, tracking_uri):
-    from medexp.workflows.evaluate import evaluate_checkpoint
-
     port, run_dir = free_loopback_port(), tmp_path / "run"
     command = [str(BIN / "torchrun"), "--nnodes=2", "--nproc-per-node=1", "--rdzv-backend=c10d",
                f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=medexp-test", "--no-python", str(BIN / "medexp-train"),
@@ -48,10 +46,19 @@ def test_two_nodes_by_torchrun_train_one_run_with_single_process_metrics(tmp_pat
     assert codes == [0, 0], text[-3000:]
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in text  # one world of 2 ranks, one per "node"
 
+    assert_one_run_with_single_process_metrics(tracking_uri, run_dir)
+
+
+def assert_one_run_with_single_process_metrics(tracking_uri: str, run_dir: Path):
+    """The DDP run was tracked once (by rank 0) and finished, and its test metrics equal one process's evaluation
+    of its best checkpoint on the same data. Returns the run."""
+    from medexp.workflows.evaluate import evaluate_checkpoint
+
     client = MlflowClient(tracking_uri)
-    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])  # rank 0 tracks, once
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.info.status == "FINISHED"
     (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
     single = evaluate_checkpoint(str(best), tracking_uri, "eval", log_to="none")
     assert single["test/auroc"] == pytest.approx(run.data.metrics["test/auroc"], abs=1e-6)
     assert single["test/accuracy"] == pytest.approx(run.data.metrics["test/accuracy"], abs=1e-6)
+    return run
