@@ -10,6 +10,8 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from medexp.workflows.build import build_network
+
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -55,7 +57,7 @@ def test_every_option_composes_and_resolves(make_cfg, group):
 def test_models_instantiate_for_each_data_shape(make_cfg, data, model):
     # DenseNet-121 halves the input 5 times: MedMNIST's 28 px files are too small, their 64 px versions are not
     cfg = make_cfg(f"data={data}", f"model={model}", *(["data.image_size=64"] if model == "densenet121" else []))
-    net = instantiate(cfg.model)
+    net = build_network(cfg)
     size = cfg.data.image_size
     logits = net(torch.zeros(2, cfg.data.in_channels, size, size))
     assert logits.shape == (2, cfg.data.num_classes)
@@ -68,7 +70,7 @@ def test_segmentation_models_instantiate_in_2d_and_3d(make_cfg, model, spatial_d
     cfg = make_cfg("data=chasedb1", f"model={model}", "task=segmentation", f"data.spatial_dims={spatial_dims}",
                    f"data.patch_size=[{','.join(map(str, patch))}]", "data.in_channels=1")
     overrides = {"feature_size": 12, "hidden_size": 96, "mlp_dim": 192, "num_heads": 4} if model == "unetr" else {}
-    net = instantiate(cfg.model, **overrides)
+    net = build_network(cfg, **overrides)
     assert net(torch.zeros(1, 1, *patch)).shape == (1, cfg.data.num_classes, *patch)
 
 

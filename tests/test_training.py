@@ -132,17 +132,16 @@ def test_short_training_on_real_pneumoniamnist(make_cfg, pneumonia_npz):
 
 
 def test_channels_last_is_on_for_2d_cnns_and_gives_the_same_outputs(make_cfg):
-    from hydra.utils import instantiate
-
     from medexp.tasks.classification import ClassificationTask
+    from medexp.workflows.build import build_network
 
     cfg = make_cfg()
     torch.manual_seed(0)
-    net = instantiate(cfg.model)
-    reference = instantiate(cfg.model)
+    net = build_network(cfg)
+    reference = build_network(cfg)
     reference.load_state_dict(net.state_dict())
     task = ClassificationTask(net, torch.optim.Adam, num_classes=2)  # channels_last="auto"
     assert task.channels_last and net.features[0].weight.is_contiguous(memory_format=torch.channels_last)
     x = torch.randn(4, 1, 32, 32)
     assert torch.allclose(task(x), reference(x), atol=1e-5)
-    assert not ClassificationTask(instantiate(cfg.model), torch.optim.Adam, 2, channels_last=False).channels_last
+    assert not ClassificationTask(build_network(cfg), torch.optim.Adam, 2, channels_last=False).channels_last

@@ -30,7 +30,10 @@ def build_task(cfg: DictConfig, datamodule, config: dict):
     keeps ``config`` (the resolved run config, secrets masked by the caller) for its checkpoints."""
     from hydra.utils import instantiate
 
-    net = instantiate(cfg.model)
+    from medexp.models.pretrained import check_finetuning
+
+    net = build_network(cfg)
+    check_finetuning(cfg, net)  # before any run opens; the weights themselves come in training (build_callbacks)
     extra: dict[str, Any] = {"class_names": list(datamodule.class_names)}
     task_cfg = cfg.task
     if "class_weights" in task_cfg:
@@ -39,6 +42,16 @@ def build_task(cfg: DictConfig, datamodule, config: dict):
     task = instantiate(task_cfg, net=net, optimizer=instantiate(cfg.optimizer), scheduler=scheduler, **extra)
     task.remember_config(config)
     return task
+
+
+def build_network(cfg: DictConfig, **overrides):
+    """The network of ``cfg.model``; its fine-tuning keys (``pretrained``, ``freeze``, ``freeze_epochs``) are not
+    constructor arguments and stay out."""
+    from hydra.utils import instantiate
+
+    from medexp.models.pretrained import network_config
+
+    return instantiate(network_config(cfg.model), **overrides)
 
 
 def class_weights(spec, datamodule, multi_label: bool = False) -> list[float] | None:
@@ -60,12 +73,15 @@ def class_weights(spec, datamodule, multi_label: bool = False) -> list[float] | 
 
 
 def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
-    """The ``callbacks`` group; the LR monitor only where a logger can receive what it measures."""
+    """The ``callbacks`` group, then fine-tuning's (``model.pretrained``, ``model.freeze``); the LR monitor only
+    where a logger can receive what it measures."""
     from hydra.utils import instantiate
     from pytorch_lightning.callbacks import LearningRateMonitor
 
+    from medexp.callbacks.finetune import finetune_callbacks
+
     callbacks = [instantiate(c) for c in (cfg.callbacks or {}).values() if c is not None and "_target_" in c]
-    return [c for c in callbacks if has_logger or not isinstance(c, LearningRateMonitor)]
+    return [c for c in callbacks if has_logger or not isinstance(c, LearningRateMonitor)] + finetune_callbacks(cfg)
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
