@@ -22,15 +22,17 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from medexp.tracking.attach import TRAINING_VIEW
+from medexp.tracking.views import RUNS_QUERY
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 IMG = ROOT / "docs" / "img"
 SWEEP = ["-m", "model=cnn,resnet10", "optimizer.lr=1e-3,3e-3", "trainer.max_epochs=3", "data.num_train=512",
          "data.num_val=128", "data.num_test=128"]
-TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI opens on its GenAI view without it
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--hide-scrollbars", "--window-size=1600,1000", "--virtual-time-budget=15000"]
+                  "--hide-scrollbars", "--window-size=1920,1000", "--virtual-time-budget=15000"]
 
 
 def free_port() -> int:
@@ -81,7 +83,8 @@ def main() -> None:
         experiment = client.get_experiment_by_name(args.experiment)
         runs = [r for r in client.search_runs([experiment.experiment_id]) if "sweep.kind" not in r.data.tags]
         IMG.mkdir(parents=True, exist_ok=True)
-        screenshot(chromium, f"{base}/#/experiments/{experiment.experiment_id}/runs?{TRAINING_VIEW}",
+        # the link medexp prints: the training view with medexp's columns (medexp.tracking.views)
+        screenshot(chromium, f"{base}/#/experiments/{experiment.experiment_id}/runs?{RUNS_QUERY}",
                    IMG / "mlflow_runs.png")
         query = urllib.parse.urlencode({"runs": json.dumps([r.info.run_id for r in runs[:4]]),
                                         "experiments": json.dumps([experiment.experiment_id])}) + f"&{TRAINING_VIEW}"

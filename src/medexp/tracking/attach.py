@@ -23,6 +23,7 @@ from omegaconf import DictConfig, open_dict
 from medexp.errors import ConfigError
 from medexp.hydra_setup import in_multirun
 from medexp.tracking.redact import redact_file, redact_text
+from medexp.tracking.views import RUNS_QUERY
 
 PROBE_TIMEOUT_S = 5.0
 # MLflow 3's UI shows its GenAI view unless the link asks for model training (the experiment tag alone is not read
@@ -135,8 +136,10 @@ class Tracking:
         if run_id and experiment_id:
             uri = str(self.tracking_uri)
             served = uri.startswith(("http://", "https://"))
-            lines.append(f"MLflow UI:  {ui_base(uri)}/#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
+            base = f"{ui_base(uri)}/#/experiments/{experiment_id}"
+            lines.append(f"MLflow UI:  {base}/runs/{run_id}?{TRAINING_VIEW}"
                          + ("" if served else "  (serve it with: make ui)"))
+            lines.append(f"Runs table: {base}/runs?{RUNS_QUERY}")
         return lines
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import logging
 import os
 import queue
 import signal
@@ -247,6 +248,13 @@ class _Writer:
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             run.client.log_batch(run.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
 
+    def _experiment_view(self, run: _Run, handle: str, message: dict) -> None:
+        """The experiment's ``medexp`` view of the runs table (``medexp.tracking.views``), as this run sees it."""
+        from medexp.tracking.views import VIEW_TAG
+
+        experiment_id = run.client.get_run(run.run_id).info.experiment_id
+        run.client.set_experiment_tag(experiment_id, VIEW_TAG, message["state"])
+
     def _artifact(self, run: _Run, handle: str, message: dict) -> None:
         run.client.log_artifact(run.run_id, message["path"], message.get("artifact_path"))
 
@@ -289,6 +297,8 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise; stdin closes when the trainer is gone
     out, sys.stdout = sys.stdout, sys.stderr  # only replies go to the trainer; anything printed goes to stderr
+    # a new store's "Creating initial MLflow database tables..." is MLflow's business, not the user's
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     writer = _Writer(out)
     for line in sys.stdin:
         writer.handle(json.loads(line))

@@ -13,6 +13,8 @@ NOISY_WARNINGS = (
     r"The number of training batches \(\d+\) is smaller than the logging interval",
     # on any host with Slurm installed, for every run not started by srun (medexp's Slurm jobs are)
     r"The `srun` command is available on your system but is not used",
+    # MONAI's DICOM reader without NVIDIA's decoder (any CPU machine); pydicom reads the files
+    r"NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register",
 )
 # a logging filter, not a level: MONAI's other warnings from that module still show
 _NVIMAGECODEC = "nvImageCodec is not available"

@@ -1,0 +1,44 @@
+"""The runs table a medexp experiment opens with in MLflow's UI: the choices and learning rate a user compares, the
+test metric of the monitored quantity (sorted best first) and the monitored validation metric.
+
+MLflow has no server-side default column set (mlflow#4713, #12764): each browser keeps its own. Since 3.15 it keeps
+*shared views* of the runs table as experiment tags, ``mlflow.sharedViewState.<key>`` holding the table's state as
+JSON, opened by a link with ``?viewStateShareKey=<key>``. medexp writes one such view, ``medexp``, for each
+experiment it logs to, and every link it prints opens it; the compare view's parallel-coordinates plot offers the
+same params and metrics first because the others are not logged (``medexp.tracking.mlflow.comparable_params``).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+VIEW_KEY = "medexp"
+VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
+# the training (not GenAI) view of MLflow 3's UI, with medexp's columns
+RUNS_QUERY = f"workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+# params shown when a run has them (the UI orders them by name); the others are a click away under "Columns"
+SHOWN_PARAMS = ("model", "data", "optimizer", "optimizer.lr", "data.fold", "seed")
+
+
+def column(kind: str, key: str) -> str:
+    """The runs table's name for a param, metric or tag column (``metrics.`test/auroc```)."""
+    return f"{kind}.`{key}`"
+
+
+def key_metrics(monitor: str, tested: bool) -> list[str]:
+    """The metric a run is judged by first (the test value of the monitored quantity, or the best monitored value
+    of a run without a test split), then the monitored validation metric itself."""
+    _, _, quantity = monitor.partition("/")
+    first = f"test/{quantity}" if tested and quantity else f"best/{monitor}"
+    return [first, monitor] if first != monitor else [first]
+
+
+def runs_view(config: Mapping, params: Mapping[str, object]) -> str:
+    """The ``medexp`` view of the runs table for a run of ``config`` logging ``params``: its JSON, as the UI's
+    "Share view" writes it (sort key, direction and selected columns)."""
+    task = config.get("task") or {}
+    monitor = str(task.get("monitor", "val/loss"))
+    metrics = key_metrics(monitor, bool(config.get("test", True)))
+    shown = [column("params", key) for key in SHOWN_PARAMS if key in params]
+    return json.dumps({"orderByKey": column("metrics", metrics[0]), "orderByAsc": task.get("monitor_mode") == "min",
+                       "selectedColumns": [*shown, *(column("metrics", key) for key in metrics)]})
