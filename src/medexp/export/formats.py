@@ -6,11 +6,11 @@ Both files have one input, ``image``, with a free batch axis. A classifier's tak
 normalisation statistics are constants in the graph. A segmentation model's graph (``DeployableSegmenter``) takes
 float32 ``(N, C, *spatial)`` stored intensities already on the working grid (the recipe's resampling and resizing
 done by the caller) and gives ``probabilities`` ``(N, classes, *spatial)``: the intensity preprocessing (per image
-and channel, computed in the graph) and the network run once over the whole input. Sliding windows stay outside:
-with per-image statistics inside the graph, tiling an image through it would normalise each tile on its own; give
-it whole images of a size the network takes (the training patch, ``roi_size``, always fits), or use the MLflow
-model for medexp-predict's tiled label maps. Its spatial axes are free where the network allows (checked at a
-second size; ``spatial_axes`` in the result).
+and channel, computed in the graph) and the network run once over the whole input. Sliding windows (and the
+task's mirroring) stay outside: with per-image statistics inside the graph, tiling an image through it would
+normalise each tile on its own; give it whole images of a size the network takes (the training patch,
+``roi_size``, always fits), or use the MLflow model for medexp-predict's tiled label maps. Its spatial axes are
+free where the network allows (checked at a second size; ``spatial_axes`` in the result).
 """
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ def write_onnx(model: torch.nn.Module, example: torch.Tensor, output: Path, free
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        # shape checks traced as constants: whether the graph generalises is measured (takes_other_sizes), not assumed
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        # instance norm without running statistics uses the input's in eval too: "train=True" is the same operator
+        warnings.filterwarnings("ignore", message=".*'instance_norm' is set to train=True")
         torch.onnx.export(model, (example,), str(output), input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
                           dynamic_axes={INPUT_NAME: free, OUTPUT_NAME: free}, opset_version=ONNX_OPSET, dynamo=False)
 

@@ -316,6 +316,8 @@ def trace(model: nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
     # torch 2.14 marks TorchScript deprecated: still what torch.jit.load users (and the MLflow model) run
     with torch.no_grad(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated", category=FutureWarning)
+        # shape checks traced as constants: medexp-export measures whether the graph takes other sizes
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
         return torch.jit.trace(model, example, check_trace=False)
 
 
