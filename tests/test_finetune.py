@@ -161,12 +161,12 @@ def test_fine_tuning_settings_that_cannot_work_are_refused(make_cfg, overrides, 
 
 def test_missing_pretrained_checkpoint_is_one_line(tmp_path, tracking_uri):
     missing = tmp_path / "nope.ckpt"
-    done = medexp(f"model.pretrained={missing}", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    done = medexp(f"model.pretrained={missing}", *TINY, f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_clear_error(done, f"model.pretrained={missing}: no such file")
     assert len([line for line in done.stderr.splitlines() if "error:" in line]) == 1
 
 
 def test_unknown_frozen_module_is_one_line(tmp_path):
-    done = medexp("model.freeze=[backbone]", "model.freeze_epochs=1", "logger=none",
+    done = medexp("model.freeze=[backbone]", "model.freeze_epochs=1", "logger=none", *TINY,
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_clear_error(done, "model.freeze=[backbone]", "ClassicCNN has no module 'backbone'", "features, classifier")
