@@ -16,6 +16,26 @@ def _pyplot():
     return plt
 
 
+def foreground_slice(truth, predicted) -> int:
+    """Of a 3D mask pair (``(H, W, D)`` numpy arrays or tensors), the slice along the last axis with the most
+    ground-truth foreground; the prediction's if the truth is empty; the middle one if both are."""
+    for mask in (truth, predicted):
+        counts = (mask.reshape(-1, mask.shape[-1]) > 0).sum(0)
+        if int(counts.max()) > 0:
+            return int(counts.argmax())
+    return truth.shape[-1] // 2
+
+
+def display_rgb(image: np.ndarray) -> np.ndarray:
+    """A ``(C, H, W)`` image in any intensity scale as ``(H, W, 3)`` uint8, stretched between its 0.5th and 99.5th
+    percentiles (CT and z-scored MRI have no fixed display range)."""
+    shown = np.asarray(image, dtype=np.float32)
+    shown = np.repeat(shown[:1], 3, axis=0) if shown.shape[0] != 3 else shown
+    low, high = np.percentile(shown, (0.5, 99.5))
+    scaled = np.clip((shown - low) / max(float(high - low), 1e-6), 0, 1) * 255
+    return np.moveaxis(scaled, 0, -1).astype(np.uint8)
+
+
 def plot_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, title: str = "ROC (test)") -> Path:
     """``curves``: (label, fpr, tpr) per class or label, or one for a binary task."""
     plt = _pyplot()
@@ -81,17 +101,16 @@ def plot_label_confusion_matrices(matrices: np.ndarray, label_names: Sequence[st
 
 
 def plot_segmentation_overlay(image, truth, predicted, path: Path, title: str = "") -> Path:
-    """Image | ground truth | prediction, side by side; 3D volumes show their middle slice."""
+    """Image | ground truth | prediction, side by side; 3D volumes show the slice with the most foreground."""
     plt = _pyplot()
     image, truth, predicted = (np.asarray(a, dtype=np.float32) for a in (image, truth, predicted))
-    if truth.ndim == 3:  # (H, W, D): the middle slice along the last axis
-        middle = truth.shape[-1] // 2
-        image, truth, predicted = image[..., middle], truth[..., middle], predicted[..., middle]
-    shown = np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0]
-    shown = (shown - shown.min()) / max(float(shown.max() - shown.min()), 1e-6)
+    if truth.ndim == 3:  # (H, W, D): one slice along the last axis
+        index = foreground_slice(truth, predicted)
+        image, truth, predicted = image[..., index], truth[..., index], predicted[..., index]
+    shown = display_rgb(image)
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=110)
     for ax, mask, name in zip(axes, (None, truth, predicted), ("image", "ground truth", "prediction"), strict=True):
-        ax.imshow(shown, cmap=None if shown.ndim == 3 else "gray")
+        ax.imshow(shown)
         if mask is not None:
             ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6, interpolation="nearest")
         ax.set(title=name, xticks=[], yticks=[])
@@ -131,10 +150,7 @@ def plot_detections(cases: Sequence[dict], class_names: Sequence[str], path: Pat
     rows = -(-len(cases) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.6 * rows), dpi=110, squeeze=False)
     for ax, case in zip(axes.flat, cases, strict=False):
-        image = np.asarray(case["image"], dtype=np.float32)
-        shown = np.moveaxis(image, 0, -1) if image.shape[0] == 3 else image[0]
-        low, high = np.percentile(shown, (0.5, 99.5))
-        ax.imshow(np.clip((shown - low) / max(float(high - low), 1e-6), 0, 1), cmap=None if shown.ndim == 3 else "gray")
+        ax.imshow(display_rgb(case["image"]))
         for (r0, c0, r1, c1) in np.asarray(case["box"]).reshape(-1, 4):
             ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, ec="lime", lw=1.4))
         keep = np.asarray(case["pred_score"]) >= score_thresh

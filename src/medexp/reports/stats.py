@@ -1,12 +1,14 @@
 """Numbers a report stands on: classification metrics from probabilities, stratified bootstrap confidence intervals,
-calibration (ECE, reliability bins), and the Youden-J threshold. Plain numpy, vectorised over resamples.
+calibration (ECE, reliability bins), the Youden-J threshold; per-case bootstrap intervals of means (segmentation) and of
+COCO average precision (detection); the t interval of a mean over repeated runs (sweeps). Plain numpy, vectorised
+over resamples.
 
 Definitions follow MedMNIST's evaluator: a binary task scores the positive class's probability (accuracy at 0.5),
 a multi-class task the argmax and the one-vs-rest AUROC averaged over classes.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,3 +131,76 @@ def pr_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.nd
     hits = (labels[order] == 1).astype(float)
     true_positives = np.cumsum(hits)
     return true_positives / max(hits.sum(), 1), true_positives / np.arange(1, len(hits) + 1)
+
+
+# -- per-case bootstrap (segmentation, detection) and the mean of repeated runs (sweeps) --------------------------
+def case_weights(cases: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``(resamples, cases)`` counts: how often each case is drawn in each bootstrap resample (with replacement).
+    Counts, not index lists, so a resampled mean or AP is a weighted one, vectorised over resamples."""
+    return np.random.default_rng(seed).multinomial(cases, np.full(cases, 1 / cases), size=resamples)
+
+
+def case_mean_draws(values: np.ndarray, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
+    """``(1 + resamples, columns)``: each column's mean over the cases (rows) where it is finite, first over all
+    cases, then over each bootstrap resample of the cases (seeded): Dice or HD95 per structure, one row per case."""
+    finite = np.isfinite(values)
+    weights = np.vstack([np.ones(len(values)), case_weights(len(values), resamples, seed)])
+    with np.errstate(invalid="ignore", divide="ignore"):  # a column without finite values has no mean
+        return (weights @ np.where(finite, values, 0.0)) / (weights @ finite)
+
+
+def draw_intervals(draws: np.ndarray, level: float = LEVEL) -> list[Interval]:
+    """Per column of ``draws`` (row 0 the value, the other rows its bootstrap resamples) the value and its
+    percentile interval; NaN bounds where no resample is finite."""
+    tail = (1 - level) / 2 * 100
+    intervals = []
+    for column in draws.T:
+        value, resampled = float(column[0]), column[1:][np.isfinite(column[1:])]
+        if not np.isfinite(value) or resampled.size == 0:
+            intervals.append(Interval(value, float("nan"), float("nan")))
+        else:
+            intervals.append(Interval(value, *(float(p) for p in np.percentile(resampled, [tail, 100 - tail]))))
+    return intervals
+
+
+def average_precision(matches: Sequence[Mapping[int, Mapping[str, np.ndarray]]], cls: int, iou_index: int,
+                      weights: np.ndarray, max_detections: int = 100, recall_points: int = 101) -> np.ndarray:
+    """COCO average precision of class ``cls`` at IoU threshold ``iou_index`` (101-point interpolation, as MONAI's
+    ``COCOMetric``) from MONAI's per-image ``matching_batch`` results, for each row of ``weights`` (``(R, images)``
+    counts, a bootstrap resample each; a row of ones is the plain AP). NaN where a row holds no ground truth."""
+    scores, hits, counted, image_of = [np.zeros(0)], [np.zeros(0, bool)], [np.zeros(0, bool)], [np.zeros(0, int)]
+    truths = np.zeros(len(matches))
+    for i, image in enumerate(matches):
+        if cls not in image:
+            continue
+        found = image[cls]
+        scores.append(found["dtScores"][:max_detections])
+        hits.append(found["dtMatches"][iou_index, :max_detections].astype(bool))
+        counted.append(~found["dtIgnore"][iou_index, :max_detections].astype(bool))
+        image_of.append(np.full(len(scores[-1]), i))
+        truths[i] = np.count_nonzero(found["gtIgnore"] == 0)
+    order = np.argsort(-np.concatenate(scores), kind="mergesort")
+    hit, use, image = (np.concatenate(a)[order] for a in (hits, counted, image_of))
+    thresholds = np.linspace(0.0, 1.0, recall_points)
+    ap = np.full(len(weights), np.nan)
+    for start in range(0, len(weights), 100):  # 100 resamples at a time: (100, detections) arrays stay small
+        rows = weights[start : start + 100]
+        drawn = rows[:, image].astype(np.float32)  # each detection weighs as often as its image was drawn
+        tp = np.cumsum(drawn * (hit & use), axis=1, dtype=np.float32)
+        fp = np.cumsum(drawn * (~hit & use), axis=1, dtype=np.float32)
+        total = (rows @ truths).astype(np.float32)
+        precision = tp / (fp + tp + np.spacing(1))
+        precision = np.maximum.accumulate(precision[:, ::-1], axis=1)[:, ::-1]  # envelope: best precision further on
+        for r in np.flatnonzero(total > 0):
+            at = np.searchsorted(tp[r] / total[r], thresholds, side="left")
+            ap[start + r] = precision[r, at[at < len(hit)]].sum() / recall_points  # recall never reached: 0
+    return ap
+
+
+def mean_interval(mean: float, std: float, n: int, level: float = LEVEL) -> Interval:
+    """The ``level`` confidence interval of a mean from ``n`` values with sample standard deviation ``std``
+    (Student's t with n - 1 degrees of freedom): the spread of a result over folds or seeds."""
+    from scipy.stats import t
+
+    half = float(t.ppf((1 + level) / 2, n - 1)) * std / np.sqrt(n) if n > 1 else float("nan")
+    return Interval(mean, mean - half, mean + half)

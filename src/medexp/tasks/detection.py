@@ -8,8 +8,9 @@ validation and test log MONAI's COCO metrics (``COCOMetric`` over ``matching_bat
 ``map`` (mean AP over the IoU range), ``ap_iou10`` / ``ap_iou50`` / ... (AP at one IoU), ``mar`` (mean recall
 over the range at the most detections), ``mar_det1`` / ... (at fewer detections), ``ar_iou10`` / ...; with several
 classes each also per class (``map_<class>``). ``froc`` is LUNA16's score (mean sensitivity at 1/8 to 8 false
-positives per image); the test report holds the FROC curve and, for 2D images, the first test images with their
-ground-truth and detected boxes drawn.
+positives per image); the test report holds the FROC curve, for 2D images the first test images with their
+ground-truth and detected boxes drawn, and report/index.html (``medexp.reports.page``: AP per class at IoU 0.5 with
+bootstrap intervals over images, a per-image table worst first).
 """
 from __future__ import annotations
 
@@ -31,8 +32,9 @@ from torch.nn import functional as F
 
 from medexp.data.detection import BOX, IMAGE, LABEL
 from medexp.errors import ConfigError
+from medexp.reports.page import DetectionReportData, write_detection_page
 from medexp.tasks.base import BaseTask
-from medexp.tasks.segmentation import as_tensor
+from medexp.tasks.segmentation import all_ranks, as_tensor
 
 EVAL_STAGES = ("val", "test")
 # LUNA16's FROC operating points: false positives per image at which sensitivity is read (their mean is the CPM)
@@ -162,7 +164,7 @@ class DetectionTask(BaseTask):
         self.max_detections = max(max_detections)
         self._loss_sums: dict[str, torch.Tensor] = {}
         self.cases: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in EVAL_STAGES}
-        self.test_report: dict = {}
+        self.test_report: DetectionReportData | None = None
 
     @staticmethod
     def _inputs(batch: Mapping[str, list]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -216,10 +218,10 @@ class DetectionTask(BaseTask):
             case = {
                 "pred_box": detected[BOX].float().cpu().numpy(), "pred_label": detected[LABEL].cpu().numpy(),
                 "pred_score": detected[self.net.pred_score_key].float().cpu().numpy(),
-                "box": target[BOX].cpu().numpy(), "label": target[LABEL].cpu().numpy(),
+                "box": target[BOX].cpu().numpy(), "label": target[LABEL].cpu().numpy(), "case_id": str(case_id),
             }
             if stage == "test" and image.ndim == 3 and len(self.cases[stage]) < REPORT_IMAGES:
-                case.update(image=as_tensor(image).float().cpu().numpy(), case_id=str(case_id))
+                case["image"] = as_tensor(image).float().cpu().numpy()
             self.cases[stage].append(case)
 
     def validation_step(self, batch, batch_idx):
@@ -248,17 +250,16 @@ class DetectionTask(BaseTask):
         fp_per_image, sensitivity = froc_curve(matches, len(cases))
         values["froc"] = froc_score(fp_per_image, sensitivity)
         if stage == "test":
-            self.test_report = {"froc": (fp_per_image, sensitivity), "drawn": [c for c in cases if "image" in c]}
+            self.test_report = DetectionReportData(
+                self.class_names, [c["case_id"] for c in cases], matches, list(self.coco.iou_thresholds),
+                self.max_detections, self.report_score_thresh, values, (fp_per_image, sensitivity), FROC_FP_PER_IMAGE,
+                [c for c in cases if "image" in c])
         # every rank holds all cases now, so the values agree: logged without another reduction
         self.log_dict({f"{stage}/{k}": torch.tensor(v) for k, v in values.items()})
 
     def _gathered(self, cases: list) -> list:
         """All ranks' cases (COCO matching needs every image at once, not a mean of per-rank values)."""
-        if self.trainer.world_size == 1:
-            return cases
-        parts: list = [None] * self.trainer.world_size
-        torch.distributed.all_gather_object(parts, cases)
-        return [case for part in parts for case in part]
+        return [case for part in all_ranks(self.trainer, cases) for case in part]
 
     def on_validation_epoch_end(self) -> None:
         self._end_eval("val")
@@ -267,17 +268,9 @@ class DetectionTask(BaseTask):
         self._end_eval("test")
 
     def write_test_report(self, folder: Path) -> list[Path]:
-        """The FROC curve of the last test run and (2D) its first images with ground-truth and detected boxes,
-        as PNGs in ``folder``."""
-        from medexp.reports.plots import plot_detections, plot_froc
-
-        if "froc" not in self.test_report:
+        """The last test run's FROC curve, (2D) its first images with ground-truth and detected boxes, and
+        report/index.html (AP per class with intervals, a per-image table) holding them."""
+        if self.test_report is None:
             return []
-        fp_per_image, sensitivity = self.test_report["froc"]
-        score = froc_score(fp_per_image, sensitivity)
-        written = [plot_froc(fp_per_image, sensitivity, FROC_FP_PER_IMAGE, folder / "froc_test.png",
-                             title=f"FROC (test): mean sensitivity at 1/8-8 FP/image {score:.3f}")]
-        if self.test_report["drawn"]:
-            written.append(plot_detections(self.test_report["drawn"], self.class_names,
-                                           folder / "detections_test.png", self.report_score_thresh))
-        return written
+        name = (self.hparams.get("config") or {}).get("name")
+        return write_detection_page(self.test_report, folder, "Test report" + (f": {name}" if name else ""))

@@ -4,7 +4,8 @@ Metrics are MONAI's: Dice per foreground class (``dice_<class>`` when there are 
 the 95% Hausdorff distance likewise (``hd95_<class>``, ``hd95``; on ``hd95_stages`` only); for a binary task also
 the pixel-level AUROC of the foreground probability. When a batch carries a field-of-view mask
 (``fov``; e.g. the retina in fundus photographs), the metrics count only pixels inside it, as the CHASEDB1/DRIVE
-protocols do.
+protocols do. Each case's Dice and HD95 are kept under its id for report/index.html (``medexp.reports.page``), with
+overlays of only the worst and best few.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
+from medexp.reports.page import SegmentationCases, SegmentationReportData, write_segmentation_page
 from medexp.tasks.base import BaseTask
 
 EVAL_STAGES = ("val", "test")
@@ -24,6 +26,16 @@ EVAL_STAGES = ("val", "test")
 def as_tensor(x: torch.Tensor) -> torch.Tensor:
     """MONAI's MetaTensor -> plain tensor (metadata tracking costs time in every op)."""
     return x.as_tensor() if hasattr(x, "as_tensor") else x
+
+
+def all_ranks(trainer, item) -> list:
+    """``item`` of every DDP rank, in rank order (``[item]`` in a single process): per-case report data is kept
+    where each rank evaluated its share, and reported as one."""
+    if trainer.world_size == 1:
+        return [item]
+    parts: list = [None] * trainer.world_size
+    torch.distributed.all_gather_object(parts, item)
+    return parts
 
 
 class SegmentationTask(BaseTask):
@@ -57,6 +69,9 @@ class SegmentationTask(BaseTask):
         # test-time augmentation: spatial axes (0 = first spatial axis) to mirror, one inference per entry
         self.tta_flips = [[2 + axis for axis in axes] for axes in tta_flips]
         self.cases: dict[str, list] = {s: [] for s in EVAL_STAGES}
+        # per-case Dice/HD95 for report/index.html: the test pass, and the validation of the checkpoint kept
+        self.scored = {s: SegmentationCases() for s in EVAL_STAGES}
+        self.report_data: dict[str, SegmentationReportData] = {}
 
     # -- training ---------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
@@ -93,9 +108,12 @@ class SegmentationTask(BaseTask):
             predicted, labels = predicted * fov, labels * fov
         onehot_pred = nn.functional.one_hot(predicted[:, 0], self.num_classes).movedim(-1, 1)
         onehot_true = nn.functional.one_hot(labels[:, 0], self.num_classes).movedim(-1, 1)
-        self.dice[stage](onehot_pred, onehot_true)
-        if stage in self.hd95_stages:
-            self.hd95[stage](onehot_pred, onehot_true)
+        dice = self.dice[stage](onehot_pred, onehot_true)  # (B, structures): kept per case for the report
+        hd95 = self.hd95[stage](onehot_pred, onehot_true) if stage in self.hd95_stages else None
+        case_ids = batch.get("case_id") or [None] * len(images)
+        for i, case_id in enumerate(case_ids):
+            self.scored[stage].add(case_id, dice[i].cpu().numpy(), None if hd95 is None else hd95[i].cpu().numpy(),
+                                   images[i], labels[i, 0], predicted[i, 0])
         if self.aurocs is not None:
             scores, truth = probs[:, 1:2], labels
             if fov is not None:
@@ -115,6 +133,7 @@ class SegmentationTask(BaseTask):
 
     def _start_eval(self, stage: str) -> None:
         self.cases[stage] = []
+        self.scored[stage] = SegmentationCases()
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")
@@ -141,7 +160,23 @@ class SegmentationTask(BaseTask):
         if self.aurocs is not None:
             values["auroc"] = self.aurocs[index].compute()
             self.aurocs[index].reset()
+        best_before = self.best_monitor
         self.log_metrics(stage, {k: v.to(self.device) for k, v in values.items()})
+        self._keep_report(stage, best_before)
+
+    def _keep_report(self, stage: str, best_before: float | None) -> None:
+        """The test pass's cases; of validation, the epoch whose monitored value the kept checkpoint has (it
+        improved on the best so far, as the checkpoint callback requires), or the latest if nothing is monitored."""
+        cases = SegmentationCases.merged(all_ranks(self.trainer, self.scored[stage]))
+        structures = self.class_names[1:]
+        if stage == "test":
+            self.report_data["test"] = cases.report("test", structures)
+            return
+        improved = self.best_monitor is not None and self.best_monitor != best_before
+        if self.trainer.sanity_checking or not (improved or self.best_monitor is None or "val" not in self.report_data):
+            return
+        note = f"epoch {self.current_epoch}" + (f", best {self.monitor} so far: the checkpoint kept" if improved else "")
+        self.report_data["val"] = cases.report("validation", structures, note)
 
     def on_validation_epoch_end(self) -> None:
         self._end_eval("val")
@@ -151,10 +186,23 @@ class SegmentationTask(BaseTask):
 
     # -- reports ----------------------------------------------------------------------------------------------
     def write_test_report(self, folder: Path) -> list[Path]:
-        return self._write_overlays("test", folder)
+        written = self._write_overlays("test", folder)
+        if "test" in self.report_data:
+            written.append(write_segmentation_page(self.report_data["test"], folder, self._report_title("Test")))
+        return written
 
     def write_validation_report(self, folder: Path) -> list[Path]:
-        return self._write_overlays("val", folder)
+        """Overlays of the last validation; and where no test follows the fit (``test=false``: a split without
+        test cases), report/index.html of the validation of the checkpoint kept."""
+        written = self._write_overlays("val", folder)
+        tested_next = bool((self.hparams.get("config") or {}).get("test", False))
+        if "val" in self.report_data and not tested_next:
+            written.append(write_segmentation_page(self.report_data["val"], folder, self._report_title("Validation")))
+        return written
+
+    def _report_title(self, split: str) -> str:
+        name = (self.hparams.get("config") or {}).get("name")
+        return f"{split} report" + (f": {name}" if name else "")
 
     def _write_overlays(self, stage: str, folder: Path) -> list[Path]:
         from medexp.reports.plots import plot_segmentation_overlay

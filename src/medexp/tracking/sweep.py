@@ -4,7 +4,9 @@
 record into ``hydra.sweep.dir``; each job, in whatever process or machine the launcher runs it, reads that record
 through :func:`child_run_context` to name and tag its own run, and the callback's ``on_job_end`` records the job's
 outcome (objective, COMPLETE/PRUNED/FAIL) on it. When the multirun ends, the parent gets the ranked summary
-(CSV, Markdown, objective plot), the best trial's values and its final status. Everything is read back from
+(CSV, Markdown, objective plot), the best trial's values and its final status; a sweep that only repeats one
+experiment over ``REPEAT_KEYS`` (folds, seeds) also its mean ± std and report/index.html (each run's metrics, their
+mean ± std and the t interval of the mean). Everything is read back from
 MLflow, so the summary of a resumed Optuna study covers all its trials, whichever invocation ran them.
 """
 from __future__ import annotations
@@ -252,6 +254,12 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
         (out / "summary.md").write_text(f"# {record.name}\n\n{table}")
         plot_objective(rows, "trial", objective, "state", record.maximize, record.name, out / "objective.png")
         client.log_artifacts(record.parent_run_id, tmp, "summary")
+        if spread:
+            from medexp.reports.page import write_sweep_page
+
+            page = write_sweep_page(complete, spread, out / "report", f"Sweep report: {record.name}",
+                                    f"{len(complete)} complete run(s) over {', '.join(record.keys)}.")
+            client.log_artifact(record.parent_run_id, str(page), "report")
     tags = [RunTag("mlflow.note.content", f"Sweep `{record.name}`: {len(rows)} run(s), ranked by {objective}\n\n{table}")]
     stamp = int(time.time() * 1000)
     metrics = [Metric(f"{stat}/{k}", v, stamp, 0) for k, (m, sd, _) in spread.items()
