@@ -217,7 +217,7 @@ def test_export_is_the_models_preprocessing_and_network_with_free_axes(volumes, 
 @pytest.mark.skipif(not REAL.is_dir(), reason=f"real data not found at {REAL}")
 def test_hippocampus_model_predicts_medexp_predicts_label_maps_on_real_volumes(tmp_path, migrated_store):
     """A short experiment=hippocampus run on two cases of each of folds 0-2: its MLflow model on three real volumes
-    (each its own size) against medexp-predict, and its ONNX export on the validation cases."""
+    (each its own size) against medexp-predict, and its ONNX and TorchScript exports on the validation cases."""
     import mlflow
 
     from medexp.export.formats import export
@@ -235,5 +235,7 @@ def test_hippocampus_model_predicts_medexp_predicts_label_maps_on_real_volumes(t
         for path, mask in zip(files, expected, strict=True):
             assert mask.shape == nib.load(path).shape  # odd sizes (e.g. 35 x 51 x 35), as stored
             np.testing.assert_array_equal(model.predict(stored([path]))[0], mask)
-        result = export(str(best), "onnx", tmp_path / "model.onnx")
-    assert result["test_images"] == 2 and result["max_abs_difference"] <= 1e-4 and result["spatial_axes"] == "free"
+        results = [export(str(best), fmt, tmp_path / f"model.{fmt}") for fmt in ("onnx", "torchscript")]
+    for result in results:
+        assert result["test_images"] == 2 and result["max_abs_difference"] <= 1e-4
+        assert result["spatial_axes"] == "free"
