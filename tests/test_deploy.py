@@ -114,7 +114,7 @@ def test_export_matches_pytorch_and_medexp_predict_with_a_free_batch_axis(logged
     run_dir, run_id, uri, cases, best = logged_run
     output = tmp_path / f"model.{fmt}"
     result = export(str(best), fmt, output, tracking_uri=uri)
-    assert result["max_abs_difference"] <= TOLERANCE and result["test_images"] == 32
+    assert result["max_abs_difference"] <= TOLERANCE and result["parity_cases"] == 32 and result["parity_split"] == "test"
     reference = predicted(str(best), cases, tmp_path / "preds")
     run = FORMATS[fmt][1]
     for batch in (1, 6):

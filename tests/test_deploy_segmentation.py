@@ -197,7 +197,7 @@ def test_export_is_the_models_preprocessing_and_network_with_free_axes(volumes, 
     best, run_id, uri, _ = volumes
     output = tmp_path / f"model.{fmt}"
     result = export(str(best), fmt, output, tracking_uri=uri)
-    assert result["max_abs_difference"] <= 1e-4 and result["test_images"] == 1 and result["spatial_axes"] == "free"
+    assert result["max_abs_difference"] <= 1e-4 and result["parity_cases"] == 1 and result["spatial_axes"] == "free"
     # a volume the size of the sliding window's ROI is one window: the graph's probabilities are then the MLflow
     # model's, which runs medexp's own transforms (percentile clipping, z-score) and sliding window
     roi_sized = np.stack([phantom_volume(seed, shape=(8, 8, 8))[0][None] for seed in (902, 903)])
@@ -237,5 +237,5 @@ def test_hippocampus_model_predicts_medexp_predicts_label_maps_on_real_volumes(t
             np.testing.assert_array_equal(model.predict(stored([path]))[0], mask)
         results = [export(str(best), fmt, tmp_path / f"model.{fmt}") for fmt in ("onnx", "torchscript")]
     for result in results:
-        assert result["test_images"] == 2 and result["max_abs_difference"] <= 1e-4
+        assert result["parity_cases"] == 2 and result["parity_split"] == "validation" and result["max_abs_difference"] <= 1e-4
         assert result["spatial_axes"] == "free"

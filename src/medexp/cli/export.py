@@ -24,7 +24,7 @@ def main(cfg: DictConfig) -> dict:
             data_root=cfg.data_root, tracking_uri=cfg.tracking.uri if cfg.log_to_run else None,
         )
     print(f"{result['format']} model written to {result['output']}: max |difference| from PyTorch "
-          f"{result['max_abs_difference']:.1e} on {result['test_images']} test images")
+          f"{result['max_abs_difference']:.1e} on {result['parity_cases']} {result['parity_split']} cases")
     return result
 
 

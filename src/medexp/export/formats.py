@@ -76,16 +76,18 @@ def default_output(fmt: str, folder: str | Path) -> Path:
     return Path(folder) / f"model{FORMATS[fmt][2] if fmt in FORMATS else ''}"
 
 
-def parity_inputs(loaded) -> np.ndarray:
-    """Real cases to compare the export with PyTorch on: the test split's stored images (classification); up to
-    ``PARITY_CASES`` stored cases on the working grid, cut or padded to the sliding window's ROI (segmentation)."""
+def parity_inputs(loaded) -> tuple[np.ndarray, str]:
+    """Real cases to compare the export with PyTorch on, and their split: the test split's stored images
+    (classification); up to ``PARITY_CASES`` stored cases on the working grid, cut or padded to the sliding
+    window's ROI, from the test split or, without one, the validation split (segmentation)."""
     from medexp.export.model import model_kind, stored_cases, stored_test_images
 
     datamodule, task = loaded.datamodule, loaded.task
     if model_kind(datamodule, task) != SEGMENTATION:
-        return stored_test_images(datamodule)
+        return stored_test_images(datamodule), "test"
     datamodule.validate = False  # only the cases read here are needed: reading every case to check it first is not
-    return stored_cases(datamodule, ("spacing", "resize"), task.inferer.roi_size, PARITY_CASES)
+    split = "test" if datamodule.split.test else "validation"
+    return stored_cases(datamodule, ("spacing", "resize"), task.inferer.roi_size, PARITY_CASES), split
 
 
 def max_difference(model: torch.nn.Module, run: Callable, output: Path, images: np.ndarray) -> float:
@@ -118,7 +120,7 @@ def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequen
         os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # is this command's own: not mlflow's process-wide global)
     loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
     model = deployable(loaded)
-    images = parity_inputs(loaded)
+    images, split = parity_inputs(loaded)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     segmentation = model_kind(loaded.datamodule, loaded.task) == SEGMENTATION
@@ -126,7 +128,7 @@ def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequen
     write(model, example, output, free_spatial=segmentation)
     difference = max_difference(model, run, output, images)
     result = {"format": fmt, "output": str(output.resolve()), "checkpoint": str(ckpt_path),
-              "test_images": len(images), "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE}
+              "parity_cases": len(images), "parity_split": split, "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE}
     if segmentation:
         free = takes_other_sizes(model, run, output, images)
         if not free and fmt == "onnx":  # declared fixed, so that a runtime refuses other sizes instead of erring
