@@ -496,7 +496,8 @@ def write_sweep_page(runs: Sequence[Mapping], spread: Mapping[str, tuple[float, 
                      str(n)])
     sections = [f"<h1>{html.escape(title)}</h1><p>{html.escape(intro)} Mean ± sample standard deviation over the "
                 "complete runs; the interval is the 95% confidence interval of the mean (t distribution with "
-                "n - 1 degrees of freedom): how far another set of folds or seeds could move the mean.</p>",
+                "n - 1 degrees of freedom; cross-validation folds share training cases, so over folds it runs "
+                "narrow).</p>",
                 "<h2 id='metrics'>Metrics per run</h2>"
                 + _table(["metric", *names, "mean ± std", "95% CI of the mean", "runs"], rows)]
     return _write_page(folder, title, sections)
