@@ -370,38 +370,37 @@ def _with_overall(draws: np.ndarray) -> np.ndarray:
 def write_segmentation_page(data: SegmentationReportData, folder: Path, title: str) -> Path:
     """Write ``folder/index.html``; return its path."""
     names, cases = data.structures, len(data.case_ids)
-    split = "Test" if data.split == "test" else "Validation"
+    several = len(names) > 1  # one structure: its Dice is the mean, shown once
+    dice_name = "mean Dice" if several else "Dice"
     rows = []
     for metric, values in (("Dice", data.dice), ("HD95", data.hd95)):
         if values is None or not cases:
             continue
-        draws = _with_overall(stats.case_mean_draws(values))
-        labels = [f"{metric} (mean of structures)" if len(names) > 1 else metric,
-                  *([f"{metric} {name}" for name in names] if len(names) > 1 else [])]
-        rows += list(zip(labels, stats.draw_intervals(draws[:, : len(labels)]), strict=True))
+        labels = [f"{metric} (mean of structures)", *(f"{metric} {name}" for name in names)] if several else [metric]
+        draws = _with_overall(stats.case_mean_draws(values))[:, : len(labels)]
+        rows += list(zip(labels, stats.draw_intervals(draws), strict=True))
     missing = 0 if data.hd95 is None else int((~np.isfinite(data.hd95)).sum())
     sections = [f"<h1>{html.escape(title)}</h1><p>{cases} {data.split} cases"
                 + (f" ({html.escape(data.note)})" if data.note else "") + f"; structures: {html.escape(', '.join(names))}."
                 " Intervals: 95% percentile bootstrap over cases, 1,000 resamples, seed 0."
                 + (f" HD95 counts the cases where both masks hold the structure ({missing} case-structure pairs "
                    "without)." if missing else "") + "</p>",
-                f"<h2 id='metrics'>{split} metrics</h2>" + _table(["metric", "value", "95% CI"], _interval_rows(rows))]
+                f"<h2 id='metrics'>{data.split.capitalize()} metrics</h2>"
+                + _table(["metric", "value", "95% CI"], _interval_rows(rows))]
     mean_dice = data.dice.mean(axis=1) if cases else np.zeros(0)
-    header = ["case", "overlay", "mean Dice" if len(names) > 1 else "Dice", *([f"Dice {n}" for n in names] if len(names) > 1 else []),
-              *([f"HD95 {n}" for n in names] if data.hd95 is not None else [])]
+    header = ["case", "overlay", dice_name, *(f"Dice {n}" for n in names if several),
+              *(f"HD95 {n}" for n in names if data.hd95 is not None)]
     table = []
     for i in np.argsort(mean_dice, kind="mergesort"):
-        case_id = data.case_ids[i]
-        picture = data.pictures.get(case_id)
-        table.append([html.escape(case_id), _image(_overlay(picture, 96)) if picture is not None else "",
-                      _number(mean_dice[i]), *([_number(d) for d in data.dice[i]] if len(names) > 1 else []),
-                      *([_number(h) for h in data.hd95[i]] if data.hd95 is not None else [])])
+        picture = data.pictures.get(data.case_ids[i])
+        table.append([html.escape(data.case_ids[i]), "" if picture is None else _image(_overlay(picture, 96)),
+                      _number(mean_dice[i]), *(_number(d) for d in data.dice[i] if several),
+                      *(_number(h) for h in (data.hd95[i] if data.hd95 is not None else []))])
     sections.append(f"<h2 id='cases'>Cases, worst first (overlays of the {PICTURED_CASES} worst and best)</h2>"
                     + _table(header, table))
-    order = sorted(data.pictures, key=lambda case_id: mean_dice[data.case_ids.index(case_id)])
-    figures = [_figure(_overlay(data.pictures[case_id], 240),
-                       f"{html.escape(case_id)}: mean Dice {mean_dice[data.case_ids.index(case_id)]:.3f}")
-               for case_id in order]
+    shown = sorted((mean_dice[data.case_ids.index(case_id)], case_id) for case_id in data.pictures)
+    figures = [_figure(_overlay(data.pictures[case_id], 240), f"{html.escape(case_id)}: {dice_name} {score:.3f}")
+               for score, case_id in shown]
     sections.append("<h2 id='overlays'>Worst and best cases</h2><p>Ground truth outlined in green, prediction filled "
                     "in magenta (every structure); 3D: the slice with the most ground truth.</p>"
                     f"<div class='cams'>{''.join(figures)}</div>")
