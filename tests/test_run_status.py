@@ -36,17 +36,22 @@ def the_run(client: MlflowClient):
 
 @pytest.mark.parametrize(("stop", "status"), [(signal.SIGKILL, "FAILED"), (signal.SIGINT, "KILLED")])
 def test_a_stopped_training_closes_its_run(tmp_path, tracking_uri, stop, status):
-    trainer = subprocess.Popen(
-        [str(BIN / "medexp-train"), "trainer.max_epochs=1000", "data.num_train=256", "data.num_val=64",
-         "data.num_test=64", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={tmp_path / 'run'}"],
-        cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    log = tmp_path / "trainer.log"
+    with open(log, "w") as output:
+        trainer = subprocess.Popen(
+            [str(BIN / "medexp-train"), "trainer.max_epochs=1000", "data.num_train=256", "data.num_val=64",
+             "data.num_test=64", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={tmp_path / 'run'}"],
+            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=output,
+            stderr=subprocess.STDOUT,
+        )
     client = MlflowClient(tracking_uri)
     try:  # stop it once it has logged an epoch: mid-training
         run = wait_for(lambda: (r := the_run(client)) and "train/loss" in r.data.metrics and r, 120, "an epoch")
         trainer.send_signal(stop)
-        trainer.wait(timeout=60)
+        try:  # a graceful stop on a loaded machine may take a while: what it printed says where it was
+            trainer.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running 120 s after {stop!r}:\n{log.read_text()[-3000:]}") from None
     finally:
         trainer.kill()
     closed = wait_for(lambda: (r := client.get_run(run.info.run_id)).info.status != "RUNNING" and r, 60,
