@@ -111,6 +111,8 @@ def test_five_class_rgb_run_finishes_with_macro_auroc_and_a_roc_curve_per_class(
     done = medexp("medexp-predict", f"ckpt_path={ckpt}", f"inputs={tmp_path / 'fivemnist.npz'}",
                   f"output_dir={tmp_path / 'predicted'}", cwd=tmp_path, tracking_uri=tracking_uri)
     assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout + done.stderr  # what it wrote, not Lightning's hardware lines or litlogger tip
+    assert "GPU available" not in printed and "litlogger" not in printed and "prediction(s) written" in printed
     rows = read_csv(tmp_path / "predicted" / "predictions.csv")
     assert len(rows) == 60 and list(rows[0]) == ["input", "predicted_class", *(f"probability_{k}" for k in range(5))]
     probabilities = np.array([[float(row[f"probability_{k}"]) for k in range(5)] for row in rows])

@@ -23,7 +23,9 @@ def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data
     from medexp.tracking.mlflow import RUN_ID_FILE, build_mlflow_logger
     from medexp.workflows.build import build_datamodule, build_task
     from medexp.workflows.checkpoints import load_checkpoint
+    from medexp.workflows.quiet import quiet_libraries
 
+    quiet_libraries()
     if log_to not in LOG_TO:
         raise DataError(f"log_to={log_to!r}: use one of {', '.join(LOG_TO)}")
     ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust_checkpoint)

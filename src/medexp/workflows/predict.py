@@ -246,7 +246,9 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
 
     from medexp.export.ensemble import Ensemble, check_same_preprocessing, ensemble_members
     from medexp.export.model import MODEL_URI_SCHEMES, load_for_inference
+    from medexp.workflows.quiet import quiet_libraries
 
+    quiet_libraries()
     members = ensemble_members(ckpt_path)
     loaded = [load_for_inference(member, trusted_targets, trust=trust_checkpoint, data_root=data_root)
               for member in members]
