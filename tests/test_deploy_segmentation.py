@@ -19,20 +19,15 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from conftest import compose_config
 from fixtures_data import phantom_volume, write_chase_like, write_decathlon_like, write_nifti
 from medexp.workflows.predict import predict
-from medexp.workflows.train import run_experiment
+from test_predict import TINY_UNET, train
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "Task04_Hippocampus"
 QUICK = ["test=false", "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
          "callbacks.progress_bar.refresh_rate=0"]
-TINY_UNET = ["model=unet", "task=segmentation", "model.channels=[8,16]", "model.strides=[2]", "model.num_res_units=1",
-             "augmentation=none"]
 
 
 @contextlib.contextmanager
@@ -43,12 +38,7 @@ def tracked_run(out: Path, store: Path, *overrides: str):
     uri, previous = f"sqlite:///{out / 'mlflow.db'}", os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = uri
     try:
-        try:
-            run_experiment(compose_config([*QUICK, *overrides], out))
-        finally:
-            GlobalHydra.instance().clear()
-            HydraConfig.instance().cfg = None
-        (best,) = (out / "run" / "checkpoints").glob("best-*.ckpt")
+        best = train(out, *overrides, quick=QUICK)
         yield best, (out / "run" / "mlflow_run_id").read_text().strip(), uri
     finally:
         if previous is None:

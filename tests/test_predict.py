@@ -35,10 +35,10 @@ TINY_UNET = ["model=unet", "task=segmentation", "model.channels=[8,16]", "model.
              "augmentation=none"]
 
 
-def train(out: Path, *overrides: str) -> Path:
-    """Train with ``medexp-train``'s pipeline; the best checkpoint."""
+def train(out: Path, *overrides: str, quick: tuple[str, ...] | list[str] = tuple(QUICK)) -> Path:
+    """Train with ``medexp-train``'s pipeline (``quick`` first: a short run); the best checkpoint."""
     try:
-        run_experiment(compose_config([*QUICK, *overrides], out))
+        run_experiment(compose_config([*quick, *overrides], out))
     finally:
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
