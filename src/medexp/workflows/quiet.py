@@ -2,7 +2,8 @@
 still shows: Lightning's hardware and checkpoint-restoring INFO lines and its litlogger advertisement (timestamped
 by Hydra's job logging), the ``LeafSpec`` deprecation Lightning triggers under newer torch, the
 ``log_every_n_steps`` warning (medexp logs per epoch, by design), Lightning's "srun is available" hint on hosts with
-Slurm installed, and MONAI's nvImageCodec notice."""
+Slurm installed, MONAI's nvImageCodec notices (logged and warned), and MONAI's warning that an inversion had
+nothing to undo (``medexp-predict`` on a recipe that neither resamples nor resizes)."""
 from __future__ import annotations
 
 import logging
@@ -15,6 +16,8 @@ NOISY_WARNINGS = (
     r"The `srun` command is available on your system but is not used",
     # MONAI's DICOM reader without NVIDIA's decoder (any CPU machine); pydicom reads the files
     r"NvImgCodecPydicomReader: nvImageCodec decoder plugin did not register",
+    # medexp-predict undoes the preprocessing's resampling and resizing; a recipe with neither has nothing to undo
+    r"inverse has been called but no invertible transforms have been supplied",
 )
 # a logging filter, not a level: MONAI's other warnings from that module still show
 _NVIMAGECODEC = "nvImageCodec is not available"
