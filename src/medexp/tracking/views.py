@@ -4,8 +4,9 @@ test metric of the monitored quantity (sorted best first) and the monitored vali
 MLflow has no server-side default column set (mlflow#4713, #12764): each browser keeps its own. Since 3.15 it keeps
 *shared views* of the runs table as experiment tags, ``mlflow.sharedViewState.<key>`` holding the table's state as
 JSON, opened by a link with ``?viewStateShareKey=<key>``. medexp writes one such view, ``medexp``, for each
-experiment it logs to, and every link it prints opens it; the compare view's parallel-coordinates plot offers the
-same params and metrics first because the others are not logged (``medexp.tracking.mlflow.comparable_params``).
+experiment it logs to, and every link it prints opens it. The compare view's parallel-coordinates plot starts on
+these params because the others are not logged (``medexp.tracking.mlflow.comparable_params``); its metric axis
+starts on the first metric a run logged (the learning rate).
 """
 from __future__ import annotations
 
