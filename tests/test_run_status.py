@@ -28,6 +28,12 @@ def wait_for(condition, timeout: float, what: str):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def heed_ctrl_c() -> None:
+    """A shell without job control starts background commands with SIGINT ignored, and their children inherit
+    that: a suite run as ``make test &`` from a script would see Ctrl-C ignored, not mishandled."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def the_run(client: MlflowClient):
     experiment = client.get_experiment_by_name("medexp")
     runs = client.search_runs([experiment.experiment_id]) if experiment else []
@@ -41,8 +47,8 @@ def test_a_stopped_training_closes_its_run(tmp_path, tracking_uri, stop, status)
         trainer = subprocess.Popen(
             [str(BIN / "medexp-train"), "trainer.max_epochs=1000", "data.num_train=256", "data.num_val=64",
              "data.num_test=64", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={tmp_path / 'run'}"],
-            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}, stdout=output,
-            stderr=subprocess.STDOUT,
+            cwd=tmp_path, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PYTHONUNBUFFERED": "1"},
+            stdout=output, stderr=subprocess.STDOUT, preexec_fn=heed_ctrl_c,
         )
     client = MlflowClient(tracking_uri)
     try:  # stop it once it has logged an epoch: mid-training

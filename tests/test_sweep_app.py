@@ -244,3 +244,32 @@ def test_single_run_is_a_top_level_run(tmp_path, mlflow_store):
 
     parents, children = sweep_runs(mlflow_store)
     assert children == [] and [p.info.run_name for p in parents] == ["toy"]
+
+
+def test_a_sweep_into_a_new_store_prints_no_store_creation_chatter(tmp_path, monkeypatch):
+    """The parent run is the first to open a new store: MLflow's table-creation INFO lines are not the user's."""
+    import logging
+
+    from mlflow.tracking import MlflowClient
+
+    class Kept(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    store = f"sqlite:///{tmp_path / 'new.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    db_logger = logging.getLogger("mlflow.store.db.utils")  # MLflow's loggers do not propagate to the root's
+    kept, level = Kept(), db_logger.level
+    db_logger.setLevel(logging.NOTSET)  # as a fresh process has it
+    db_logger.addHandler(kept)
+    try:
+        run_toy(tmp_path, "model=cnn,resnet18")
+    finally:
+        db_logger.removeHandler(kept)
+        db_logger.setLevel(level)
+    assert len(sweep_runs(MlflowClient(store))[1]) == 2
+    assert not kept.messages

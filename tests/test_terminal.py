@@ -66,3 +66,35 @@ def test_a_new_store_opens_on_medexp_s_runs_table_and_prints_no_library_chatter(
     assert "params.`optimizer.lr`" in view["selectedColumns"]
     assert set(view["selectedColumns"]) <= logged, set(view["selectedColumns"]) - logged
     assert view["orderByKey"] == "metrics.`test/auroc`" and view["orderByAsc"] is False
+    # MLflow's compare view plots the first metric a run logged: the monitored one, not the learning rate
+    assert list(client.get_run(run.info.run_id).data.metrics)[0] == "val/auroc"
+    assert "train/lr" in run.data.metrics
+
+
+def test_training_curves_wait_for_the_first_evaluation_and_keep_their_steps(tracking_uri):
+    """The key metrics come first in MLflow's list (the compare view plots the first shared one); the held-back
+    training curves land whole, at their own steps, and a run that never evaluates still gets them."""
+    from mlflow.tracking import MlflowClient
+
+    from medexp.tracking.mlflow import MlflowRunLogger
+
+    client = MlflowClient(tracking_uri)
+    evaluated = MlflowRunLogger(tracking_uri, "medexp", run_name="evaluated")
+    evaluated.leading_metrics = ["test/dice", "val/dice"]
+    for step in range(3):
+        evaluated.log_metrics({"train/lr": 0.01, "train/loss": 1.0 / (step + 1)}, step=step)
+    evaluated.log_metrics({"val/loss": 0.5, "val/dice": 0.7, "train/loss_epoch": 0.4}, step=3)
+    evaluated.log_metrics({"train/lr": 0.005}, step=4)
+    evaluated.finalize("success")
+    evaluated.end("FINISHED")
+    run_id = evaluated._ended_ids[0]
+    assert list(client.get_run(run_id).data.metrics)[0] == "val/dice"
+    assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [0, 1, 2]
+    assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == [0, 1, 2, 4]
+
+    never = MlflowRunLogger(tracking_uri, "medexp", run_name="never evaluated")
+    never.log_metrics({"train/loss": 1.0}, step=0)
+    never.log_metrics({"train/loss": 0.5}, step=1)
+    never.finalize("failed")
+    never.end("KILLED")
+    assert [m.value for m in client.get_metric_history(never._ended_ids[0], "train/loss")] == [1.0, 0.5]

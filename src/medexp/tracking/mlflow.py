@@ -26,7 +26,7 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from medexp.errors import MedexpError
-from medexp.tracking.views import runs_view
+from medexp.tracking.views import key_metrics, runs_view
 from medexp.tracking.writer import writer_process
 
 RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run logs into the same MLflow run
@@ -43,6 +43,8 @@ class MlflowRunLogger(Logger):
         self.step_offset = step_offset  # metrics of a later evaluation land after the training run's last step
         self._handle = uuid.uuid4().hex
         self._ended_ids: tuple[str | None, str | None] = (None, None)
+        self.leading_metrics: list[str] = []  # logged first in their batch (see log_metrics)
+        self._training_only: list[tuple] | None = [] if run_id is None else None  # a resumed run has its order
         self._writer = writer_process() if rank_zero_only.rank == 0 else None
         if self._writer is not None:
             self._writer.send("open", self._handle, uri=tracking_uri, experiment=experiment_name, run_name=run_name,
@@ -121,6 +123,19 @@ class MlflowRunLogger(Logger):
         stamp = int(time.time() * 1000)
         step = (step or 0) + self.step_offset
         rows = [(metric_name(k), metric_value(v), stamp, step) for k, v in metrics.items()]
+        # MLflow lists a run's metrics in the order they were first logged, and its compare view plots the first
+        # one the runs share: training curves logged from the first step (the learning rate) wait for the first
+        # evaluation, with their own steps and times, and the run's key metrics (``leading_metrics``) go first in
+        # it. The cost: the UI shows the training curves from the first evaluation on (the terminal from the start)
+        if self._training_only is not None:
+            if all(name.startswith("train/") for name, *_ in rows):
+                self._training_only.extend(rows)
+                if self._writer is not None:  # held back, but a dead writer is still an error now
+                    self._raise_if_failed()
+                return
+            rank = {name: i for i, name in enumerate(self.leading_metrics)}
+            rows = sorted(rows, key=lambda row: (rank.get(row[0], len(rank)), row[0].startswith("train/")))
+            rows, self._training_only = rows + self._training_only, None
         self._send("metrics", metrics=rows)
 
     @rank_zero_only
@@ -130,6 +145,9 @@ class MlflowRunLogger(Logger):
         The run stays open: ``end`` closes it with the status only the caller knows (FINISHED, FAILED, KILLED),
         and a process that exits without ``end`` has it closed FAILED by the writer. Nor does success wait for the
         writer here: that would hold up the test that comes next."""
+        if self._training_only:  # a run that never evaluated: its training curves all the same
+            self._send("metrics", metrics=self._training_only)
+        self._training_only = None
         if status != "failed" and self._writer is not None:
             self._raise_if_failed()
 
@@ -236,6 +254,8 @@ class RunRecorder(pl.Callback):
         params = comparable_params(self.config, self.choices, self.overridden)
         self.logger.log_hyperparams(params)
         self.logger.set_runs_view(runs_view(self.config, params))
+        task = self.config.get("task") or {}
+        self.logger.leading_metrics = key_metrics(str(task.get("monitor", "val/loss")), bool(self.config.get("test", True)))
         tags = {**self.tags, "dataset.sha256": str(fingerprint.get("sha256", ""))}
         self.logger.log_tags(tags)
         self._log_file(self._write("dataset_fingerprint.json", json.dumps(fingerprint, indent=2, default=str)))

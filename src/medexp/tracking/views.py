@@ -5,8 +5,8 @@ MLflow has no server-side default column set (mlflow#4713, #12764): each browser
 *shared views* of the runs table as experiment tags, ``mlflow.sharedViewState.<key>`` holding the table's state as
 JSON, opened by a link with ``?viewStateShareKey=<key>``. medexp writes one such view, ``medexp``, for each
 experiment it logs to, and every link it prints opens it. The compare view's parallel-coordinates plot starts on
-these params because the others are not logged (``medexp.tracking.mlflow.comparable_params``); its metric axis
-starts on the first metric a run logged (the learning rate).
+these params because the others are not logged (``medexp.tracking.mlflow.comparable_params``), and its metric axis
+on the monitored validation metric, which ``MlflowRunLogger`` logs before any training curve.
 """
 from __future__ import annotations
 

@@ -133,6 +133,11 @@ def unwatch_run(run_id: str) -> None:
     writer_process().forget(f"watch-{run_id}")
 
 
+def quiet_store_creation() -> None:
+    """A new store's "Creating initial MLflow database tables..." is MLflow's business, not the user's."""
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+
+
 def start_early(tracking_uri: str) -> None:
     """Start the writer and let it open the store now, while the trainer is still importing torch."""
     writer_process().send("connect", CONNECT_HANDLE, uri=tracking_uri)
@@ -297,8 +302,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise; stdin closes when the trainer is gone
     out, sys.stdout = sys.stdout, sys.stderr  # only replies go to the trainer; anything printed goes to stderr
-    # a new store's "Creating initial MLflow database tables..." is MLflow's business, not the user's
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
+    quiet_store_creation()
     writer = _Writer(out)
     for line in sys.stdin:
         writer.handle(json.loads(line))
