@@ -92,9 +92,11 @@ def test_training_curves_wait_for_the_first_evaluation_and_keep_their_steps(trac
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [0, 1, 2]
     assert [m.step for m in client.get_metric_history(run_id, "train/lr")] == [0, 1, 2, 4]
 
-    never = MlflowRunLogger(tracking_uri, "medexp", run_name="never evaluated")
-    never.log_metrics({"train/loss": 1.0}, step=0)
-    never.log_metrics({"train/loss": 0.5}, step=1)
-    never.finalize("failed")
-    never.end("KILLED")
-    assert [m.value for m in client.get_metric_history(never._ended_ids[0], "train/loss")] == [1.0, 0.5]
+    for finalized in (True, False):  # stopped inside Lightning's loops, or failed outside them
+        never = MlflowRunLogger(tracking_uri, "medexp", run_name="never evaluated")
+        never.log_metrics({"train/loss": 1.0}, step=0)
+        never.log_metrics({"train/loss": 0.5}, step=1)
+        if finalized:
+            never.finalize("failed")
+        never.end("KILLED")
+        assert [m.value for m in client.get_metric_history(never._ended_ids[0], "train/loss")] == [1.0, 0.5]

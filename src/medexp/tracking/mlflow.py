@@ -79,6 +79,7 @@ class MlflowRunLogger(Logger):
         """Write everything, then close the run as FINISHED, FAILED or KILLED."""
         if self._writer is None:
             return
+        self._send_held_curves()  # Lightning's finalize normally has; a failure outside its loops has not
         reply = self._writer.request("end", self._handle, status=status)
         # kept for whoever names the run afterwards (the writer forgets it now)
         self._ended_ids = (self._writer.run_ids.get(self._handle), self._writer.experiment_ids.get(self._handle))
@@ -138,6 +139,12 @@ class MlflowRunLogger(Logger):
             rows, self._training_only = rows + self._training_only, None
         self._send("metrics", metrics=rows)
 
+    def _send_held_curves(self) -> None:
+        """A run that never evaluated gets its training curves all the same (see ``log_metrics``)."""
+        if self._training_only and self._writer is not None:
+            self._writer.send("metrics", self._handle, metrics=self._training_only)
+        self._training_only = None
+
     @rank_zero_only
     def finalize(self, status: str) -> None:
         """Lightning calls this after fit and after test, and on any exception (Ctrl-C included) as "failed".
@@ -145,9 +152,7 @@ class MlflowRunLogger(Logger):
         The run stays open: ``end`` closes it with the status only the caller knows (FINISHED, FAILED, KILLED),
         and a process that exits without ``end`` has it closed FAILED by the writer. Nor does success wait for the
         writer here: that would hold up the test that comes next."""
-        if self._training_only:  # a run that never evaluated: its training curves all the same
-            self._send("metrics", metrics=self._training_only)
-        self._training_only = None
+        self._send_held_curves()
         if status != "failed" and self._writer is not None:
             self._raise_if_failed()
 
