@@ -162,3 +162,7 @@ def test_sweep_over_provided_folds_runs_each_fold_and_summarises_on_the_parent(t
     assert objectives == pytest.approx([r.data.metrics["best/val/dice"] for r in children])
     assert parent.data.metrics["mean/val/dice"] == pytest.approx(statistics.mean(objectives))
     assert parent.data.metrics["std/val/dice"] == pytest.approx(statistics.stdev(objectives))
+    # the terminal's last word is the spread over the folds, not a "best" fold
+    mean, std = parent.data.metrics["mean/val/dice"], parent.data.metrics["std/val/dice"]
+    assert f"Mean ± std over data.fold: val/dice {mean:.4f} ± {std:.4f} (3 runs)" in done.stdout
+    assert "Best: data.fold" not in done.stdout

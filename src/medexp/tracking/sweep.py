@@ -277,7 +277,10 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
     client.log_batch(record.parent_run_id, metrics=metrics, tags=tags)
     shown = [c for c in columns if c not in ("run_id", "duration_s")]
     print(f"\nSweep {record.name}: {len(rows)} run(s), best first by {objective}\n{to_text(ranked, shown)}", flush=True)
-    if best is not None:
+    if spread:  # folds or seeds: their spread is the result; a "best" fold is nothing to carry forward
+        print(f"Mean ± std over {', '.join(record.keys)}: "
+              + ", ".join(f"{k} {m:.4f} ± {sd:.4f} ({n} runs)" for k, (m, sd, n) in spread.items()), flush=True)
+    elif best is not None:
         print("Best: " + " ".join(f"{k}={fmt(best[k])}" for k in record.keys if best.get(k) is not None), flush=True)
     running = [r["trial"] for r in rows if r["state"] == RUNNING]
     if running and not interrupted:  # another worker of the study still runs these: the last one to end closes it
