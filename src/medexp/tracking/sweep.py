@@ -42,7 +42,8 @@ from medexp.sweeps.summary import (
 )
 from medexp.tracking.redact import redact_text
 from medexp.tracking.store import get_or_create_experiment
-from medexp.tracking.writer import quiet_store_creation, unwatch_run, watch_run
+from medexp.tracking.writer import unwatch_run, watch_run
+from medexp.workflows.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +187,7 @@ def open_parent_run(config: DictConfig) -> SweepRecord:
     from mlflow.tracking import MlflowClient
 
     uri = str(config.tracking.uri)
-    quiet_store_creation()  # the sweep's parent may be the first to open a new store
+    quiet_libraries()  # the sweep's parent may be the first to open a new store
     client = MlflowClient(uri)
     experiment_id = get_or_create_experiment(client, str(config.tracking.experiment), uri)
     kind, name, metric, maximize, tags = _describe(config)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import atexit
 import json
-import logging
 import os
 import queue
 import signal
@@ -25,6 +24,8 @@ import subprocess
 import sys
 import threading
 from typing import Any
+
+from medexp.workflows.quiet import quiet_libraries
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
 MAX_METRICS_PER_BATCH = 1000
@@ -131,11 +132,6 @@ def watch_run(tracking_uri: str, run_id: str) -> None:
 def unwatch_run(run_id: str) -> None:
     writer_process().send("release", f"watch-{run_id}")
     writer_process().forget(f"watch-{run_id}")
-
-
-def quiet_store_creation() -> None:
-    """A new store's "Creating initial MLflow database tables..." is MLflow's business, not the user's."""
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
 
 
 def start_early(tracking_uri: str) -> None:
@@ -302,7 +298,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise; stdin closes when the trainer is gone
     out, sys.stdout = sys.stdout, sys.stderr  # only replies go to the trainer; anything printed goes to stderr
-    quiet_store_creation()
+    quiet_libraries()  # a new store's table-creation lines among them
     writer = _Writer(out)
     for line in sys.stdin:
         writer.handle(json.loads(line))

@@ -2,8 +2,9 @@
 still shows: Lightning's hardware and checkpoint-restoring INFO lines and its litlogger advertisement (timestamped
 by Hydra's job logging), the ``LeafSpec`` deprecation Lightning triggers under newer torch, the
 ``log_every_n_steps`` warning (medexp logs per epoch, by design), Lightning's "srun is available" hint on hosts with
-Slurm installed, MONAI's nvImageCodec notices (logged and warned), and MONAI's warning that an inversion had
-nothing to undo (``medexp-predict`` on a recipe that neither resamples nor resizes)."""
+Slurm installed, MONAI's nvImageCodec notices (logged and warned), MONAI's warning that an inversion had
+nothing to undo (``medexp-predict`` on a recipe that neither resamples nor resizes), and MLflow's "Creating initial
+MLflow database tables..." when a new store is opened (by the writer process, or by a sweep's parent run)."""
 from __future__ import annotations
 
 import logging
@@ -26,9 +27,9 @@ _NVIMAGECODEC = "nvImageCodec is not available"
 def quiet_libraries() -> None:
     for message in NOISY_WARNINGS:
         warnings.filterwarnings("ignore", message=message)
-    # INFO only: warnings and errors from Lightning still show
+    # INFO only: warnings and errors from Lightning and MLflow still show
     for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero",
-                 "pytorch_lightning.accelerators.cuda"):
+                 "pytorch_lightning.accelerators.cuda", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
     monai_dicom = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
     if not any(getattr(f, "medexp", False) for f in monai_dicom.filters):
