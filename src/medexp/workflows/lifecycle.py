@@ -2,14 +2,18 @@
 checkpoint and a non-zero exit.
 
 Schedulers stop jobs with SIGTERM (Slurm, Kubernetes, ``docker stop``), wait a grace period, then SIGKILL; Slurm can
-warn with SIGUSR1 before a time limit (``--signal=USR1@90``). Lightning notices SIGTERM only at batch boundaries
-and then ends the process with exit code 0. ``SaveOnSignal`` makes both signals stop the loops at the next batch
-boundary (within one step), saves ``last.ckpt`` there so ``ckpt_path=last`` resumes, and the training flow exits
-with ``128 + signal`` (143 for SIGTERM), as a killed process does, after the tracking closer ended the run KILLED.
+warn with SIGUSR1 before a time limit (``--signal=USR1@90``); a closed terminal or SSH session sends SIGHUP.
+Lightning notices SIGTERM only at batch boundaries and then ends the process with exit code 0. ``SaveOnSignal``
+makes these signals stop the loops at the next batch boundary (within one step), saves ``last.ckpt`` there so
+``ckpt_path=last`` resumes, and the training flow exits with ``128 + signal`` (143 for SIGTERM, 129 for SIGHUP), as
+a killed process does, after the tracking closer ended the run KILLED.
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import stat
 from collections.abc import Mapping
 from numbers import Integral, Real
 from pathlib import Path
@@ -20,7 +24,7 @@ import pytorch_lightning as pl
 from medexp.distributed import requeue_slurm_job, slurm_job_id
 from medexp.errors import ConfigError
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
 class RunSignalled(SystemExit):
@@ -32,7 +36,8 @@ class RunSignalled(SystemExit):
 
 
 class SaveOnSignal(pl.Callback):
-    """Stop at the next batch boundary on SIGTERM/SIGUSR1 and save ``<dirpath>/last.ckpt`` there (see module)."""
+    """Stop at the next batch boundary on SIGTERM/SIGUSR1/SIGHUP and save ``<dirpath>/last.ckpt`` there (see
+    module)."""
 
     def __init__(self, dirpath: Path):
         self.dirpath = Path(dirpath)
@@ -42,6 +47,8 @@ class SaveOnSignal(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         def handle(signum, frame):
             self.signum = signum
+            if signum == signal.SIGHUP:
+                leave_hung_up_terminal()
             # Lightning's own flag: its training and evaluation loops raise SIGTERMException at the next boundary
             trainer._signal_connector.received_sigterm = True
 
@@ -71,6 +78,19 @@ class SaveOnSignal(pl.Callback):
         if isinstance(exception, SIGTERMException):
             return RunSignalled(self.signum or signal.SIGTERM)
         return None
+
+
+def leave_hung_up_terminal() -> None:
+    """After a hangup every write to the terminal fails (EIO), and the progress bar's next one would stop the run
+    before it saved: stdout and stderr that are terminals (character devices, not files or pipes) go to /dev/null."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            with contextlib.suppress(OSError):
+                if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 # -- config values ------------------------------------------------------------------------------------------------
