@@ -6,8 +6,8 @@ the owner). A killed trainer's run is normally closed by the writer process (``m
 the whole process group dies at once (a closed terminal or SSH session, ``docker kill``, Slurm killing a job) the
 writer dies with it and the run would stay RUNNING for ever. ``close_orphans`` closes such runs FAILED, with the tag
 ``medexp.ended_by`` saying so: every RUNNING run of this host whose owning process is gone. It runs when the next
-run opens the store (in the writer process), in ``medexp-compare`` and as ``medexp-runs repair``. Runs of other
-hosts are left alone: only their own host can tell whether their process still lives.
+run opens in the same experiment (in the writer process), in ``medexp-compare`` and as ``medexp-runs repair``. Runs
+of other hosts are left alone: only their own host can tell whether their process still lives.
 
 Pure Python until a client is passed in: MLflow is imported by the caller.
 """

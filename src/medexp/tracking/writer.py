@@ -222,7 +222,7 @@ class _Writer:
 
     @staticmethod
     def _describe(op: str, run: _Run, exc: Exception) -> str:
-        what = f"{type(exc).__name__}: {first_line(exc)}"
+        what = redact_text(f"{type(exc).__name__}: {first_line(exc)}")
         if op == "open":
             return (f"cannot open MLflow run at {redact_text(run.uri)}: {what}; check MLFLOW_TRACKING_URI / "
                     "tracking.uri, or run with logger=csv")
@@ -247,13 +247,14 @@ class _Writer:
             created = run.client.create_run(experiment_id, tags=tags, run_name=name)
             run.run_id, name = created.info.run_id, created.info.run_name
         self.reply(handle, "opened", run_id=run.run_id, experiment_id=experiment_id, run_name=name)
-        self._close_orphans(run.client)
+        self._close_orphans(run.client, experiment_id)
 
     @staticmethod
-    def _close_orphans(client) -> None:
-        """Runs of this host whose whole process group was killed: closed now that a run opens the store again."""
+    def _close_orphans(client, experiment_id: str) -> None:
+        """Runs of this host (in this experiment: a team server holds many) whose whole process group was killed:
+        closed now that a run opens the store again."""
         try:
-            summary = close_orphans(client, closed_by="writer of the next run").summary(elsewhere=False)
+            summary = close_orphans(client, [experiment_id], closed_by="writer of the next run").summary(elsewhere=False)
         except Exception as exc:  # noqa: BLE001 - the new run goes on; medexp-runs repair can do it later
             summary = f"medexp: could not close orphaned runs ({type(exc).__name__}: {exc})"
         if summary:

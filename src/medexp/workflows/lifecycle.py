@@ -10,10 +10,7 @@ a killed process does, after the tracking closer ended the run KILLED.
 """
 from __future__ import annotations
 
-import contextlib
-import os
 import signal
-import stat
 from collections.abc import Mapping
 from numbers import Integral, Real
 from pathlib import Path
@@ -47,8 +44,6 @@ class SaveOnSignal(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         def handle(signum, frame):
             self.signum = signum
-            if signum == signal.SIGHUP:
-                leave_hung_up_terminal()
             # Lightning's own flag: its training and evaluation loops raise SIGTERMException at the next boundary
             trainer._signal_connector.received_sigterm = True
 
@@ -78,19 +73,6 @@ class SaveOnSignal(pl.Callback):
         if isinstance(exception, SIGTERMException):
             return RunSignalled(self.signum or signal.SIGTERM)
         return None
-
-
-def leave_hung_up_terminal() -> None:
-    """After a hangup every write to the terminal fails (EIO), and the progress bar's next one would stop the run
-    before it saved: stdout and stderr that are terminals (character devices, not files or pipes) go to /dev/null."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    try:
-        for fd in (1, 2):
-            with contextlib.suppress(OSError):
-                if stat.S_ISCHR(os.fstat(fd).st_mode):
-                    os.dup2(devnull, fd)
-    finally:
-        os.close(devnull)
 
 
 # -- config values ------------------------------------------------------------------------------------------------
