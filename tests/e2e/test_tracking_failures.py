@@ -24,12 +24,21 @@ PASSWORD = "S3cretPW1"
 
 
 def black_hole(port: int = 0) -> socket.socket:
-    """A listening socket on loopback that never answers (the kernel accepts connections for it)."""
+    """A listening socket on loopback that never answers (the kernel accepts connections for it); on ``port`` as
+    soon as the killed server's workers have let it go."""
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", port))
+    wait_for(lambda: bound(sock, port), 30, f"port {port} to be free")
     sock.listen(64)
     return sock
+
+
+def bound(sock: socket.socket, port: int) -> bool:
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        return False
+    return True
 
 
 def error_lines(stderr: str) -> list[str]:

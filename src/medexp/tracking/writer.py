@@ -157,6 +157,18 @@ def first_line(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
 
 
+def server_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a connection that failed or timed out (MLflow wraps requests' errors)."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 # -- the writer's side --------------------------------------------------------------------------------------------
 class _Run:
     def __init__(self, uri: str):
@@ -164,6 +176,7 @@ class _Run:
         self.client = None  # set by ``open``
         self.run_id: str | None = None
         self.error: str | None = None
+        self.server_gone = False  # a write failed because the server stopped answering: ending it would wait too
         # a resumed training's run: the last step MLflow holds for each metric (looked up when first logged again);
         # None for any other run
         self.logged_steps: dict[str, int] | None = None
@@ -218,6 +231,7 @@ class _Writer:
             getattr(self, f"_{op}")(run, handle, message)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the trainer, named
             run.error = self._describe(op, run, exc)
+            run.server_gone = server_gone(exc)
             self.reply(handle, "error", error=run.error)
 
     @staticmethod
@@ -317,7 +331,7 @@ class _Writer:
         self._tags(run, handle, {"tags": tags})
 
     def _end(self, run: _Run, status: str) -> None:
-        if run.run_id is None:
+        if run.run_id is None or run.server_gone:  # left RUNNING: an orphan, closed once the server is back
             return
         try:
             run.client.set_terminated(run.run_id, status)

@@ -65,3 +65,19 @@ def test_mlflow_waits_are_bounded_unless_set_and_its_url_line_is_silenced(monkey
     assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 3  # the user's setting wins
     assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2
     assert MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT.get() is True  # it prints the password of the tracking URI
+
+
+def test_a_write_to_a_server_that_is_gone_is_told_from_other_failures(monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from medexp.tracking.writer import server_gone
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with black_hole() as sock:
+        port = sock.getsockname()[1]
+    try:
+        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("medexp")
+    except Exception as exc:  # noqa: BLE001 - whatever MLflow wraps it in
+        gone = exc
+    assert server_gone(gone)
+    assert not server_gone(ValueError("a param of another value was logged before"))
