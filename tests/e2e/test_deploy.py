@@ -98,11 +98,16 @@ def test_run_logs_a_registered_pyfunc_and_its_report(logged_run, tmp_path):
     assert np.asarray(json.loads(example.read_text())).shape == (2, 1, 32, 32)
 
 
-def test_medexp_predict_takes_runs_and_models_uris(logged_run, tmp_path):
+def test_medexp_predict_takes_runs_and_models_uris(logged_run, tmp_path, monkeypatch):
+    import tempfile
+
     run_dir, run_id, uri, cases, best = logged_run
     reference = predicted(str(best), cases, tmp_path / "ckpt")
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     for name, model_uri in (("run", f"runs:/{run_id}/model"), ("registry", f"models:/{REGISTERED}/1")):
         np.testing.assert_allclose(predicted(model_uri, cases, tmp_path / name), reference, atol=1e-6)
+    assert list((tmp_path / "tmp").iterdir()) == []  # the downloaded models are gone
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "torchscript"])

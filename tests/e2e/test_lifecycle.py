@@ -248,7 +248,8 @@ def test_resuming_from_a_checkpoint_of_another_model_is_one_line(trained_run, tm
 
 # -- D10: sweep parents, stale tags, datalist paths ---------------------------------------------------------------
 @pytest.mark.slow
-def test_a_killed_sweep_leaves_no_parent_running(tmp_path, tracking_uri):
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_sweep_leaves_no_parent_running(tmp_path, tracking_uri, stop):
     sweep = subprocess.Popen([str(BIN / "medexp-train"), "-m", "trainer.max_epochs=1000", *SMALL, "seed=0,1",
                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=tmp_path,
                              env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri},
@@ -256,8 +257,8 @@ def test_a_killed_sweep_leaves_no_parent_running(tmp_path, tracking_uri):
     client = MlflowClient(tracking_uri)
     try:
         wait_for(lambda: (r := the_run(client)) and "train/loss" in r.data.metrics, 120, "a child's first epoch")
-        sweep.send_signal(signal.SIGKILL)
-        sweep.wait(timeout=30)
+        sweep.send_signal(stop)
+        assert sweep.wait(timeout=180) == (-stop if stop == signal.SIGKILL else 128 + stop)
     finally:
         sweep.kill()
     experiment = client.get_experiment_by_name("medexp").experiment_id
@@ -265,3 +266,22 @@ def test_a_killed_sweep_leaves_no_parent_running(tmp_path, tracking_uri):
              "every run to be closed")
     parent = client.search_runs([experiment], filter_string="tags.`sweep.kind` = 'grid'")[0]
     assert parent.info.status == "FAILED"
+    # SIGKILL: the writer closes the parent and says so; SIGTERM: the sweep closes it itself, with its summary
+    assert ("medexp.ended_by" in parent.data.tags) == (stop == signal.SIGKILL)
+    assert ("mlflow.note.content" in parent.data.tags) == (stop == signal.SIGTERM)
+
+
+def test_a_resumed_run_drops_the_stale_ended_by_tag(tracking_uri):
+    from medexp.tracking.mlflow import MlflowRunLogger
+    from medexp.tracking.writer import ENDED_BY_TAG
+
+    first = MlflowRunLogger(tracking_uri, "medexp", run_name="resumed")
+    wait_for(lambda: first.version, 60, "the run to open")
+    run_id = first.version
+    first.log_tags({ENDED_BY_TAG: "writer: the training process exited without closing the run (killed?)"})
+    first.end("FAILED")
+    again = MlflowRunLogger(tracking_uri, "medexp", run_id=run_id)
+    again.end("FINISHED")
+    run = MlflowClient(tracking_uri).get_run(run_id)
+    assert run.info.status == "FINISHED" and ENDED_BY_TAG not in run.data.tags
+

@@ -24,9 +24,11 @@ whose model carries the run's checkpoint (``resolve_checkpoint``).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,27 +57,34 @@ class Loaded:
     checkpoint: dict
 
 
-def resolve_checkpoint(ckpt_path: str) -> str:
-    """A local checkpoint path for ``ckpt_path``: itself, the checkpoint inside an MLflow model (``runs:/<run
-    id>/model``, ``models:/<name>/<version>``) or a checkpoint artifact (``runs:/<run id>/checkpoints/<file>``),
-    downloaded from the store ``MLFLOW_TRACKING_URI`` names."""
+@contextlib.contextmanager
+def resolve_checkpoint(ckpt_path: str) -> Iterator[str]:
+    """A local checkpoint path for ``ckpt_path``, while in the ``with`` block: itself, the checkpoint inside an MLflow
+    model (``runs:/<run id>/model``, ``models:/<name>/<version>``) or a checkpoint artifact (``runs:/<run
+    id>/checkpoints/<file>``), downloaded from the store ``MLFLOW_TRACKING_URI`` names into a temporary folder that
+    is removed when the block ends."""
     if not str(ckpt_path).startswith(MODEL_URI_SCHEMES):
-        return str(ckpt_path)
+        yield str(ckpt_path)
+        return
     import mlflow
 
     store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ckpt_path), tracking_uri=store))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the store
-        raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {store}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}; set MLFLOW_TRACKING_URI to the store "
-                        "that holds it") from None
-    if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
-        return str(folder)
-    found = sorted(folder.glob(f"**/{CHECKPOINT}"))
-    if not found:
-        raise DataError(f"the MLflow model {ckpt_path} holds no medexp checkpoint: it was not logged by medexp-train")
-    return str(found[0])
+    with tempfile.TemporaryDirectory(prefix="medexp-model-") as scratch:
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ckpt_path), tracking_uri=store,
+                                                              dst_path=scratch))
+        except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the store
+            raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {store}: "
+                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}; set MLFLOW_TRACKING_URI to the "
+                            "store that holds it") from None
+        if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
+            yield str(folder)
+            return
+        found = sorted(folder.glob(f"**/{CHECKPOINT}"))
+        if not found:
+            raise DataError(f"the MLflow model {ckpt_path} holds no medexp checkpoint: it was not logged by "
+                            "medexp-train")
+        yield str(found[0])
 
 
 def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
@@ -87,7 +96,8 @@ def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trus
     from medexp.workflows.build import build_task
     from medexp.workflows.checkpoints import load_checkpoint
 
-    ckpt = load_checkpoint(resolve_checkpoint(ckpt_path), trusted_targets, trust=trust)
+    with resolve_checkpoint(ckpt_path) as local:
+        ckpt = load_checkpoint(local, trusted_targets, trust=trust)
     config = ckpt["hyper_parameters"]["config"]
     cfg = OmegaConf.create(config)
     if data_root is not None:  # only for checkpoints without the data module's state (see below)

@@ -92,7 +92,8 @@ def read_pretrained(source: str) -> SourceWeights:
         raise DataError(f"model.pretrained={source}: no such file; give a .ckpt written by medexp-train, "
                         "runs:/<run id>/model or models:/<name>/<version>")
     try:  # trusted: only tensors are read (torch's weights_only), nothing of its config is instantiated
-        ckpt = load_checkpoint(resolve_checkpoint(source), trust=True)
+        with resolve_checkpoint(source) as local:
+            ckpt = load_checkpoint(local, trust=True)
     except DataError as exc:
         raise DataError(f"model.pretrained={source}: {exc}") from None
     state = {k[len(NET_PREFIX):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(NET_PREFIX)}

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import sys
 import time
 import urllib.parse
@@ -22,6 +21,7 @@ from omegaconf import DictConfig, open_dict
 
 from medexp.errors import ConfigError
 from medexp.hydra_setup import in_multirun
+from medexp.tracking.http import http_unanswered
 from medexp.tracking.redact import redact_file, redact_text
 from medexp.tracking.views import RUNS_QUERY
 
@@ -79,12 +79,7 @@ def unreachable(uri: str, timeout: float = PROBE_TIMEOUT_S) -> str | None:
     a sqlite store's folder must be creatable and writable. Other stores are left to MLflow."""
     parsed = urllib.parse.urlsplit(uri)
     if parsed.scheme in ("http", "https"):
-        port = parsed.port or (443 if parsed.scheme == "https" else 80)
-        try:
-            with socket.create_connection((parsed.hostname or "localhost", port), timeout=timeout):
-                return None
-        except OSError as exc:
-            return f"{parsed.hostname}:{port}: {exc.strerror or exc}"
+        return http_unanswered(uri, timeout)
     if parsed.scheme == "sqlite":
         folder = Path(uri[len("sqlite:///"):]).parent
         try:
@@ -131,7 +126,8 @@ class Tracking:
         if self.mlflow is None:
             return []
         run_id = self.mlflow.version
-        lines = [f"MLflow run: {self.run_name} ({run_id}) in {redact_text(str(self.tracking_uri))}"]
+        name = self.mlflow.run_name or self.run_name  # the store's: a resumed run keeps the name it started with
+        lines = [f"MLflow run: {name} ({run_id}) in {redact_text(str(self.tracking_uri))}"]
         experiment_id = self.mlflow.experiment_id
         if run_id and experiment_id:
             uri = str(self.tracking_uri)
@@ -170,7 +166,8 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
         context = sweep_child_context() or {}
         tracking.run_name = spec.run_name or context.get("run_name") or default_run_name(cfg)
         tracking.tracking_uri = str(spec.tracking_uri)
-        tracking.mlflow = instantiate(spec, run_name=tracking.run_name, tags=context.get("tags", {}), run_id=run_id)
+        tracking.mlflow = instantiate(spec, run_name=tracking.run_name, tags=context.get("tags", {}), run_id=run_id,
+                                      results_dir=str(run_dir.resolve()), resumed=run_id is not None)
         tracking.loggers.append(tracking.mlflow)
         for copy in (run_dir / ".hydra").glob("*.yaml"):  # Hydra's own copies of the command line and config
             redact_file(copy)

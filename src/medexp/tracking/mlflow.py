@@ -3,8 +3,10 @@
 ``MlflowRunLogger`` is a Lightning logger that hands every MLflow write to the writer process
 (``medexp.tracking.writer``): opening (or migrating) the store, creating the run and each write after that happen
 off the trainer's process, in order, so training never waits for MLflow and a killed trainer's run still ends FAILED.
-``end`` waits until everything is written and closes the run with its status; a write that failed surfaces at the
-next epoch's logging or at ``end``, never silently.
+Training starts only once the run is open (``wait_until_open``: a store that cannot be opened stops the run before
+it trains). A write that fails later (the tracking server died) is said at once in one line, and training goes on
+without MLflow, its results kept in the run folder; ``end`` waits until everything is written, closes the run with
+its status and raises the failure, naming that folder.
 
 ``RunRecorder`` (a callback, rank zero only under DDP) writes what a run should carry besides metrics: the flattened
 config as params, git state, overrides, dataset fingerprint, config/checkpoint/plots as artifacts.
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -26,29 +29,36 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from medexp.errors import MedexpError
+from medexp.tracking.orphans import owner_tags
+from medexp.tracking.redact import redact_text
 from medexp.tracking.views import key_metrics, runs_view
 from medexp.tracking.writer import writer_process
 
 RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run logs into the same MLflow run
 MAX_PARAM_LENGTH = 500
+OPEN_TIMEOUT_S = 300.0  # a new sqlite store waits for others' migrations; a server fails sooner (tracking.http)
 
 
 class MlflowRunLogger(Logger):
     """One MLflow run, written by the writer process (see the module docstring); inert on ranks other than zero."""
 
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                 tags: Mapping[str, str] | None = None, run_id: str | None = None, step_offset: int = 0):
+                 tags: Mapping[str, str] | None = None, run_id: str | None = None, step_offset: int = 0,
+                 results_dir: str | None = None, resumed: bool = False):
         super().__init__()
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.step_offset = step_offset  # metrics of a later evaluation land after the training run's last step
+        self.results_dir = results_dir  # where the run keeps its results whatever happens to MLflow (run folder)
         self._handle = uuid.uuid4().hex
-        self._ended_ids: tuple[str | None, str | None] = (None, None)
+        self._ended_ids: tuple[str | None, str | None, str | None] = (None, None, None)
+        self._said_failure = False
         self.leading_metrics: list[str] = []  # logged first in their batch (see log_metrics)
         self._training_only: list[tuple] | None = [] if run_id is None else None  # a resumed run has its order
         self._writer = writer_process() if rank_zero_only.rank == 0 else None
         if self._writer is not None:
             self._writer.send("open", self._handle, uri=tracking_uri, experiment=experiment_name, run_name=run_name,
-                              tags={str(k): str(v) for k, v in (tags or {}).items()}, run_id=run_id)
+                              tags={str(k): str(v) for k, v in (tags or {}).items()}, run_id=run_id,
+                              owner=owner_tags(), skip_logged_steps=resumed)
 
     # -- what callers use -------------------------------------------------------------------------------------
     @property
@@ -75,30 +85,49 @@ class MlflowRunLogger(Logger):
         """Write the run id into ``path`` once the run exists (for ``ckpt_path=last`` resumes)."""
         self._send("run_id_file", path=str(Path(path).resolve()))
 
+    def wait_until_open(self, timeout: float = OPEN_TIMEOUT_S) -> None:
+        """Wait until the store is open and the run exists; raise (one line) if it cannot be."""
+        if self._writer is None:
+            return
+        if not self._writer.wait_opened(self._handle, timeout):
+            raise MedexpError(f"the MLflow store {redact_text(self.tracking_uri)} did not open a run within "
+                              f"{timeout:.0f} s; check MLFLOW_TRACKING_URI / tracking.uri, or run with logger=csv")
+        if self._writer.errors.get(self._handle):
+            raise MedexpError(self._writer.errors[self._handle])
+
     def end(self, status: str) -> None:
-        """Write everything, then close the run as FINISHED, FAILED or KILLED."""
+        """Write everything, then close the run as FINISHED, FAILED or KILLED; raise if MLflow failed the run."""
         if self._writer is None:
             return
         self._send_held_curves()  # Lightning's finalize normally has; a failure outside its loops has not
         reply = self._writer.request("end", self._handle, status=status)
         # kept for whoever names the run afterwards (the writer forgets it now)
-        self._ended_ids = (self._writer.run_ids.get(self._handle), self._writer.experiment_ids.get(self._handle))
-        self._writer.forget(self._handle)
+        writer = self._writer
+        self._ended_ids = (writer.run_ids.get(self._handle), writer.experiment_ids.get(self._handle),
+                           writer.run_names.get(self._handle))
+        writer.forget(self._handle)
         self._writer = None
-        self._raise(reply.get("error"))
+        if reply.get("error"):
+            raise MedexpError(reply["error"] + self._where_results_are())
+
+    def _where_results_are(self) -> str:
+        """Said with a failure after the run opened (one that stops it from opening is said as it is)."""
+        if self.results_dir is None or self.version is None:
+            return ""
+        return f"; the run's results are safe in {self.results_dir} (metrics.json, checkpoints/)"
 
     def _send(self, op: str, **fields: Any) -> None:
-        if self._writer is not None:
-            self._raise_if_failed()
+        if self._writer is not None and not self._failed():
             self._writer.send(op, self._handle, **fields)
 
-    def _raise_if_failed(self) -> None:
-        self._raise(self._writer.errors.get(self._handle))
-
-    @staticmethod
-    def _raise(error: str | None) -> None:
-        if error:
-            raise MedexpError(error)
+    def _failed(self) -> bool:
+        """Whether the writer failed this run; said once, on stderr: training goes on without MLflow."""
+        error = self._writer.errors.get(self._handle)
+        if error and not self._said_failure and self.version is not None:  # else wait_until_open raises it
+            self._said_failure = True
+            print(f"medexp: {error}; training goes on without MLflow{self._where_results_are()}", file=sys.stderr,
+                  flush=True)
+        return error is not None
 
     # -- Lightning's Logger interface -------------------------------------------------------------------------
     @property
@@ -114,6 +143,11 @@ class MlflowRunLogger(Logger):
     def experiment_id(self) -> str | None:
         """The MLflow experiment's id once the run is open; never waits."""
         return self._writer.experiment_ids.get(self._handle) if self._writer is not None else self._ended_ids[1]
+
+    @property
+    def run_name(self) -> str | None:
+        """The run's name as the store has it (a resumed run keeps its first one) once open; never waits."""
+        return self._writer.run_names.get(self._handle) if self._writer is not None else self._ended_ids[2]
 
     @rank_zero_only
     def log_hyperparams(self, params: Mapping[str, Any]) -> None:
@@ -131,8 +165,8 @@ class MlflowRunLogger(Logger):
         if self._training_only is not None:
             if all(name.startswith("train/") for name, *_ in rows):
                 self._training_only.extend(rows)
-                if self._writer is not None:  # held back, but a dead writer is still an error now
-                    self._raise_if_failed()
+                if self._writer is not None:  # held back, but a dead writer is still said now
+                    self._failed()
                 return
             rank = {name: i for i, name in enumerate(self.leading_metrics)}
             rows = sorted(rows, key=lambda row: (rank.get(row[0], len(rank)), row[0].startswith("train/")))
@@ -153,15 +187,17 @@ class MlflowRunLogger(Logger):
         and a process that exits without ``end`` has it closed FAILED by the writer. Nor does success wait for the
         writer here: that would hold up the test that comes next."""
         self._send_held_curves()
-        if status != "failed" and self._writer is not None:
-            self._raise_if_failed()
+        if self._writer is not None:
+            self._failed()
 
 
 def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
                         tags: Mapping[str, str] | None = None, run_id: str | None = None,
-                        step_offset: int = 0) -> MlflowRunLogger:
+                        step_offset: int = 0, results_dir: str | None = None, resumed: bool = False) -> MlflowRunLogger:
+    """The logger of the ``logger/mlflow`` config; ``resumed``: a training resumed from a checkpoint into its run,
+    whose metrics of the steps it repeats (the learning rate at the step it resumes from) are in the run already."""
     return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id,
-                           step_offset=step_offset)
+                           step_offset=step_offset, results_dir=results_dir, resumed=resumed)
 
 
 def git_state(path: Path) -> dict[str, str]:
@@ -252,6 +288,7 @@ class RunRecorder(pl.Callback):
 
     @rank_zero_only
     def on_fit_start(self, trainer, pl_module) -> None:
+        self.logger.wait_until_open()  # nothing trains before its store is usable
         self.logger.write_run_id(self.run_dir / RUN_ID_FILE)
         if self.resumed:  # params are immutable in MLflow; the resumed run keeps the ones it started with
             return

@@ -24,15 +24,19 @@ _SECRET_NAME = re.compile(
 )
 
 
-# name=value (a Hydra override) or name: value (YAML) whose name says it is a secret
-_NAMED_VALUE = re.compile(r"(?P<name>[\w.-]+)(?P<sep>=|:[ \t]+)(?P<value>[^\s'\"]+)")
+# name=value (a Hydra override; Hydra's override_dirname joins them with commas), then name: value (YAML), whose
+# name says it is a secret
+_NAMED_VALUES = (re.compile(r"(?P<name>[\w.-]+)(?P<sep>=)(?P<value>'[^']*'|\"[^\"]*\"|[^\s'\",]+)"),
+                 re.compile(r"(?P<name>[\w.-]+)(?P<sep>:[ \t]+)(?P<value>[^\s'\"]+)"))
 
 
 def redact_text(text: str) -> str:
     """``text`` (a log line, overrides, a YAML file) with passwords in URLs and values of secret names masked."""
     text = _URL_PASSWORD.sub(lambda m: f"{m['head']}:{MASK}@", text)
-    return _NAMED_VALUE.sub(lambda m: f"{m['name']}{m['sep']}{MASK}" if is_secret_name(m["name"].split(".")[-1])
-                            else m[0], text)
+    for named_value in _NAMED_VALUES:
+        text = named_value.sub(lambda m: f"{m['name']}{m['sep']}{MASK}" if is_secret_name(m["name"].split(".")[-1])
+                               else m[0], text)
+    return text
 
 
 def is_secret_name(name: str) -> bool:

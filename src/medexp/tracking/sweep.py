@@ -40,6 +40,8 @@ from medexp.sweeps.summary import (
     to_text,
     write_csv,
 )
+from medexp.tracking.http import bound_mlflow_http
+from medexp.tracking.orphans import owner_tags, reopen_run
 from medexp.tracking.redact import redact_text
 from medexp.tracking.store import get_or_create_experiment
 from medexp.tracking.writer import unwatch_run, watch_run
@@ -149,6 +151,10 @@ class MLflowSweepCallback(Callback):
         record.save(config.hydra.sweep.dir)
         _OPEN_SWEEPS[record.parent_run_id] = record
         watch_run(record.tracking_uri, record.parent_run_id)  # a SIGKILLed sweep's parent ends FAILED, not RUNNING
+        # registered after the writer started: exit handlers run last-registered first, so an interrupted sweep
+        # closes its parent itself before the writer would close it as abandoned (a wrong medexp.ended_by tag)
+        atexit.unregister(close_unfinished_sweeps)
+        atexit.register(close_unfinished_sweeps)
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         hydra_cfg = _hydra_config()
@@ -164,11 +170,11 @@ class MLflowSweepCallback(Callback):
 
 
 # Parents opened in this process and not closed yet. A multirun that ends in an exception skips on_multirun_end
-# (Hydra's basic sweeper raises after a failed job): such parents are closed FAILED, with their summary, at exit.
+# (Hydra's basic sweeper raises after a failed job, a signal stops a job): such parents are closed FAILED, with
+# their summary, at exit (``close_unfinished_sweeps``, registered by ``on_multirun_start``).
 _OPEN_SWEEPS: dict[str, SweepRecord] = {}
 
 
-@atexit.register
 def close_unfinished_sweeps() -> None:
     for run_id in list(_OPEN_SWEEPS):
         record = _OPEN_SWEEPS.pop(run_id)
@@ -184,13 +190,16 @@ def open_parent_run(config: DictConfig) -> SweepRecord:
     Creating the experiment here also creates/migrates a new sqlite store once, before parallel jobs open it.
     """
     from mlflow.entities import RunTag
-    from mlflow.tracking import MlflowClient
+
+    from medexp.tracking.client import open_client
 
     uri = str(config.tracking.uri)
     quiet_libraries()  # the sweep's parent may be the first to open a new store
-    client = MlflowClient(uri)
+    bound_mlflow_http()
+    client = open_client(uri)
     experiment_id = get_or_create_experiment(client, str(config.tracking.experiment), uri)
     kind, name, metric, maximize, tags = _describe(config)
+    tags.update(owner_tags())  # this process: if it dies with the writer, the next run closes the parent
     if kind == "optuna":
         run_id = _study_parent(client, experiment_id, name, tags, str(config.hydra.sweeper.storage))
     else:
@@ -365,7 +374,7 @@ def _open_study_parent(client: Any, experiment_id: str, tags: dict[str, str], li
     if not found:
         return None
     run_id = found[0].info.run_id
-    client.update_run(run_id, status="RUNNING")
+    reopen_run(client, run_id)  # owned by this sweeper now, and no longer "ended by" the last one's end
     for child in client.search_runs([experiment_id], max_results=10000, filter_string=(
             f"tags.mlflow.parentRunId = '{run_id}' and attributes.status = 'RUNNING'")):
         if int(child.data.tags.get(TRIAL_TAG, -1)) in live:

@@ -25,12 +25,14 @@ import sys
 import threading
 from typing import Any
 
+from medexp.tracking.http import bound_mlflow_http
+from medexp.tracking.orphans import ENDED_BY_TAG, close_orphans, reopen_run
+from medexp.tracking.redact import redact_text
 from medexp.workflows.quiet import quiet_libraries
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
 MAX_METRICS_PER_BATCH = 1000
 REPLY_TIMEOUT_S = 600.0  # ``end`` waits for every queued write, artifacts included
-ENDED_BY_TAG = "medexp.ended_by"  # why the writer, not the trainer, closed a run
 CONNECT_HANDLE = "-"  # the "run" of ``connect``, which opens a store before any run exists
 
 
@@ -47,7 +49,9 @@ class WriterProcess:
         self._replies: dict[str, queue.Queue] = {}
         self.run_ids: dict[str, str] = {}
         self.experiment_ids: dict[str, str] = {}
+        self.run_names: dict[str, str] = {}  # as the store has them (a resumed run keeps its first name)
         self.errors: dict[str, str] = {}
+        self._opened: dict[str, threading.Event] = {}  # set when a run's ``open`` is answered, either way
         threading.Thread(target=self._read_replies, name="mlflow-writer-replies", daemon=True).start()
 
     def alive(self) -> bool:
@@ -73,12 +77,17 @@ class WriterProcess:
         except queue.Empty:
             return {"error": f"the MLflow writer did not answer within {REPLY_TIMEOUT_S:.0f} s"}
 
+    def wait_opened(self, run: str, timeout: float) -> bool:
+        """Wait until ``run``'s ``open`` was answered (opened or failed); False if it was not within ``timeout``."""
+        return self._answered(run).wait(timeout)
+
+    def _answered(self, run: str) -> threading.Event:
+        return self._opened.setdefault(run, threading.Event())
+
     def forget(self, run: str) -> None:
         """The run has ended: drop what was kept for it."""
-        self._replies.pop(run, None)
-        self.run_ids.pop(run, None)
-        self.experiment_ids.pop(run, None)
-        self.errors.pop(run, None)
+        for kept in (self._replies, self.run_ids, self.experiment_ids, self.run_names, self.errors, self._opened):
+            kept.pop(run, None)
 
     def _read_replies(self) -> None:
         for line in self._proc.stdout:
@@ -87,13 +96,17 @@ class WriterProcess:
             if reply["reply"] == "opened":
                 self.run_ids[run] = reply["run_id"]
                 self.experiment_ids[run] = reply["experiment_id"]
+                self.run_names[run] = reply.get("run_name")
+                self._answered(run).set()
             elif reply["reply"] == "error":
                 self.errors.setdefault(run, reply["error"])
+                self._answered(run).set()
             else:
                 self._replies.setdefault(run, queue.Queue()).put(reply)
         gone = f"the MLflow writer process has exited (code {self._proc.wait()})"
         for run, waiting in list(self._replies.items()):
             self.errors.setdefault(run, gone)
+            self._answered(run).set()
             waiting.put({"error": gone})
 
     def close(self, timeout: float = 30.0) -> None:
@@ -139,6 +152,23 @@ def start_early(tracking_uri: str) -> None:
     writer_process().send("connect", CONNECT_HANDLE, uri=tracking_uri)
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line: SQLAlchemy appends the SQL and a link, MLflow a server's traceback."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+def server_gone(exc: BaseException) -> bool:
+    """Whether ``exc`` comes from a connection that failed or timed out (MLflow wraps requests' errors)."""
+    import requests
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (requests.ConnectionError, requests.Timeout)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 # -- the writer's side --------------------------------------------------------------------------------------------
 class _Run:
     def __init__(self, uri: str):
@@ -146,6 +176,10 @@ class _Run:
         self.client = None  # set by ``open``
         self.run_id: str | None = None
         self.error: str | None = None
+        self.server_gone = False  # a write failed because the server stopped answering: ending it would wait too
+        # a resumed training's run: the last step MLflow holds for each metric (looked up when first logged again);
+        # None for any other run
+        self.logged_steps: dict[str, int] | None = None
 
 
 class _Writer:
@@ -160,9 +194,9 @@ class _Writer:
 
     def client(self, uri: str):
         if uri not in self.clients:
-            from mlflow.tracking import MlflowClient
+            from medexp.tracking.client import open_client
 
-            self.clients[uri] = MlflowClient(uri)  # imports and opens (or migrates) the store
+            self.clients[uri] = open_client(uri)  # imports and opens (or creates, or migrates) the store
         return self.clients[uri]
 
     def handle(self, message: dict) -> None:
@@ -197,14 +231,16 @@ class _Writer:
             getattr(self, f"_{op}")(run, handle, message)
         except Exception as exc:  # noqa: BLE001 - every failure goes back to the trainer, named
             run.error = self._describe(op, run, exc)
+            run.server_gone = server_gone(exc)
             self.reply(handle, "error", error=run.error)
 
     @staticmethod
     def _describe(op: str, run: _Run, exc: Exception) -> str:
+        what = redact_text(f"{type(exc).__name__}: {first_line(exc)}")
         if op == "open":
-            return (f"cannot open MLflow run at {run.uri}: {type(exc).__name__}: {exc}; check MLFLOW_TRACKING_URI / "
+            return (f"cannot open MLflow run at {redact_text(run.uri)}: {what}; check MLFLOW_TRACKING_URI / "
                     "tracking.uri, or run with logger=csv")
-        return f"MLflow {op} failed: {type(exc).__name__}: {exc}"
+        return f"MLflow {op} failed: {what}"
 
     def _open(self, run: _Run, handle: str, message: dict) -> None:
         from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
@@ -212,19 +248,31 @@ class _Writer:
         from medexp.tracking.store import get_or_create_experiment
 
         run.client = self.client(run.uri)
+        owner = message.get("owner", {})  # the trainer's process: if it dies with us, the next run closes this one
         if message.get("run_id"):  # a resumed run: open again, and no longer "ended by" whatever stopped it
             run.run_id = message["run_id"]
-            run.client.update_run(run.run_id, status="RUNNING")
-            stored = run.client.get_run(run.run_id)
-            experiment_id = stored.info.experiment_id
-            if ENDED_BY_TAG in stored.data.tags:
-                run.client.delete_tag(run.run_id, ENDED_BY_TAG)
+            stored = reopen_run(run.client, run.run_id, owner)
+            experiment_id, name = stored.info.experiment_id, stored.info.run_name
+            run.logged_steps = {} if message.get("skip_logged_steps") else None
         else:
             experiment_id = get_or_create_experiment(run.client, message["experiment"], run.uri)
             name = message.get("run_name")
-            tags = {**message.get("tags", {}), **({MLFLOW_RUN_NAME: name} if name else {})}
-            run.run_id = run.client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-        self.reply(handle, "opened", run_id=run.run_id, experiment_id=experiment_id)
+            tags = {**message.get("tags", {}), **owner, **({MLFLOW_RUN_NAME: name} if name else {})}
+            created = run.client.create_run(experiment_id, tags=tags, run_name=name)
+            run.run_id, name = created.info.run_id, created.info.run_name
+        self.reply(handle, "opened", run_id=run.run_id, experiment_id=experiment_id, run_name=name)
+        self._close_orphans(run.client, experiment_id)
+
+    @staticmethod
+    def _close_orphans(client, experiment_id: str) -> None:
+        """Runs of this host (in this experiment: a team server holds many) whose whole process group was killed:
+        closed now that a run opens the store again."""
+        try:
+            summary = close_orphans(client, [experiment_id], closed_by="writer of the next run").summary(elsewhere=False)
+        except Exception as exc:  # noqa: BLE001 - the new run goes on; medexp-runs repair can do it later
+            summary = f"medexp: could not close orphaned runs ({type(exc).__name__}: {exc})"
+        if summary:
+            print(summary, file=sys.stderr, flush=True)
 
     def _run_id_file(self, run: _Run, handle: str, message: dict) -> None:
         with open(message["path"], "w") as f:
@@ -245,9 +293,19 @@ class _Writer:
     def _metrics(self, run: _Run, handle: str, message: dict) -> None:
         from mlflow.entities import Metric
 
-        metrics = [Metric(k, v, stamp, step) for k, v, stamp, step in message["metrics"]]
+        metrics = [Metric(k, v, stamp, step) for k, v, stamp, step in message["metrics"]
+                   if run.logged_steps is None or step > self._last_logged_step(run, k)]
         for start in range(0, len(metrics), MAX_METRICS_PER_BATCH):
             run.client.log_batch(run.run_id, metrics=metrics[start : start + MAX_METRICS_PER_BATCH])
+
+    @staticmethod
+    def _last_logged_step(run: _Run, key: str) -> int:
+        """The last step of ``key`` the run held when it was resumed: a resumed training repeats the steps after its
+        checkpoint (the learning rate of the epoch it resumes in), which the killed process may have logged."""
+        if key not in run.logged_steps:
+            history = run.client.get_metric_history(run.run_id, key)
+            run.logged_steps[key] = max((m.step for m in history), default=-1)
+        return run.logged_steps[key]
 
     def _experiment_view(self, run: _Run, handle: str, message: dict) -> None:
         """The experiment's ``medexp`` view of the runs table (``medexp.tracking.views``), as this run sees it."""
@@ -273,7 +331,7 @@ class _Writer:
         self._tags(run, handle, {"tags": tags})
 
     def _end(self, run: _Run, status: str) -> None:
-        if run.run_id is None:
+        if run.run_id is None or run.server_gone:  # left RUNNING: an orphan, closed once the server is back
             return
         try:
             run.client.set_terminated(run.run_id, status)
@@ -297,6 +355,8 @@ def main() -> None:
     # Ctrl-C reaches the whole process group: the trainer handles it and ends its run KILLED through us
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # likewise; stdin closes when the trainer is gone
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # likewise (a closed terminal hangs up the whole group)
+    bound_mlflow_http()  # a server that stops answering fails a write in seconds, not minutes
     out, sys.stdout = sys.stdout, sys.stderr  # only replies go to the trainer; anything printed goes to stderr
     quiet_libraries()  # a new store's table-creation lines among them
     writer = _Writer(out)

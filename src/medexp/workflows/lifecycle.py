@@ -2,10 +2,11 @@
 checkpoint and a non-zero exit.
 
 Schedulers stop jobs with SIGTERM (Slurm, Kubernetes, ``docker stop``), wait a grace period, then SIGKILL; Slurm can
-warn with SIGUSR1 before a time limit (``--signal=USR1@90``). Lightning notices SIGTERM only at batch boundaries
-and then ends the process with exit code 0. ``SaveOnSignal`` makes both signals stop the loops at the next batch
-boundary (within one step), saves ``last.ckpt`` there so ``ckpt_path=last`` resumes, and the training flow exits
-with ``128 + signal`` (143 for SIGTERM), as a killed process does, after the tracking closer ended the run KILLED.
+warn with SIGUSR1 before a time limit (``--signal=USR1@90``); a closed terminal or SSH session sends SIGHUP.
+Lightning notices SIGTERM only at batch boundaries and then ends the process with exit code 0. ``SaveOnSignal``
+makes these signals stop the loops at the next batch boundary (within one step), saves ``last.ckpt`` there so
+``ckpt_path=last`` resumes, and the training flow exits with ``128 + signal`` (143 for SIGTERM, 129 for SIGHUP), as
+a killed process does, after the tracking closer ended the run KILLED.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import pytorch_lightning as pl
 from medexp.distributed import requeue_slurm_job, slurm_job_id
 from medexp.errors import ConfigError
 
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
 
 
 class RunSignalled(SystemExit):
@@ -32,7 +33,8 @@ class RunSignalled(SystemExit):
 
 
 class SaveOnSignal(pl.Callback):
-    """Stop at the next batch boundary on SIGTERM/SIGUSR1 and save ``<dirpath>/last.ckpt`` there (see module)."""
+    """Stop at the next batch boundary on SIGTERM/SIGUSR1/SIGHUP and save ``<dirpath>/last.ckpt`` there (see
+    module)."""
 
     def __init__(self, dirpath: Path):
         self.dirpath = Path(dirpath)

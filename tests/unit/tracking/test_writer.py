@@ -1,28 +1,31 @@
-"""The MLflow writer process: a dead writer is an error at the next log."""
+"""The MLflow writer process: a dead writer is said at the next log, and the run's end names where its results are."""
 from __future__ import annotations
 
 import os
 import signal
 
+import pytest
+
 from tests.e2e.test_run_status import wait_for
 
 
-def test_a_dead_writer_is_an_error_at_the_next_log_not_silence(tracking_uri):
+def test_a_dead_writer_is_said_at_the_next_log_and_fails_the_end_not_the_training(tracking_uri, capsys):
     from medexp.errors import MedexpError
     from medexp.tracking.mlflow import MlflowRunLogger
     from medexp.tracking.writer import writer_process
 
-    logger = MlflowRunLogger(tracking_uri, "medexp", run_name="doomed")
-    logger.log_metrics({"train/loss": 1.0}, step=0)
+    logger = MlflowRunLogger(tracking_uri, "medexp", run_name="doomed", results_dir="/runs/doomed")
+    logger.wait_until_open()
+    logger.log_metrics({"val/loss": 1.0}, step=0)
     writer = writer_process()
     os.kill(writer._proc.pid, signal.SIGKILL)
 
-    def next_log_fails() -> str | None:
-        try:
-            logger.log_metrics({"train/loss": 0.5}, step=1)
-        except MedexpError as error:
-            return str(error)
-        return None
+    def next_log_says_so() -> str | None:
+        logger.log_metrics({"val/loss": 0.5}, step=1)  # training goes on: its results are in the run folder
+        return capsys.readouterr().err
 
-    assert "writer process has exited" in wait_for(next_log_fails, 30, "the logger to notice")
+    said = wait_for(next_log_says_so, 30, "the logger to notice")
+    assert said.count("\n") == 1 and "writer process has exited" in said and "training goes on" in said
+    with pytest.raises(MedexpError, match=r"the run's results are safe in /runs/doomed \(metrics.json"):
+        logger.end("FINISHED")
     assert writer_process() is not writer  # the next run gets a fresh writer

@@ -1,0 +1,25 @@
+"""Hydra's own record of a run (``.hydra/hydra.yaml``) names the overrides twice: as a list and joined into
+``job.override_dirname``; a secret-named key's value is masked in both."""
+from __future__ import annotations
+
+from omegaconf import OmegaConf
+
+from medexp.tracking.redact import redact_file, redact_text
+
+
+def test_secret_values_in_hydras_override_dirname_are_masked(make_cfg, tmp_path):
+    cfg = make_cfg("optimizer.lr=0.01", "+tracking.api_token=S3cretT0ken", "+tracking.password='pw,with,commas'")
+    assert "S3cretT0ken" in cfg.hydra.job.override_dirname
+    hydra_yaml = tmp_path / "hydra.yaml"
+    hydra_yaml.write_text(OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(cfg.hydra)})))
+
+    redact_file(hydra_yaml)
+    text = hydra_yaml.read_text()
+    assert "S3cretT0ken" not in text and "pw" not in text.replace("pwd", "")
+    assert "override_dirname: +tracking.api_token=***,+tracking.password=***,optimizer.lr=0.01" in text
+    assert "- +tracking.api_token=***" in text
+
+
+def test_plain_overrides_and_yaml_values_are_left_alone():
+    assert redact_text("override_dirname: data.npz_key=train,seed=1") == "override_dirname: data.npz_key=train,seed=1"
+    assert redact_text("token: abc=def") == "token: ***"
