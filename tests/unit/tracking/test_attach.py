@@ -37,16 +37,6 @@ class TrialPruned(Exception):  # Optuna's name, which closing recognises by name
     pass
 
 
-def test_a_listening_server_is_reachable_and_a_closed_port_says_why():
-    with socket.socket() as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen()
-        assert unreachable(f"http://127.0.0.1:{server.getsockname()[1]}") is None
-    port = closed_port()
-    problem = unreachable(f"http://127.0.0.1:{port}", timeout=2)
-    assert problem is not None and problem.startswith(f"127.0.0.1:{port}: ")
-
-
 def test_a_sqlite_store_needs_a_folder_it_can_create_and_write(tmp_path):
     assert unreachable(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}") is None
     assert (tmp_path / "new").is_dir()
