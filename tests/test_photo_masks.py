@@ -19,7 +19,7 @@ from PIL import Image
 from medexp.data.io import LoadCased
 from medexp.data.segmentation import SegmentationDataModule
 from medexp.data.transforms import preprocessing_transforms
-from medexp.errors import ConfigError, DataError
+from medexp.errors import ConfigError
 
 BIN = Path(sys.executable).parent
 # (rows, columns): widths from 33 to 192 px, portrait and landscape, as a photo folder 332 to 1920 px wide, /10
