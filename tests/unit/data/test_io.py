@@ -18,6 +18,14 @@ def truth() -> np.ndarray:
     return mask
 
 
+def three_classes_png(path) -> np.ndarray:
+    """A class-index mask of classes 0, 1 and 2, written to ``path``; returns it."""
+    classes = truth().astype(np.uint8)
+    classes[18:22, 2:6] = 2
+    Image.fromarray(classes).save(path)
+    return classes
+
+
 def read_label(tmp_path, mask_file, **settings) -> np.ndarray:
     image = tmp_path / "image.png"
     Image.fromarray(np.zeros((*SHAPE, 3), np.uint8)).save(image)
@@ -66,18 +74,14 @@ def test_a_palette_of_class_indices_stays_class_indices_with_more_classes(tmp_pa
 
 
 def test_class_index_masks_are_read_as_classes(tmp_path):
-    classes = truth().astype(np.uint8)
-    classes[18:22, 2:6] = 2
     path = tmp_path / "mask.png"
-    Image.fromarray(classes).save(path)
+    classes = three_classes_png(path)
     np.testing.assert_array_equal(read_label(tmp_path, path, num_classes=3), classes)
 
 
 def test_a_two_class_mask_holding_three_classes_is_refused_in_one_line(tmp_path):
-    classes = truth().astype(np.uint8)
-    classes[18:22, 2:6] = 2
     path = tmp_path / "mask.png"
-    Image.fromarray(classes).save(path)
+    three_classes_png(path)
     with pytest.raises(DataError, match=r"mask .*mask.png holds values 0, 1, 2, not a two-class mask.*"
                                         "data.num_classes"):
         read_label(tmp_path, path, num_classes=2)
