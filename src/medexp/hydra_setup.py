@@ -95,6 +95,9 @@ def one_line_message(exc: BaseException) -> str | None:
     misspelled = _misspelled_key(exc)
     if misspelled is not None:
         return misspelled
+    interpolation = interpolation_message(exc)
+    if interpolation is not None:
+        return interpolation
     error = exc
     while error is not None and not isinstance(error, MedexpError):  # e.g. raised by the sweeper, outside a job
         error = error.__cause__ or error.__context__
@@ -119,6 +122,24 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def interpolation_message(exc: BaseException) -> str | None:
+    """A ``${...}`` that cannot resolve (a loop: ``name=${tracking.experiment}`` where that is ``${name}``; a key
+    that does not exist), found wherever it was first resolved (Hydra's run folder, medexp's config check)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    error = exc
+    while error is not None and not isinstance(error, InterpolationResolutionError):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    key = getattr(error, "full_key", None) or "a value"
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "Recursive interpolation" in reason:
+        reason = "the ${...} interpolations it uses lead back to one another (a loop)"
+    return f"{key} cannot be resolved: {reason}: fix the ${{...}} on the command line or in the config file " \
+           "(medexp-train --cfg job shows the config)"
 
 
 def _misspelled_key(exc: BaseException) -> str | None:

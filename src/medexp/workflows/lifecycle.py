@@ -9,6 +9,7 @@ with ``128 + signal`` (143 for SIGTERM), as a killed process does, after the tra
 """
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -88,7 +89,8 @@ def _integer(value: Any) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    """A finite number: ``inf`` passes every range test and fails only after an epoch of training."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # (key, test, what it must be); a key the config does not have is not checked
