@@ -147,7 +147,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
         self._summaries = {summary.case_id: summary for summary in summaries}
         for name in ("train", "val", "test"):
-            cases = self._summaries_of(name)
+            cases = [summary for summary in self._summaries_of(name) if summary.class_counts.size]  # with masks
             if cases and not any(summary.class_counts[1:].any() for summary in cases):
                 raise DataError(
                     f"data={self.name}: the {name} split's {len(cases)} masks hold no foreground at all (every "
