@@ -22,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.data import PILReader
 from monai.data.meta_tensor import MetaTensor
@@ -86,12 +87,23 @@ class _PILReader2D(PILReader):
 _CONVERTERS = {"image": _normalise_pil_image, "mask": _normalise_pil_mask, "binary_mask": _normalise_pil_binary_mask}
 
 
+def _one_frame(image):
+    """PIL opens a multi-frame TIFF (a stack) or an animated GIF at its first frame and would read only that."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise DataError(f"it holds {frames} frames (a stack or an animation) and medexp reads one 2D image per "
+                        "file: save each frame as its own file, or the stack as one 3D volume (e.g. NIfTI)")
+    return image
+
+
 @lru_cache(maxsize=4)
 def _make_loader(role: str, keep_dtype: bool = False) -> LoadImage:
     """One loader per role (``_CONVERTERS``) and process: building one registers every MONAI reader (and logs about
     nvImageCodec)."""
     loader = LoadImage(image_only=True, dtype=None if keep_dtype else np.float32, ensure_channel_first=True)
-    loader.register(_PILReader2D(converter=_CONVERTERS[role], reverse_indexing=False))  # registered last = tried first
+    convert = _CONVERTERS[role]
+    # registered last = tried first
+    loader.register(_PILReader2D(converter=lambda image: convert(_one_frame(image)), reverse_indexing=False))
     return loader
 
 
@@ -212,6 +224,7 @@ class LoadCased(MapTransform):
         if self.image_key not in paths:
             raise DataError(f"case {case.get('case_id', case)} has no {self.image_key!r} path: fix the datalist")
         case[self.image_key] = _read(self._image_loader, paths[self.image_key])
+        _check_finite(case[self.image_key], paths[self.image_key])
         if self.label_key in paths:
             case[self.label_key] = self._read_mask(paths[self.label_key], as_classes=True)
         for key in self.mask_keys:
@@ -235,6 +248,13 @@ class LoadCased(MapTransform):
             else (array != 0).astype(np.float32)
         )
         return MetaTensor(array, meta=mask.meta)
+
+
+def _check_finite(image: MetaTensor, path: str) -> None:
+    """NaN or infinite pixels would train a NaN loss, or predict NaN probabilities, a class all the same."""
+    bad = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
+    if bad:
+        raise DataError(f"image {path} holds {bad} NaN or infinite pixel value(s): fix or drop that image")
 
 
 def _single_channel(mask: np.ndarray, path: str) -> np.ndarray:

@@ -91,3 +91,25 @@ def test_label_values_still_map_stored_values_exactly(tmp_path):
     path = tmp_path / "mask.png"
     Image.fromarray(np.where(truth(), 40, 90).astype(np.uint8)).save(path)  # background stored as 90
     np.testing.assert_array_equal(read_label(tmp_path, path, num_classes=2, label_values=[90, 40]), truth())
+
+
+def test_a_multi_frame_tiff_is_refused_in_one_line_not_read_as_its_first_frame(tmp_path):
+    from medexp.data.io import read_image
+
+    frames = [Image.fromarray(np.full(SHAPE, value, np.uint8)) for value in (10, 120, 240)]
+    stack = tmp_path / "stack.tif"
+    frames[0].save(stack, save_all=True, append_images=frames[1:])
+    assert Image.open(stack).n_frames == 3
+    with pytest.raises(DataError, match=r"cannot read image .*stack.tif: it holds 3 frames .*one 2D image per file"):
+        read_image(str(stack))
+    with pytest.raises(DataError, match="it holds 3 frames"):
+        LoadCased(label_key=None, mask_keys=())({"image": str(stack)})
+
+
+def test_an_image_with_nan_pixels_is_refused_for_training_and_prediction(tmp_path):
+    pixels = np.random.default_rng(0).random(SHAPE).astype(np.float32)
+    pixels[3, 4] = np.nan
+    image = tmp_path / "scan.tif"
+    Image.fromarray(pixels).save(image)  # a float (mode F) TIFF
+    with pytest.raises(DataError, match=r"image .*scan.tif holds 1 NaN or infinite pixel value\(s\)"):
+        LoadCased(label_key=None, mask_keys=())({"image": str(image)})
