@@ -95,9 +95,6 @@ def one_line_message(exc: BaseException) -> str | None:
     misspelled = _misspelled_key(exc)
     if misspelled is not None:
         return misspelled
-    interpolation = interpolation_message(exc)
-    if interpolation is not None:
-        return interpolation
     error = exc
     while error is not None and not isinstance(error, MedexpError):  # e.g. raised by the sweeper, outside a job
         error = error.__cause__ or error.__context__
@@ -113,7 +110,7 @@ def one_line_message(exc: BaseException) -> str | None:
     if isinstance(error, OSError) and error.filename is not None:
         return (f"cannot write {error.filename}: {error.strerror}: choose a writable place for outputs with "
                 "MEDEXP_OUTPUT_ROOT=... or hydra.run.dir=...")
-    return None
+    return interpolation_message(exc)  # after the file-system errors: creating the run folder resolves one
 
 
 def in_multirun() -> bool:
