@@ -2,13 +2,16 @@
 
 - ``${medexp_cwd:}``: the working directory at launch, so paths are absolute even where Hydra's own
   ``${hydra:runtime.cwd}`` is not set yet (when a sweeper builds its sweep folder).
+- ``${medexp_new_dir:<path>}``: a run or sweep folder of this process's own (``new_folder``).
 - medexp's Optuna sweeper: Hydra finds plugins by listing the ``hydra_plugins`` namespace, which an editable install
   hides; registering the class directly works for editable and regular installs alike.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import sys
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -16,6 +19,9 @@ from omegaconf import OmegaConf
 def prepare_hydra() -> None:
     if not OmegaConf.has_resolver("medexp_cwd"):
         OmegaConf.register_new_resolver("medexp_cwd", os.getcwd, use_cache=True)
+    if not OmegaConf.has_resolver("medexp_new_dir"):
+        # cached like Hydra's ${now:}: every copy of the config (a sweep's jobs, a worker's) names the same folder
+        OmegaConf.register_new_resolver("medexp_new_dir", new_folder, use_cache=True)
     from medexp.distributed import register_resolvers
 
     register_resolvers()
@@ -23,6 +29,33 @@ def prepare_hydra() -> None:
 
     register_optuna_sweeper()
     _report_hydra_errors_in_one_line()
+
+
+_new_folders: dict[str, str] = {}  # path asked for -> folder this process created for it
+
+
+def new_folder(path: str) -> str:
+    """``path``, created now, or ``path-2``, ``path-3``, ... when another run already holds it: runs named by the
+    second they start (``${now:%H-%M-%S}``) and started in the same second get a folder each. ``os.mkdir`` fails
+    on an existing folder, so two processes never take the same one. The ranks of one DDP run started by an
+    outside launcher (torchrun, srun: ``WORLD_SIZE``/``SLURM_NTASKS`` > 1) share ``path`` as it is."""
+    if path in _new_folders:
+        return _new_folders[path]
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_NTASKS") or 1) > 1:
+        base.mkdir(exist_ok=True)
+        folder = base
+    else:
+        for number in itertools.count(1):
+            folder = base if number == 1 else base.with_name(f"{base.name}-{number}")
+            try:
+                folder.mkdir()
+                break
+            except FileExistsError:
+                continue
+    _new_folders[path] = str(folder)
+    return str(folder)
 
 
 def _report_hydra_errors_in_one_line() -> None:
@@ -77,7 +110,7 @@ def one_line_message(exc: BaseException) -> str | None:
     if isinstance(error, OSError) and error.filename is not None:
         return (f"cannot write {error.filename}: {error.strerror}: choose a writable place for outputs with "
                 "MEDEXP_OUTPUT_ROOT=... or hydra.run.dir=...")
-    return None
+    return interpolation_message(exc)  # after the file-system errors: creating the run folder resolves one
 
 
 def in_multirun() -> bool:
@@ -86,6 +119,24 @@ def in_multirun() -> bool:
     from hydra.types import RunMode
 
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def interpolation_message(exc: BaseException) -> str | None:
+    """A ``${...}`` that cannot resolve (a loop: ``name=${tracking.experiment}`` where that is ``${name}``; a key
+    that does not exist), found wherever it was first resolved (Hydra's run folder, medexp's config check)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    error = exc
+    while error is not None and not isinstance(error, InterpolationResolutionError):
+        error = error.__cause__ or error.__context__
+    if error is None:
+        return None
+    key = getattr(error, "full_key", None) or "a value"
+    reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+    if "Recursive interpolation" in reason:
+        reason = "the ${...} interpolations it uses lead back to one another (a loop)"
+    return f"{key} cannot be resolved: {reason}: fix the ${{...}} on the command line or in the config file " \
+           "(medexp-train --cfg job shows the config)"
 
 
 def _misspelled_key(exc: BaseException) -> str | None:

@@ -277,8 +277,10 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         standardised = []
         for index, image in enumerate(images):
             array = read_image(image).numpy() if isinstance(image, str) else image
+            where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
+            if array.dtype.kind == "f" and not np.isfinite(array).all():  # refused as training refuses them
+                raise DataError(f"{where} holds NaN or infinite pixel values: fix or drop that image")
             if tuple(array.shape) != expected:
-                where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
                 raise DataError(f"{where} has shape {tuple(array.shape)} (channels, rows, columns) but the model was "
                                 f"trained on {expected}: give {expected[0]}-channel {expected[1]}x{expected[2]} images")
             standardised.append(self.standardise(array[None]))

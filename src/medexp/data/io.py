@@ -6,7 +6,9 @@ datasets index them; MONAI's own PIL default would give ``(C, W, H)``). 2D image
 palette → RGB (or grayscale when the palette is gray), RGBA → RGB and LA → L (alpha dropped), 1-bit → L.
 Masks keep their stored values and are mapped to class indices 0..K-1 (``to_class_indices``); a palette mask's
 stored values are its colours when they are gray (a white foreground may be palette index 251), its indices when
-the palette is coloured (Pascal VOC's: index = class). Lossy (JPEG) masks are binarised with ``mask_threshold``.
+the palette is coloured (Pascal VOC's: index = class). A two-class mask's encoding is found per file
+(``binary_mask``: 0/1, 0/255, 0 and any one value or colour, lossy JPEG edges), so a folder may mix them;
+``mask_threshold`` binarises every mask at one value instead.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from functools import lru_cache
 from typing import Any
 
 import numpy as np
+import torch
 from monai.config import KeysCollection
 from monai.data import PILReader
 from monai.data.meta_tensor import MetaTensor
@@ -57,6 +60,12 @@ def _normalise_pil_mask(image):
     return image.getchannel(0) if image.mode == "PA" else image
 
 
+def _normalise_pil_binary_mask(image):
+    """A two-class mask's palette as the colours it shows, gray or coloured: the background is its black whatever
+    index holds it, and a coloured palette's indices need not be 0 and 1."""
+    return _through_palette(image) if image.mode in ("P", "PA") else image
+
+
 def _is_gray(rgb_image) -> bool:
     array = np.asarray(rgb_image)
     return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
@@ -75,12 +84,26 @@ class _PILReader2D(PILReader):
         return shape if self.reverse_indexing else shape[::-1].copy()
 
 
-@lru_cache(maxsize=3)
-def _make_loader(for_images: bool, keep_dtype: bool = False) -> LoadImage:
-    """One loader per role and process: building one registers every MONAI reader (and logs about nvImageCodec)."""
+_CONVERTERS = {"image": _normalise_pil_image, "mask": _normalise_pil_mask, "binary_mask": _normalise_pil_binary_mask}
+
+
+def _one_frame(image):
+    """PIL opens a multi-frame TIFF (a stack) or an animated GIF at its first frame and would read only that."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise DataError(f"it holds {frames} frames (a stack or an animation) and medexp reads one 2D image per "
+                        "file: save each frame as its own file, or the stack as one 3D volume (e.g. NIfTI)")
+    return image
+
+
+@lru_cache(maxsize=4)
+def _make_loader(role: str, keep_dtype: bool = False) -> LoadImage:
+    """One loader per role (``_CONVERTERS``) and process: building one registers every MONAI reader (and logs about
+    nvImageCodec)."""
     loader = LoadImage(image_only=True, dtype=None if keep_dtype else np.float32, ensure_channel_first=True)
-    converter = _normalise_pil_image if for_images else _normalise_pil_mask
-    loader.register(_PILReader2D(converter=converter, reverse_indexing=False))  # registered last = tried first
+    convert = _CONVERTERS[role]
+    # registered last = tried first
+    loader.register(_PILReader2D(converter=lambda image: convert(_one_frame(image)), reverse_indexing=False))
     return loader
 
 
@@ -96,7 +119,7 @@ def read_image(path: str) -> MetaTensor:
     """One image, channel-first, in its stored dtype (in-memory data scale integer images to [0, 1])."""
     with warnings.catch_warnings():  # PIL's read-only pixels become a tensor as they are: only ever copied from
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return _read(_make_loader(for_images=True, keep_dtype=True), path)
+        return _read(_make_loader("image", keep_dtype=True), path)
 
 
 def to_class_indices(
@@ -133,13 +156,41 @@ def to_class_indices(
     return mask
 
 
+LOSSY_MASK_THRESHOLD = 127  # half of 8-bit white: JPEG leaves a 0/255 mask's values near 0 and near 255
+
+
+def binary_mask(mask: np.ndarray, path: str) -> np.ndarray:
+    """A two-class mask ``(C, *spatial)``, however this file encodes it, as ``(1, *spatial)`` 0/1:
+
+    - background 0 (black) and one other value or colour (0/1 class indices, 0/255, 0/7, a palette's black and
+      white or black and red): that value is the foreground;
+    - more values with some above 127 (a 0/255 mask saved as JPEG, its edges blurred, colours fringed, or drawn
+      with soft edges): foreground where a channel exceeds 127.
+    Anything else (e.g. 0, 1 and 2: more classes than two) is a DataError naming the file and the settings."""
+    if mask.shape[0] > 1 and all(np.array_equal(mask[0], mask[c]) for c in range(1, mask.shape[0])):
+        mask = mask[:1]  # a gray mask saved as RGB(A)
+    foreground = mask.any(axis=0, keepdims=True)
+    colours = mask[:, foreground[0]]
+    if colours.size == 0 or (colours == colours[:, :1]).all():
+        return foreground.astype(np.float32)
+    if mask.max() > LOSSY_MASK_THRESHOLD:
+        return (mask.max(axis=0, keepdims=True) > LOSSY_MASK_THRESHOLD).astype(np.float32)
+    values = np.unique(mask)
+    raise DataError(
+        f"mask {path} holds values {', '.join(f'{v:g}' for v in values[:5])}{'...' if len(values) > 5 else ''}, "
+        "not a two-class mask (0 and one foreground value): set data.num_classes and data.class_names if it holds more classes, or "
+        "data.label_values=[<background value>, <foreground value>]"
+    )
+
+
 class LoadCased(MapTransform):
     """Load one case's files: ``image`` as (C, *spatial) float32, ``label`` as (1, *spatial) class indices and
     each binary mask (e.g. ``fov``) as (1, *spatial) 0/1, with their spatial shapes checked against each other.
 
+    Without ``label_values`` or ``mask_threshold`` each mask's encoding is found per file: with two classes by
+    ``binary_mask`` (0/1, 0/255, palettes by colour, JPEG), otherwise by ``to_class_indices``.
     ``mask_threshold``: every mask is binary, foreground where a channel exceeds this stored value (white or
-    coloured foreground on black). For masks saved lossily (JPEG): compression leaves values near 0 and 255, and
-    colour fringes at the edges."""
+    coloured foreground on black)."""
 
     def __init__(
         self,
@@ -162,8 +213,10 @@ class LoadCased(MapTransform):
         self.num_classes = num_classes
         self.label_values = None if label_values is None else [float(v) for v in label_values]
         self.mask_threshold = mask_threshold
-        self._image_loader = _make_loader(for_images=True)
-        self._mask_loader = _make_loader(for_images=False)
+        self._image_loader = _make_loader("image")
+        self._mask_loader = _make_loader("mask")
+        self._binary_loader = _make_loader("binary_mask")
+        self._per_file_binary = num_classes == 2 and label_values is None and mask_threshold is None
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         case = dict(data)
@@ -171,6 +224,7 @@ class LoadCased(MapTransform):
         if self.image_key not in paths:
             raise DataError(f"case {case.get('case_id', case)} has no {self.image_key!r} path: fix the datalist")
         case[self.image_key] = _read(self._image_loader, paths[self.image_key])
+        _check_finite(case[self.image_key], paths[self.image_key])
         if self.label_key in paths:
             case[self.label_key] = self._read_mask(paths[self.label_key], as_classes=True)
         for key in self.mask_keys:
@@ -180,6 +234,9 @@ class LoadCased(MapTransform):
         return case
 
     def _read_mask(self, path: str, as_classes: bool) -> MetaTensor:
+        if as_classes and self._per_file_binary:
+            mask = _read(self._binary_loader, path)
+            return MetaTensor(binary_mask(mask.numpy(), path), meta=mask.meta)
         mask = _read(self._mask_loader, path)
         if self.mask_threshold is not None:
             foreground = mask.numpy().max(axis=0, keepdims=True) > self.mask_threshold
@@ -191,6 +248,13 @@ class LoadCased(MapTransform):
             else (array != 0).astype(np.float32)
         )
         return MetaTensor(array, meta=mask.meta)
+
+
+def _check_finite(image: MetaTensor, path: str) -> None:
+    """NaN or infinite pixels would train a NaN loss, or predict NaN probabilities, a class all the same."""
+    bad = int((~torch.isfinite(image)).sum()) if image.is_floating_point() else 0
+    if bad:
+        raise DataError(f"image {path} holds {bad} NaN or infinite pixel value(s): fix or drop that image")
 
 
 def _single_channel(mask: np.ndarray, path: str) -> np.ndarray:

@@ -51,7 +51,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         augmentation: an ``AugmentationRecipe`` mapping (None = no augmentation).
         cache: "none", "memory" (CacheDataset) or "disk" (PersistentDataset under ``cache_dir``).
         label_values: stored mask value of each class, when masks do not hold 0..K-1 (0/255 masks need none).
-        mask_threshold: binarise every mask: foreground where a channel exceeds this stored value (JPEG masks).
+        mask_threshold: binarise every mask: foreground where a channel exceeds this stored value; None: each
+            mask's encoding is found per file (``medexp.data.io.LoadCased``).
         fov_threshold: derive a field-of-view mask for val/test as "image channel mean > threshold"; a datalist
             ``fov`` file is used when there is one and no threshold.
         validate: read every case in ``setup`` to check channels, shapes and label range (and fingerprint them).
@@ -145,6 +146,13 @@ class SegmentationDataModule(pl.LightningDataModule):
             channels=self.preprocessing.get("channels"),
         )
         self._summaries = {summary.case_id: summary for summary in summaries}
+        for name in ("train", "val", "test"):
+            cases = [summary for summary in self._summaries_of(name) if summary.class_counts.size]  # with masks
+            if cases and not any(summary.class_counts[1:].any() for summary in cases):
+                raise DataError(
+                    f"data={self.name}: the {name} split's {len(cases)} masks hold no foreground at all (every "
+                    "pixel read as class 0): check how the masks store their classes (data.label_values = the "
+                    "stored value of each class, data.mask_threshold for lossy masks) and data.num_classes")
 
     @property
     def split(self) -> Split:

@@ -14,6 +14,7 @@ bootstrap intervals over images, a per-image table worst first).
 """
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -31,11 +32,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from medexp.data.detection import BOX, IMAGE, LABEL
-from medexp.errors import ConfigError
+from medexp.errors import ConfigError, DataError
 from medexp.reports.page import DetectionReportData, write_detection_page
 from medexp.tasks.base import BaseTask
 from medexp.tasks.segmentation import all_ranks, as_tensor
 
+log = logging.getLogger(__name__)
 EVAL_STAGES = ("val", "test")
 # LUNA16's FROC operating points: false positives per image at which sensitivity is read (their mean is the CPM)
 FROC_FP_PER_IMAGE = (0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0)
@@ -132,6 +134,39 @@ def short_metric_name(coco_key: str, max_detections: int) -> str:
     return f"{name}_{match['cls']}" if match["cls"] else name
 
 
+NO_BOX = -1.0  # MONAI's COCO value for a class without a ground-truth box in the split
+
+
+class PresentClassesCOCOMetric(COCOMetric):
+    """MONAI's COCO metrics with AP averaged over the classes that have boxes in the split, as COCO's own evaluation
+    does (and MONAI's AR already does): MONAI averages its -1 for a class without boxes into the AP mean, which
+    then goes negative (``val/ap_iou50: -0.32`` on a BCCD smoke run whose few images held no platelet)."""
+
+    @staticmethod
+    def _select_ap(dataset_statistics: dict, iou_idx=None, cls_idx=None, max_det_idx: int = -1) -> float:
+        precision = dataset_statistics["precision"]
+        if iou_idx is not None:
+            precision = precision[iou_idx]
+        if cls_idx is not None:
+            precision = precision[..., cls_idx, :]
+        precision = precision[..., max_det_idx]
+        present = precision[precision > NO_BOX]
+        return float(present.mean()) if present.size else NO_BOX
+
+
+def coco_values(coco: COCOMetric, matches: list, max_detections: int) -> dict[str, float]:
+    """The COCO metrics under short names, leaving out each value that no class with boxes defines (MONAI's -1):
+    an absent class's own values, and every AP and AR when the split holds no box at all."""
+    values = {short_metric_name(k, max_detections): float(v) for k, v in coco(matches)[0].items()}
+    return {name: value for name, value in values.items() if value != NO_BOX}
+
+
+def absent_classes(class_names: Sequence[str], cases: Sequence[Mapping[str, np.ndarray]]) -> list[str]:
+    """The classes of which no case holds a ground-truth box."""
+    present = {int(label) for case in cases for label in np.asarray(case["label"]).ravel()}
+    return [name for index, name in enumerate(class_names) if index not in present]
+
+
 class DetectionTask(BaseTask):
     prediction_kind = "detection"
 
@@ -159,12 +194,13 @@ class DetectionTask(BaseTask):
             net.set_sliding_window_inferer(roi_size=self.sw_roi_size, overlap=sw_overlap, sw_batch_size=1)
         self.classification_weight = classification_weight
         self.report_score_thresh = report_score_thresh
-        self.coco = COCOMetric(classes=self.class_names, iou_list=iou_list, iou_range=iou_range,
+        self.coco = PresentClassesCOCOMetric(classes=self.class_names, iou_list=iou_list, iou_range=iou_range,
                                max_detection=max_detections, per_class=num_classes > 1, verbose=False)
         self.max_detections = max(max_detections)
         self._loss_sums: dict[str, torch.Tensor] = {}
         self.cases: dict[str, list[dict[str, np.ndarray]]] = {s: [] for s in EVAL_STAGES}
         self.test_report: DetectionReportData | None = None
+        self._absent_noted: set[tuple[str, ...]] = set()
 
     @staticmethod
     def _inputs(batch: Mapping[str, list]) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
@@ -246,7 +282,8 @@ class DetectionTask(BaseTask):
             pred_scores=[c["pred_score"] for c in cases], gt_boxes=[c["box"] for c in cases],
             gt_classes=[c["label"] for c in cases], max_detections=self.max_detections,
         )
-        values = {short_metric_name(k, self.max_detections): float(v) for k, v in self.coco(matches)[0].items()}
+        values = coco_values(self.coco, matches, self.max_detections)
+        self._note_absent(stage, absent_classes(self.class_names, cases))
         fp_per_image, sensitivity = froc_curve(matches, len(cases))
         values["froc"] = froc_score(fp_per_image, sensitivity)
         if stage == "test":
@@ -256,6 +293,17 @@ class DetectionTask(BaseTask):
                 [c for c in cases if "image" in c])
         # every rank holds all cases now, so the values agree: logged without another reduction
         self.log_dict({f"{stage}/{k}": torch.tensor(v) for k, v in values.items()})
+
+    def _note_absent(self, stage: str, absent: list[str]) -> None:
+        """Say once per set of absent classes that they are left out; refuse to pick checkpoints on no AP at all."""
+        if len(absent) == len(self.class_names) and stage == "val" and self.trainer.state.fn == "fit":
+            raise DataError(f"the validation images hold no box of any class, so no AP can choose a checkpoint: give "
+                            f"the val split images with boxes (with trainer.limit_val_batches, among its first "
+                            f"{len(self.cases[stage])} images)")
+        if absent and tuple(absent) not in self._absent_noted:
+            self._absent_noted.add(tuple(absent))
+            log.info("%s: no ground-truth box of class(es) %s in these images: left out of the AP and AR means (their "
+                     "own values are not logged)", stage, ", ".join(absent))
 
     def _gathered(self, cases: list) -> list:
         """All ranks' cases (COCO matching needs every image at once, not a mean of per-rank values)."""

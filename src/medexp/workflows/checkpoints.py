@@ -118,23 +118,31 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
-    except OSError as exc:
+    except BaseException as exc:
         temporary.unlink(missing_ok=True)
-        raise CheckpointWriteError(_write_failure(path, exc)) from None
+        # torch's zip writer reports a failed write (a full disk, a file size limit) as a RuntimeError of its own
+        if isinstance(exc, OSError) or (isinstance(exc, RuntimeError) and "inline_container" in str(exc)):
+            raise CheckpointWriteError(_write_failure(path, exc)) from None
+        raise
 
 
-def _write_failure(path: Path, exc: OSError) -> str:
+def _write_failure(path: Path, exc: Exception) -> str:
     try:
-        free = f"{shutil.disk_usage(path.parent).free / 2**20:.0f} MiB free there"
+        free_bytes = shutil.disk_usage(path.parent).free
+        free = f"{free_bytes / 2**20:.0f} MiB free there"
     except OSError:
-        free = "its free space unknown"
-    if exc.errno == errno.ENOSPC:
+        free_bytes, free = None, "its free space unknown"
+    code = getattr(exc, "errno", None)
+    if code is None and free_bytes is not None and free_bytes < 2**26:  # torch's error names no errno
+        code = errno.ENOSPC
+    reason = getattr(exc, "strerror", None) or "the write stopped part way"
+    if code == errno.ENOSPC:
         fix = "free some space or move outputs elsewhere (MEDEXP_OUTPUT_ROOT=... or hydra.run.dir=...)"
-    elif exc.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+    elif code in (errno.EACCES, errno.EROFS, errno.EPERM):
         fix = "the folder is not writable: move outputs elsewhere (MEDEXP_OUTPUT_ROOT=... or hydra.run.dir=...)"
     else:
         fix = "check the disk, or move outputs elsewhere (MEDEXP_OUTPUT_ROOT=...)"
-    return (f"cannot write checkpoint {path.name} in {path.parent} ({exc.strerror or exc}; {free}): {fix}; "
+    return (f"cannot write checkpoint {path.name} in {path.parent} ({reason}; {free}): {fix}; "
             "the previous checkpoints there are intact")
 
 

@@ -10,6 +10,7 @@ a killed process does, after the tracking closer ended the run KILLED.
 """
 from __future__ import annotations
 
+import math
 import signal
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -90,7 +91,8 @@ def _integer(value: Any) -> bool:
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    """A finite number: ``inf`` passes every range test and fails only after an epoch of training."""
+    return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # (key, test, what it must be); a key the config does not have is not checked
