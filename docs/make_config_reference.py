@@ -1,7 +1,7 @@
 """Write docs/config-reference.md from conf/: every group, every option, every key with its comment.
 
     python docs/make_config_reference.py          # rewrite the reference
-    python docs/make_config_reference.py --check  # exit 1 if it is stale (tests/test_docs.py runs this)
+    python docs/make_config_reference.py --check  # exit 1 if it is stale (tests/e2e/test_docs.py runs this)
 
 The YAML files are the source of truth and carry their own comments, so the reference quotes them whole: a file's
 leading comment becomes the option's description, its body (with its per-key comments) follows as YAML.

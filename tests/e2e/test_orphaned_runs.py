@@ -17,7 +17,7 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from test_run_status import heed_ctrl_c, the_run, wait_for
+from tests.e2e.test_run_status import heed_ctrl_c, the_run, wait_for
 
 BIN = Path(sys.executable).parent
 LONG = ["trainer.max_epochs=1000", "data.num_train=256", "data.num_val=64", "data.num_test=64",

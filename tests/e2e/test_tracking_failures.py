@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from test_run_status import the_run, wait_for
-from test_tracking_server import free_loopback_port, server_command, wait_until_serving
+from tests.e2e.test_run_status import the_run, wait_for
+from tests.e2e.test_tracking_server import free_loopback_port, server_command, wait_until_serving
 
 BIN = Path(sys.executable).parent
 SMALL = ["data.num_train=128", "data.num_val=32", "data.num_test=32", "callbacks.progress_bar.refresh_rate=0"]

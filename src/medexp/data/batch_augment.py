@@ -3,7 +3,7 @@
 For data that sits in memory (MedMNIST-size sets), augmenting the whole batch on its device after transfer is far
 cheaper than per-sample Python transforms in worker processes, and it runs on the GPU when there is one.
 Semantics follow the per-sample MONAI engine (``medexp.data.transforms``) so one recipe means the same thing on both
-(``tests/test_augmentation_parity.py`` compares them): a zoom factor above 1 enlarges the content, translations are
+(``tests/unit/data/test_augmentation.py`` compares them): a zoom factor above 1 enlarges the content, translations are
 fractions of the image extent, the intensity steps (shift, contrast, gamma) fire independently in that order, all
 on the normalised image. Elastic deformation is per-sample only.
 """

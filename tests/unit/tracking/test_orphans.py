@@ -20,7 +20,7 @@ from medexp.tracking.orphans import (
     process_start_time,
     reopen_run,
 )
-from test_run_status import wait_for
+from tests.e2e.test_run_status import wait_for
 
 
 def gone_process() -> tuple[int, float]:

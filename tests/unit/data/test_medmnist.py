@@ -1,0 +1,61 @@
+"""MedMNIST files: the real file, and clear one-line errors for missing, undownloadable, wrong or corrupt files."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medexp.data.medmnist import MedMNISTDataModule, load_medmnist
+from medexp.errors import DataError
+
+COMMON = dict(batch_size=32, num_classes=2, in_channels=1, spatial_dims=2)
+
+
+def test_medmnist_real_file(pneumonia_npz):
+    arrays = load_medmnist(pneumonia_npz)
+    assert arrays["train_images"].shape == (4708, 1, 28, 28)
+    assert np.bincount(arrays["test_labels"]).tolist() == [234, 390]
+    dm = MedMNISTDataModule(name="pneumoniamnist", root=str(pneumonia_npz.parent), download=False,
+                            image_size=28, **COMMON)
+    dm.setup("fit")
+    assert dm.fingerprint()["sizes"] == {"train": 4708, "val": 524, "test": 624}
+
+
+def test_missing_file_names_the_path_and_the_fix(tmp_path):
+    dm = MedMNISTDataModule(name="pneumoniamnist", root=str(tmp_path / "nope"), download=False, image_size=28,
+                            **COMMON)
+    with pytest.raises(DataError, match=str(tmp_path / "nope")) as err:
+        dm.setup("fit")
+    assert "data.root" in str(err.value) and "\n" not in str(err.value)
+
+
+def test_failed_download_is_one_clear_line(tmp_path, monkeypatch):
+    import medexp.data.medmnist as medmnist
+
+    def offline(url, target, timeout=20.0):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(medmnist, "download", offline)
+    dm = MedMNISTDataModule(name="pneumoniamnist", root=str(tmp_path), download=True, image_size=28, **COMMON)
+    with pytest.raises(DataError, match="downloading it failed .*network is unreachable"):
+        dm.setup("fit")
+
+
+def test_wrong_keys_are_named(tmp_path):
+    np.savez(tmp_path / "pneumoniamnist.npz", x=np.zeros(3))
+    with pytest.raises(DataError, match="lacks train_images"):
+        load_medmnist(tmp_path / "pneumoniamnist.npz")
+
+
+def test_corrupt_file_is_named(tmp_path):
+    (tmp_path / "pneumoniamnist.npz").write_bytes(b"not a zip at all")
+    with pytest.raises(DataError, match="cannot read .*pneumoniamnist.npz"):
+        load_medmnist(tmp_path / "pneumoniamnist.npz")
+
+
+def test_labels_out_of_range_are_rejected(tmp_path):
+    arrays = {f"{s}_{k}": (np.zeros((4, 28, 28), np.uint8) if k == "images" else np.array([[0], [1], [2], [1]]))
+              for s in ("train", "val", "test") for k in ("images", "labels")}
+    np.savez(tmp_path / "pneumoniamnist.npz", **arrays)
+    dm = MedMNISTDataModule(name="pneumoniamnist", root=str(tmp_path), download=False, image_size=28, **COMMON)
+    with pytest.raises(DataError, match="outside 0..1: set data.num_classes"):
+        dm.setup("fit")

@@ -1,0 +1,69 @@
+"""The deployed models' own arithmetic, without a trained run: the graph's percentile is numpy's, the segmenter's
+tensor preprocessing is the MONAI recipe's, and the classifier feeds its network what the data module would."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from monai.data import MetaTensor
+from monai.transforms import Compose
+from torch import nn
+
+from medexp.data.synthetic import SyntheticLesionDataModule
+from medexp.data.transforms import preprocessing_transforms
+from medexp.export.model import DeployableClassifier, DeployableSegmenter, percentile, stored_test_images
+
+
+class Seen(nn.Module):
+    """A network that keeps what it was given (the preprocessed input), then applies ``net``."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+        self.input: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.input = x
+        return self.net(x)
+
+
+@pytest.mark.parametrize("q", [0.0, 0.5, 37.0, 99.5, 100.0])
+def test_percentile_is_numpys_linear_percentile_along_the_last_axis(q):
+    flat = torch.randn(2, 3, 101, generator=torch.Generator().manual_seed(0))
+    expected = np.percentile(flat.numpy(), q, axis=-1, keepdims=True)
+    np.testing.assert_allclose(percentile(flat, q).numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preprocessing", [
+    {"normalize": "zscore"},
+    {"clip_percentiles": [1.0, 99.0], "normalize": "zscore"},
+    {"window": [-100, 300], "normalize": "minmax"},
+    {"channels": [1], "clip_percentiles": [5.0, 95.0], "normalize": "minmax"},
+])
+@pytest.mark.parametrize("spatial", [(12, 10), (9, 8, 7)])
+def test_segmenter_preprocesses_each_image_as_the_monai_recipe_does(preprocessing, spatial):
+    images = torch.rand(2, 3, *spatial, generator=torch.Generator().manual_seed(1)) * 600 - 200
+    images[1, 0] = 50.0  # a constant channel: zscore divides by 1, minmax gives 0
+    network = Seen(nn.Identity())
+    probabilities = DeployableSegmenter(network, preprocessing)(images)
+    recipe = Compose(preprocessing_transforms(preprocessing, ("image",)))
+    expected = torch.stack([torch.as_tensor(recipe({"image": MetaTensor(image)})["image"]) for image in images])
+    torch.testing.assert_close(network.input, expected, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(probabilities, torch.softmax(expected, dim=1), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("multi_label", [False, True])
+def test_classifier_gives_its_network_the_data_modules_standardised_images(multi_label):
+    datamodule = SyntheticLesionDataModule(num_train=64, num_val=16, num_test=16, image_size=16, batch_size=8,
+                                           num_classes=2, in_channels=1, spatial_dims=2)
+    datamodule.setup("fit")
+    stored = stored_test_images(datamodule, limit=5)
+    assert stored.dtype == np.float32 and stored.shape == (5, 1, 16, 16) and stored.max() > 1  # 0-255, as stored
+    network = Seen(nn.Sequential(nn.Flatten(), nn.Linear(16 * 16, 2)))
+    with torch.no_grad():
+        probabilities = DeployableClassifier(network, datamodule.mean, datamodule.std, multi_label)(
+            torch.from_numpy(stored))
+        logits = network.net(network.input)
+    assert torch.equal(network.input, datamodule.standardise(datamodule.arrays.images["test"][:5]))
+    expected = torch.sigmoid(logits) if multi_label else torch.softmax(logits, dim=1)
+    torch.testing.assert_close(probabilities, expected)

@@ -1,0 +1,70 @@
+"""What the build layer adds to Hydra's instantiation: class weights from the training labels, the callbacks a run
+without a logger can use, and checkpoints to resume from that must fit the model."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pytorch_lightning.callbacks import LearningRateMonitor
+from torch import nn
+
+from medexp.data.medmnist import MedMNISTDataModule
+from medexp.errors import ConfigError, DataError
+from medexp.workflows.build import build_callbacks, check_resumable, class_weights
+
+
+def medmnist_with_labels(root: Path, train_labels: list[int]) -> MedMNISTDataModule:
+    """A PneumoniaMNIST-format file whose training split has these labels, read as medexp-train reads it."""
+    arrays = {}
+    for split, labels in (("train", train_labels), ("val", [0, 1]), ("test", [0, 1])):
+        arrays[f"{split}_images"] = np.zeros((len(labels), 28, 28), np.uint8)
+        arrays[f"{split}_labels"] = np.array(labels)[:, None]
+    np.savez(root / "pneumoniamnist.npz", **arrays)
+    datamodule = MedMNISTDataModule(name="pneumoniamnist", root=str(root), download=False, image_size=28,
+                                    batch_size=4, num_classes=2, in_channels=1, spatial_dims=2)
+    datamodule.setup("fit")
+    return datamodule
+
+
+def test_balanced_class_weights_are_n_over_k_times_the_class_count(tmp_path):
+    datamodule = medmnist_with_labels(tmp_path, [0] * 30 + [1] * 10)
+    assert class_weights("balanced", datamodule) == pytest.approx([40 / (2 * 30), 40 / (2 * 10)])
+    assert class_weights(None, datamodule) is None
+    assert class_weights([1, 2.5], datamodule) == [1.0, 2.5]
+
+
+def test_class_weights_that_cannot_work_are_one_line_config_errors(tmp_path):
+    datamodule = medmnist_with_labels(tmp_path, [0] * 8)
+    with pytest.raises(ConfigError, match=r"a class has no training samples \(counts \[8, 0\]\)"):
+        class_weights("balanced", datamodule)
+    with pytest.raises(ConfigError, match="task.class_weights='inverse' is not understood"):
+        class_weights("inverse", datamodule)
+
+
+def test_the_lr_monitor_is_only_built_where_a_logger_receives_it(make_cfg):
+    cfg = make_cfg()
+    assert any(isinstance(c, LearningRateMonitor) for c in build_callbacks(cfg, has_logger=True))
+    assert not any(isinstance(c, LearningRateMonitor) for c in build_callbacks(cfg, has_logger=False))
+
+
+def test_a_checkpoint_to_resume_from_must_hold_this_models_weights(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
+    fits = tmp_path / "fits.ckpt"
+    torch.save({"state_dict": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict()}, fits)
+    check_resumable(str(fits), model)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)).state_dict()}, other)
+    with pytest.raises(DataError, match=r"does not fit this model: 0.weight is \[5, 4\] there but \[3, 4\] here "
+                                        r"\(3 such weights\)"):
+        check_resumable(str(other), model)
+    partial = tmp_path / "partial.ckpt"
+    torch.save({"state_dict": nn.Sequential(nn.Linear(4, 3)).state_dict()}, partial)
+    with pytest.raises(DataError, match=r"lacks 2 weights of this model \(first: 1.weight\)"):
+        check_resumable(str(partial), model)
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")
+    with pytest.raises(DataError, match=r"cannot read checkpoint .*broken.ckpt: ") as error:
+        check_resumable(str(broken), model)
+    assert "\n" not in str(error.value)
