@@ -269,19 +269,3 @@ def test_a_killed_sweep_leaves_no_parent_running(tmp_path, tracking_uri, stop):
     # SIGKILL: the writer closes the parent and says so; SIGTERM: the sweep closes it itself, with its summary
     assert ("medexp.ended_by" in parent.data.tags) == (stop == signal.SIGKILL)
     assert ("mlflow.note.content" in parent.data.tags) == (stop == signal.SIGTERM)
-
-
-def test_a_resumed_run_drops_the_stale_ended_by_tag(tracking_uri):
-    from medexp.tracking.mlflow import MlflowRunLogger
-    from medexp.tracking.writer import ENDED_BY_TAG
-
-    first = MlflowRunLogger(tracking_uri, "medexp", run_name="resumed")
-    wait_for(lambda: first.version, 60, "the run to open")
-    run_id = first.version
-    first.log_tags({ENDED_BY_TAG: "writer: the training process exited without closing the run (killed?)"})
-    first.end("FAILED")
-    again = MlflowRunLogger(tracking_uri, "medexp", run_id=run_id)
-    again.end("FINISHED")
-    run = MlflowClient(tracking_uri).get_run(run_id)
-    assert run.info.status == "FINISHED" and ENDED_BY_TAG not in run.data.tags
-

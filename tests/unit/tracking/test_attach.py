@@ -37,6 +37,18 @@ class TrialPruned(Exception):  # Optuna's name, which closing recognises by name
     pass
 
 
+def test_a_server_that_never_answers_and_a_closed_port_are_unreachable_and_say_why():
+    with socket.socket() as server:  # the kernel accepts connections for it; nothing ever answers
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        problem = unreachable(f"http://alice:pw@127.0.0.1:{port}", timeout=1)
+        assert problem == f"127.0.0.1:{port} sent no HTTP answer within 1 s"
+    port = closed_port()
+    problem = unreachable(f"http://127.0.0.1:{port}", timeout=2)
+    assert problem is not None and problem.startswith(f"127.0.0.1:{port}: ")
+
+
 def test_a_sqlite_store_needs_a_folder_it_can_create_and_write(tmp_path):
     assert unreachable(f"sqlite:///{tmp_path / 'new' / 'mlflow.db'}") is None
     assert (tmp_path / "new").is_dir()

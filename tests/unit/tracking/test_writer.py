@@ -1,8 +1,10 @@
-"""The MLflow writer process: a dead writer is said at the next log, and the run's end names where its results are."""
+"""The MLflow writer process: a dead writer is said at the next log, training goes on, and the run's end fails
+naming where its results are."""
 from __future__ import annotations
 
 import os
 import signal
+import socket
 
 import pytest
 
@@ -29,3 +31,20 @@ def test_a_dead_writer_is_said_at_the_next_log_and_fails_the_end_not_the_trainin
     with pytest.raises(MedexpError, match=r"the run's results are safe in /runs/doomed \(metrics.json"):
         logger.end("FINISHED")
     assert writer_process() is not writer  # the next run gets a fresh writer
+
+
+def test_a_write_to_a_server_that_is_gone_is_told_from_other_failures(monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from medexp.tracking.writer import server_gone
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    try:
+        MlflowClient(f"http://127.0.0.1:{port}").get_experiment_by_name("medexp")
+    except Exception as exc:  # noqa: BLE001 - whatever MLflow wraps it in
+        gone = exc
+    assert server_gone(gone)
+    assert not server_gone(ValueError("a param of another value was logged before"))
