@@ -47,7 +47,7 @@ def test_segmentation_with_three_test_images_on_two_processes(tmp_path, tracking
         path.unlink()  # 3 test images: a padded sampler would score one of them twice
     ddp, single = ddp_run_and_single_process_eval(
         tmp_path, tracking_uri, "data=chasedb1", f"data.root={root}", "model=unet", "task=segmentation",
-        "data.split.test_patients=['04','05']", "data.split.val_patients=['03']", "data.patch_size=[32,32]",
+        "data.split.test_patients=['04','05']", "+data.split.val_patients=['03']", "data.patch_size=[32,32]",
         "data.samples_per_image=2", "data.batch_size=2", "trainer.max_epochs=2")
     assert_same(ddp, single, ["dice", "auroc", "loss", "hd95"])
 
