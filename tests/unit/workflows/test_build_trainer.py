@@ -1,12 +1,16 @@
 """medexp's own options of the ``trainer`` group: compile, float32 matmul precision, sync_batchnorm=auto."""
 from __future__ import annotations
 
+import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from medexp.callbacks.compile import CompileNetwork
+from medexp.errors import ConfigError
 from medexp.tasks.base import BaseTask
 from medexp.workflows.build import build_trainer, sync_batchnorm
+from medexp.workflows.lifecycle import check_config_values
 
 
 def test_compile_true_compiles_the_network_when_fitting_starts(make_cfg):
@@ -40,3 +44,13 @@ def test_sync_batchnorm_auto_for_small_batches_on_gpus_only(make_cfg):
     assert sync_batchnorm(make_cfg("trainer=ddp", "data=chasedb1")) is False  # 4 x 8 = 32
     assert sync_batchnorm(make_cfg("trainer=ddp", "data.batch_size=128")) is False
     assert sync_batchnorm(make_cfg("trainer=ddp", "data.batch_size=8")) is True
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("trainer.sync_batchnorm=sometimes", "trainer.sync_batchnorm='sometimes' is not valid: it must be true, false or auto"),
+    ("trainer.float32_matmul_precision=tf32", "it must be highest, high or medium"),
+    ("trainer.compile=yes please", "trainer.compile='yes please' is not valid: it must be true or false"),
+])
+def test_bad_trainer_options_are_one_line_naming_the_valid_values(make_cfg, override, message):
+    with pytest.raises(ConfigError, match=message):
+        check_config_values(OmegaConf.to_container(make_cfg("trainer=ddp", override), resolve=True))
