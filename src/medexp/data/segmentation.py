@@ -21,6 +21,7 @@ from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.datalist import build_datalist
 from medexp.data.io import CaseSummary, LoadCased, dataset_fingerprint, inspect_cases
+from medexp.data.sharding import evaluation_sampler, rank_seed
 from medexp.data.splits import Split, split_from_config
 from medexp.data.transforms import eval_pipeline, prediction_pipeline, train_pipeline
 from medexp.errors import ConfigError, DataError
@@ -61,7 +62,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             patients, keeping the split's test set: ``-m data.fold=0,1,2,3,4`` runs every fold.
         seed: seeds the training DataLoader's generator, which fixes the shuffle order and (through MONAI's
             DataLoader, in the main process or the workers) the patch sampling and augmentation; the split has its own
-            ``split.seed`` so it stays fixed across training seeds.
+            ``split.seed`` so it stays fixed across training seeds. Under DDP each rank offsets it
+            (``medexp.data.sharding.rank_seed``) and evaluates its own share of the cases, each case once.
     """
 
     def __init__(
@@ -198,8 +200,11 @@ class SegmentationDataModule(pl.LightningDataModule):
         ).hexdigest()[:12]
 
     def _dataloader(self, name: str, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
+        dataset = self._dataset(name)
+        if name != "train":  # under DDP each rank evaluates its share, each case once
+            kwargs.setdefault("sampler", evaluation_sampler(dataset, self.trainer, name))
         return DataLoader(
-            self._dataset(name),
+            dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             num_workers=self.num_workers,
@@ -209,7 +214,8 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        generator = torch.Generator().manual_seed(rank_seed(self.seed, rank))
         return self._dataloader("train", self.batch_size, shuffle=True, generator=generator)
 
     def val_dataloader(self) -> DataLoader:

@@ -6,18 +6,37 @@ sqlite store cost ~7 ms each) and synchronised across DDP ranks by torchmetrics 
 """
 from __future__ import annotations
 
+import inspect
 import math
+import os
+import random
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from medexp.data.sharding import rank_seed
 from medexp.errors import MedexpError
 
 STAGES = ("train", "val", "test")
+
+
+def fused_on_cuda(optimizer_factory: Callable, params: list[torch.Tensor]) -> dict[str, bool]:
+    """``{"fused": True}`` for an optimizer with a fused implementation (torch's Adam, AdamW, SGD, ...: one kernel
+    updates every tensor, instead of several kernels per tensor) when every parameter is on a CUDA device and the
+    config chose neither ``fused`` nor ``foreach``; else nothing: torch's default (on the CPU, its for-each loop).
+    Decided here, when Lightning has moved the model to its device."""
+    chosen = getattr(optimizer_factory, "keywords", {})
+    try:
+        takes_fused = "fused" in inspect.signature(getattr(optimizer_factory, "func", optimizer_factory)).parameters
+    except (TypeError, ValueError):  # a callable without a signature: leave it as configured
+        return {}
+    on_cuda = bool(params) and all(p.is_cuda for p in params)
+    return {"fused": True} if takes_fused and on_cuda and not {"fused", "foreach"} & set(chosen) else {}
 
 
 class BaseTask(pl.LightningModule):
@@ -60,14 +79,33 @@ class BaseTask(pl.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
+    def setup(self, stage: str) -> None:
+        """Under DDP each rank draws its own numbers (on-device augmentation, dropout, a detector's negatives): the
+        global generators are seeded again with ``rank_seed`` of the run's seed. Not by ``seed_everything``, which
+        would change ``PL_GLOBAL_SEED``, from which Lightning's training sampler must shuffle alike on every rank.
+        The weights stay rank 0's: DDP broadcasts them when it wraps the model, after this hook."""
+        seed = os.environ.get("PL_GLOBAL_SEED")
+        if seed is None or self.trainer.world_size <= 1:
+            return
+        seed = rank_seed(int(seed), self.trainer.global_rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
     # -- optimisation -----------------------------------------------------------------------------------------
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params=params, **fused_on_cuda(self.optimizer_factory, params))
         if self.scheduler_factory is None:
             return optimizer
         scheduler = self.scheduler_factory(optimizer=optimizer)
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "epoch", "monitor": self.monitor}}
+
+    def compile_network(self) -> None:
+        """``trainer.compile=true``: ``torch.compile`` the network in place (``Module.compile``: its weights keep
+        their names, so checkpoints load into an uncompiled one)."""
+        self.net.compile()
 
     # -- loss bookkeeping -------------------------------------------------------------------------------------
     def log_train_loss(self, loss: torch.Tensor) -> None:

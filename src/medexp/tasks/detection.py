@@ -226,6 +226,10 @@ class DetectionTask(BaseTask):
         if self._loss_sums:
             self.log_metrics("train", {f"loss_{key}": total / steps for key, total in self._loss_sums.items()})
 
+    def compile_network(self) -> None:
+        """The RetinaNet only: the detector around it matches anchors and samples negatives in Python."""
+        self.net.network.compile()
+
     # -- evaluation -------------------------------------------------------------------------------------------
     def predict_step(self, batch, batch_idx):
         """Per image its detections ``{"box": (N, 2 * dims) standard mode, "label": (N,), "label_scores": (N,)}``

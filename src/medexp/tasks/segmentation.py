@@ -6,6 +6,10 @@ the pixel-level AUROC of the foreground probability. When a batch carries a fiel
 (``fov``; e.g. the retina in fundus photographs), the metrics count only pixels inside it, as the CHASEDB1/DRIVE
 protocols do. Each case's Dice and HD95 are kept under its id for report/index.html (``medexp.reports.page``), with
 overlays of only the worst and best few.
+
+Evaluation memory: the metrics read the label maps one class at a time (a boolean mask each), never a one-hot of the
+whole volume per class (an int64 one of a 14-class 512x512x200 CT is 5.9 GB). Under DDP each rank scores its own
+cases (``medexp.data.sharding``: each case once) and the per-case values are gathered before the mean.
 """
 from __future__ import annotations
 
@@ -38,6 +42,21 @@ def all_ranks(trainer, item) -> list:
     return parts
 
 
+def hd95_per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """95% Hausdorff distance of each case and foreground class, ``(B, num_classes - 1)``, from label maps
+    ``(B, 1, *spatial)``: one class's masks at a time (MONAI's metric takes a one-hot of all classes at once).
+    NaN where the class is missing from the prediction or the truth. MONAI's warning for that is silenced: fed one class
+    at a time it would name every class 0, and a structure missing from a case is no fault to report."""
+    import warnings
+
+    from monai.metrics import compute_hausdorff_distance
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"the (ground truth|prediction) of class \d+ is all 0")
+        return torch.cat([compute_hausdorff_distance(predicted == c, labels == c, include_background=True,
+                                                     percentile=95) for c in range(1, num_classes)], dim=1)
+
+
 class SegmentationTask(BaseTask):
     # what ``predict_step`` returns, per sample: class probabilities per voxel (medexp.workflows.predict writes label maps)
     prediction_kind = "segmentation"
@@ -49,17 +68,17 @@ class SegmentationTask(BaseTask):
                  class_names: Sequence[str] | None = None, tta_flips: Sequence[Sequence[int]] = ()):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         from monai.inferers import SlidingWindowInferer
-        from monai.metrics import DiceMetric, HausdorffDistanceMetric
+        from monai.metrics import Cumulative, DiceMetric
 
         self.num_classes = num_classes
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.criterion = loss()
         self.inferer = SlidingWindowInferer(roi_size=list(roi_size), sw_batch_size=sw_batch_size, overlap=sw_overlap,
                                             mode="gaussian")
-        self.dice = {s: DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False)
-                     for s in EVAL_STAGES}
-        self.hd95 = {s: HausdorffDistanceMetric(include_background=False, percentile=95, reduction="mean_batch")
-                     for s in EVAL_STAGES}
+        # label maps in, per-case values out, gathered across DDP ranks by MONAI when aggregated
+        self.dice = {s: DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=False,
+                                   num_classes=num_classes) for s in EVAL_STAGES}
+        self.hd95 = {s: Cumulative() for s in EVAL_STAGES}  # (cases, structures), see ``hd95_per_class``
         self.hd95_stages = set(hd95_stages)
         self.eval_losses = nn.ModuleList([MeanMetric() for _ in EVAL_STAGES])
         # binned AUROC: constant memory however many pixels a full-size image has
@@ -106,10 +125,11 @@ class SegmentationTask(BaseTask):
         fov = as_tensor(batch["fov"]).bool() if "fov" in batch else None
         if fov is not None:  # outside the field of view both become background: it counts for nothing
             predicted, labels = predicted * fov, labels * fov
-        onehot_pred = nn.functional.one_hot(predicted[:, 0], self.num_classes).movedim(-1, 1)
-        onehot_true = nn.functional.one_hot(labels[:, 0], self.num_classes).movedim(-1, 1)
-        dice = self.dice[stage](onehot_pred, onehot_true)  # (B, structures): kept per case for the report
-        hd95 = self.hd95[stage](onehot_pred, onehot_true) if stage in self.hd95_stages else None
+        dice = self.dice[stage](predicted, labels)  # (B, structures): kept per case for the report
+        hd95 = None
+        if stage in self.hd95_stages:
+            hd95 = hd95_per_class(predicted, labels, self.num_classes)
+            self.hd95[stage].extend(hd95)
         case_ids = batch.get("case_id") or [None] * len(images)
         for i, case_id in enumerate(case_ids):
             self.scored[stage].add(case_id, dice[i].cpu().numpy(), None if hd95 is None else hd95[i].cpu().numpy(),
@@ -152,7 +172,10 @@ class SegmentationTask(BaseTask):
         if self.num_classes > 2:
             values.update({f"dice_{name}": d for name, d in zip(names, per_class, strict=True)})
         if stage in self.hd95_stages:
-            hd95 = self.hd95[stage].aggregate()  # (num_classes - 1,): NaN for a class absent from every case
+            from monai.metrics.utils import do_metric_reduction
+
+            # (num_classes - 1,): the mean over cases where it is defined, NaN for a class absent from every case
+            hd95, _ = do_metric_reduction(self.hd95[stage].get_buffer(), "mean_batch")
             self.hd95[stage].reset()
             values["hd95"] = hd95.nanmean()
             if self.num_classes > 2:

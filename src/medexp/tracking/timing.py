@@ -10,12 +10,20 @@ import time
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.utilities import rank_zero_only
 
 
 def batch_size(batch) -> int:
     first = batch["image"] if isinstance(batch, dict) else batch[0]
     return len(first)  # a tensor's first dimension, or a list of images (detection)
+
+
+def device_done(pl_module: pl.LightningModule) -> None:
+    """Wait for the kernels queued on a CUDA device: the host runs ahead of them, so an epoch's clock would stop
+    before its last steps ran and images/s would read high."""
+    if pl_module.device.type == "cuda":
+        torch.cuda.synchronize(pl_module.device)
 
 
 class RunTimer(pl.Callback):
@@ -28,20 +36,25 @@ class RunTimer(pl.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.first_step_at is None:
+            device_done(pl_module)
             self.first_step_at = time.time()
         self.images += batch_size(batch)
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
+        device_done(pl_module)
         self._epoch_started = time.perf_counter()
 
     def on_validation_start(self, trainer, pl_module) -> None:
+        device_done(pl_module)
         self._val_started = time.perf_counter()
 
     def on_validation_end(self, trainer, pl_module) -> None:
+        device_done(pl_module)
         if trainer.training:  # validation inside a training epoch is not training time
             self._epoch_started += time.perf_counter() - self._val_started
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
+        device_done(pl_module)
         self.train_seconds += time.perf_counter() - self._epoch_started
 
     @rank_zero_only

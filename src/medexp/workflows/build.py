@@ -84,15 +84,44 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
     return [c for c in callbacks if has_logger or not isinstance(c, LearningRateMonitor)] + finetune_callbacks(cfg)
 
 
+# keys of the ``trainer`` group that are medexp's, not Lightning Trainer arguments (see ``build_trainer``)
+TRAINER_OPTIONS = ("compile", "float32_matmul_precision")
+SYNC_BATCHNORM_BELOW = 16  # samples per device and step under which ``sync_batchnorm: auto`` synchronises
+
+
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
-    """Lightning's trainer from the ``trainer`` group, writing checkpoints atomically."""
+    """Lightning's trainer from the ``trainer`` group, writing checkpoints atomically, with medexp's options:
+    ``compile`` (``torch.compile`` the network), ``float32_matmul_precision`` (``high``: TF32 matmuls on GPUs that
+    have them; set only where CUDA is), ``sync_batchnorm: auto`` (see ``sync_batchnorm``)."""
+    import torch
     from hydra.utils import instantiate
 
+    from medexp.callbacks.compile import CompileNetwork
     from medexp.workflows.checkpoints import AtomicCheckpointIO
 
-    plugins = list(cfg.trainer.get("plugins") or [])
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
+    compile_network, precision = (trainer_cfg.pop(key, None) for key in TRAINER_OPTIONS)
+    if precision is not None and torch.cuda.is_available():
+        torch.set_float32_matmul_precision(precision)
+    if trainer_cfg.get("sync_batchnorm") == "auto":
+        trainer_cfg["sync_batchnorm"] = sync_batchnorm(cfg)
+    plugins = list(trainer_cfg.pop("plugins", None) or [])
+    return instantiate(trainer_cfg, logger=loggers or False,
+                       callbacks=[*callbacks, *([CompileNetwork()] if compile_network else [])],
                        plugins=[*plugins, AtomicCheckpointIO()])
+
+
+def sync_batchnorm(cfg: DictConfig) -> bool:
+    """``trainer.sync_batchnorm=auto``: BatchNorm statistics shared across DDP ranks where each device sees fewer
+    than 16 samples a step (``data.batch_size`` x ``data.samples_per_image``: 3D patches, large images), whose own
+    statistics are noisy; not with more (a collective per BatchNorm layer and step for little), nor on the CPU,
+    where torch's SyncBatchNorm does not run."""
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    per_device = int(cfg.data.get("batch_size", 1)) * int(cfg.data.get("samples_per_image", 1) or 1)
+    return not on_cpu and per_device < SYNC_BATCHNORM_BELOW
 
 
 def build_trial_callbacks(cfg: DictConfig) -> list:

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from medexp.workflows.build import build_network
+from medexp.workflows.build import build_network, build_trainer
 from tests.conftest import REPO
 
 CONF = REPO / "conf"
@@ -87,7 +87,7 @@ def test_optimizers_and_schedulers_instantiate(make_cfg, optimizer, scheduler):
 @pytest.mark.parametrize("trainer", ["default", "cpu", "ddp_cpu"])
 def test_cpu_trainers_instantiate(make_cfg, trainer):
     cfg = make_cfg(f"trainer={trainer}")
-    t = instantiate(cfg.trainer, logger=False, enable_checkpointing=False)
+    t = build_trainer(cfg, loggers=[], callbacks=[])
     assert t.max_epochs == cfg.trainer.max_epochs
 
 
