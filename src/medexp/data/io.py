@@ -26,40 +26,20 @@ from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import is_supported_format
 from monai.transforms import LoadImage, MapTransform
 
+from medexp.data.image_readers import normalise_pil_image, through_palette
 from medexp.errors import ConfigError, DataError
 
 PIL_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif")
-_PIL_MODES_FOR_IMAGES = {"RGBA": "RGB", "LA": "L", "1": "L", "CMYK": "RGB"}
-
-
-def _through_palette(image):
-    """A palette image as the colours it shows: one gray channel when every colour it uses is gray, else RGB."""
-    rgb = image.convert("RGB")
-    return rgb.convert("L") if _is_gray(rgb) else rgb
-
-
-def _normalise_pil_image(image):
-    """Pixels a network can read: colour stays RGB, gray stays one channel, alpha and palettes disappear."""
-    if image.mode in ("P", "PA"):
-        return _through_palette(image)
-    return image.convert(_PIL_MODES_FOR_IMAGES[image.mode]) if image.mode in _PIL_MODES_FOR_IMAGES else image
-
-
 def _normalise_pil_mask(image):
     """A palette mask's values as its file means them. Gray palettes (black/white masks saved as GIF or palette
     PNG; editors put the white foreground at any index, e.g. 251) are read by colour, so such files and 8-bit 0/255
     files in one folder agree; a coloured palette (Pascal VOC's) colours class indices, which are kept."""
     if image.mode not in ("P", "PA"):
         return image
-    colours = _through_palette(image)
+    colours = through_palette(image)
     if colours.mode == "L":
         return colours
     return image.getchannel(0) if image.mode == "PA" else image
-
-
-def _is_gray(rgb_image) -> bool:
-    array = np.asarray(rgb_image)
-    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
 
 
 class _PILReader2D(PILReader):
@@ -79,7 +59,7 @@ class _PILReader2D(PILReader):
 def _make_loader(for_images: bool, keep_dtype: bool = False) -> LoadImage:
     """One loader per role and process: building one registers every MONAI reader (and logs about nvImageCodec)."""
     loader = LoadImage(image_only=True, dtype=None if keep_dtype else np.float32, ensure_channel_first=True)
-    converter = _normalise_pil_image if for_images else _normalise_pil_mask
+    converter = normalise_pil_image if for_images else _normalise_pil_mask
     loader.register(_PILReader2D(converter=converter, reverse_indexing=False))  # registered last = tried first
     return loader
 
