@@ -13,11 +13,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, compose_config
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
+from conftest import SHARED_DATA, compose_config
 from medexp.workflows.train import run_experiment
 
 pytestmark = pytest.mark.slow

@@ -56,9 +56,9 @@ def read_table(path: Path) -> list[dict[str, str]]:
     return [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in rows]
 
 
-def _require_columns(path: Path, rows: list[dict[str, str]], columns: Mapping[str, str | None]) -> None:
+def _require_columns(path: Path, rows: list[dict[str, str]], columns: Sequence[tuple[str, str | None]]) -> None:
     present = list(rows[0])
-    for option, column in columns.items():
+    for option, column in columns:
         if column is not None and column not in present:
             raise DataError(f"label table {path} has no column {column!r} (data.{option}); its columns are {present}")
 
@@ -69,9 +69,9 @@ def table_records(path: Path, image_column: str, label_column: str | Sequence[st
     ``case_id``, ``patient_id``, ``split``, ``fold``."""
     rows = read_table(path)
     labels = [label_column] if isinstance(label_column, str) else list(label_column)
-    _require_columns(path, rows, {"image_column": image_column, "patient_column": patient_column,
-                                  "split_column": split_column, "fold_column": fold_column,
-                                  **{"label_column": c for c in labels}})
+    _require_columns(path, rows, [("image_column", image_column), ("patient_column", patient_column),
+                                  ("split_column", split_column), ("fold_column", fold_column),
+                                  *(("label_column", column) for column in labels)])
     records = []
     for index, row in enumerate(rows):
         where = f"{path} row {index + 2}"  # row 1 is the header

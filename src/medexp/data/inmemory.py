@@ -280,8 +280,9 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             array = self.read_new_image(image) if isinstance(image, str) else image
             if tuple(array.shape) != expected:
                 where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
-                size = "x".join(str(s) for s in expected[1:])
-                raise DataError(f"{where} has shape {tuple(array.shape)} (channels, *spatial) but the model was "
+                size, axes = "x".join(str(s) for s in expected[1:]), "rows, columns"
+                axes = axes if len(expected) == 3 else f"depth, {axes}"
+                raise DataError(f"{where} has shape {tuple(array.shape)} (channels, {axes}) but the model was "
                                 f"trained on {expected}: give {expected[0]}-channel {size} images")
             standardised.append(self.standardise(array[None]))
         return DataLoader(TensorDataset(torch.cat(standardised)), batch_size=batch_size)

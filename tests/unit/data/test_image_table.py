@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures_data import write_dicom_series
 from medexp.data.image_readers import Preprocessing, fit_to_shape, read_image_file
 from medexp.data.image_table import ImageTableDataModule
 from medexp.errors import DataError
-from fixtures_data import write_dicom_series
 
 
 def write_table(path: Path, rows: list[dict], delimiter: str = ",") -> Path:
@@ -173,6 +173,8 @@ def test_provided_folds_and_multilabel_columns(tmp_path):
     assert dm.multi_label and dm.class_names == ["effusion", "nodule"] and dm.num_classes == 2
     assert len(dm.arrays.labels["val"]) == 3 and dm.arrays.labels["val"].shape[1] == 2
     assert dm.split.settings["folds"] == "provided"
+    with pytest.raises(DataError, match=r"no column 'mass' \(data.label_column\)"):
+        module(table, label_column=["effusion", "mass"])
 
 
 def test_class_folders_with_png_and_dicom_series_volumes(tmp_path):
