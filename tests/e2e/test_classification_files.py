@@ -137,3 +137,23 @@ def test_file_table_under_ddp_counts_every_test_image_once(tmp_path, tracking_ur
     distributed = json.loads((out / "metrics.json").read_text())["metrics"]
     assert single["test/auroc"] == pytest.approx(distributed["test/auroc"], abs=1e-6)
     assert single["test/accuracy"] == pytest.approx(distributed["test/accuracy"], abs=1e-6)
+
+
+def test_3d_classifier_report_shows_middle_slices_and_grad_cam_and_exports(tmp_path, tracking_uri):
+    npz = subset_npz(SHARED_DATA / "adrenalmnist3d.npz", tmp_path / "data" / "adrenalmnist3d.npz",
+                     {"train": 64, "val": 24, "test": 24})
+    out = tmp_path / "run"
+    done = subprocess.run([str(BIN / "medexp-train"), "experiment=adrenalmnist3d", f"data.root={npz.parent}",
+                           "data.download=false", "data.batch_size=32", "model.block_inplanes=[4,8,8,8]",
+                           "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={out}"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    assert done.returncode == 0, done.stderr[-3000:]
+    page = (out / "report" / "index.html").read_text()
+    assert "Grad-CAM" in page and page.count("data:image/png;base64") >= 10
+    (best,) = (out / "checkpoints").glob("best-*.ckpt")
+    exported = subprocess.run([str(BIN / "medexp-export"), f"ckpt_path={best}", "format=torchscript",
+                               f"output={tmp_path / 'model.pt'}"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert "max |difference| from PyTorch" in exported.stdout
