@@ -29,8 +29,8 @@ def _as_float(images: np.ndarray) -> torch.Tensor:
 
 @dataclass
 class ArraySplits:
-    """Images ``(N, C, H, W)`` (any numeric dtype) and labels per split: class indices ``(N,)``, or for a
-    multi-label set (ChestMNIST) one 0/1 column per label ``(N, K)``."""
+    """Images ``(N, C, H, W)`` or, in 3D, ``(N, C, D, H, W)`` (any numeric dtype) and labels per split: class
+    indices ``(N,)``, or for a multi-label set (ChestMNIST) one 0/1 column per label ``(N, K)``."""
 
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
@@ -119,7 +119,7 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         self.arrays: ArraySplits | None = None
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean = self.std = None
-        self.image_shape: list[int] | None = None  # (C, H, W) of the training images
+        self.image_shape: list[int] | None = None  # (C, H, W) or (C, D, H, W) of the training images
         self._augment = None
         self._saved_train_counts: tuple[list[int], int] | None = None  # from a checkpoint, see ``_label_counts``
 
@@ -222,9 +222,11 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
                 raise DataError(f"{a.source}: {split} has {len(x)} images but {len(y)} labels")
             a.labels[split] = y = integer_labels(y, f"{a.source}: {split} labels")
             check_finite(x, f"{a.source}: {split} images")
-            if x.ndim != 4 or x.shape[1] != self.in_channels:
-                raise DataError(f"{a.source}: {split} images have shape {x.shape[1:]} (C, H, W); the config says "
-                                f"in_channels={self.in_channels}: set data.in_channels to match")
+            if x.ndim != 2 + self.spatial_dims or x.shape[1] != self.in_channels:
+                layout = "(C, H, W)" if self.spatial_dims == 2 else "(C, D, H, W)"
+                raise DataError(f"{a.source}: {split} images have shape {x.shape[1:]} {layout}; the config says "
+                                f"in_channels={self.in_channels}, spatial_dims={self.spatial_dims}: set "
+                                "data.in_channels and data.spatial_dims to match")
             if y.ndim == 2:
                 if y.shape[1] != self.num_classes:
                     raise DataError(f"{a.source}: {split} labels have {y.shape[1]} columns (one per label of a "
@@ -240,18 +242,19 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
     def _to_tensors(self, a: ArraySplits) -> None:
         train = _as_float(a.images["train"])
         self.image_shape = list(train.shape[1:])
-        self.mean = train.mean(dim=(0, 2, 3)).tolist()
-        self.std = train.std(dim=(0, 2, 3)).clamp_min(1e-6).tolist()
+        per_channel = [0, *range(2, train.ndim)]
+        self.mean = train.mean(dim=per_channel).tolist()
+        self.std = train.std(dim=per_channel).clamp_min(1e-6).tolist()
         del train  # standardise makes its own float copy: never hold two
         for split in SPLITS:
             self.tensors[split] = (self.standardise(a.images[split]),
                                    torch.from_numpy(a.labels[split].astype(np.int64)))
 
     def standardise(self, images: np.ndarray) -> torch.Tensor:
-        """Stored images ``(N, C, H, W)`` as the network sees them: integer images scaled to [0, 1], then
+        """Stored images ``(N, C, *spatial)`` as the network sees them: integer images scaled to [0, 1], then
         standardised by the training set's per-channel mean/std."""
-        mean = torch.tensor(self.mean).view(1, -1, 1, 1)
-        std = torch.tensor(self.std).view(1, -1, 1, 1)
+        shape = (1, -1) + (1,) * (images.ndim - 2)
+        mean, std = torch.tensor(self.mean).view(shape), torch.tensor(self.std).view(shape)
         return (_as_float(images) - mean) / std
 
     # -- checkpoints: what new images need, so medexp-predict works without the training data ------------------
@@ -267,21 +270,27 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
 
     # -- prediction -------------------------------------------------------------------------------------------
     def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int) -> DataLoader:
-        """New images (paths, or ``(C, H, W)`` arrays such as an .npz's) in batches of ``(images,)``, preprocessed
-        as the test split (no augmentation); each must have the training images' shape."""
-        from medexp.data.io import read_image
-
+        """New images (paths, or ``(C, *spatial)`` arrays such as an .npz's) in batches of ``(images,)``,
+        preprocessed as the test split (no augmentation); each must have the training images' shape."""
         if self.mean is None:  # a checkpoint from before they were saved in it: read the training set again
             self.setup()
         expected = tuple(self.image_shape)
         standardised = []
         for index, image in enumerate(images):
-            array = read_image(image).numpy() if isinstance(image, str) else image
+            array = self.read_new_image(image) if isinstance(image, str) else image
             where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
             if array.dtype.kind == "f" and not np.isfinite(array).all():  # refused as training refuses them
                 raise DataError(f"{where} holds NaN or infinite pixel values: fix or drop that image")
             if tuple(array.shape) != expected:
-                raise DataError(f"{where} has shape {tuple(array.shape)} (channels, rows, columns) but the model was "
-                                f"trained on {expected}: give {expected[0]}-channel {expected[1]}x{expected[2]} images")
+                size, axes = "x".join(str(s) for s in expected[1:]), "rows, columns"
+                axes = axes if len(expected) == 3 else f"depth, {axes}"
+                raise DataError(f"{where} has shape {tuple(array.shape)} (channels, {axes}) but the model was "
+                                f"trained on {expected}: give {expected[0]}-channel {size} images")
             standardised.append(self.standardise(array[None]))
         return DataLoader(TensorDataset(torch.cat(standardised)), batch_size=batch_size)
+
+    def read_new_image(self, path: str) -> np.ndarray:
+        """One image file as the stored training images are, ``(C, *spatial)``; file-based sets also resize it."""
+        from medexp.data.io import read_image
+
+        return read_image(path).numpy()

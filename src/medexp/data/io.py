@@ -29,23 +29,10 @@ from monai.data.meta_tensor import MetaTensor
 from monai.data.utils import is_supported_format
 from monai.transforms import LoadImage, MapTransform
 
+from medexp.data.image_readers import normalise_pil_image, through_palette
 from medexp.errors import ConfigError, DataError
 
 PIL_SUFFIXES = ("png", "jpg", "jpeg", "bmp", "tif", "tiff", "gif")
-_PIL_MODES_FOR_IMAGES = {"RGBA": "RGB", "LA": "L", "1": "L", "CMYK": "RGB"}
-
-
-def _through_palette(image):
-    """A palette image as the colours it shows: one gray channel when every colour it uses is gray, else RGB."""
-    rgb = image.convert("RGB")
-    return rgb.convert("L") if _is_gray(rgb) else rgb
-
-
-def _normalise_pil_image(image):
-    """Pixels a network can read: colour stays RGB, gray stays one channel, alpha and palettes disappear."""
-    if image.mode in ("P", "PA"):
-        return _through_palette(image)
-    return image.convert(_PIL_MODES_FOR_IMAGES[image.mode]) if image.mode in _PIL_MODES_FOR_IMAGES else image
 
 
 def _normalise_pil_mask(image):
@@ -54,7 +41,7 @@ def _normalise_pil_mask(image):
     files in one folder agree; a coloured palette (Pascal VOC's) colours class indices, which are kept."""
     if image.mode not in ("P", "PA"):
         return image
-    colours = _through_palette(image)
+    colours = through_palette(image)
     if colours.mode == "L":
         return colours
     return image.getchannel(0) if image.mode == "PA" else image
@@ -63,12 +50,7 @@ def _normalise_pil_mask(image):
 def _normalise_pil_binary_mask(image):
     """A two-class mask's palette as the colours it shows, gray or coloured: the background is its black whatever
     index holds it, and a coloured palette's indices need not be 0 and 1."""
-    return _through_palette(image) if image.mode in ("P", "PA") else image
-
-
-def _is_gray(rgb_image) -> bool:
-    array = np.asarray(rgb_image)
-    return bool((array[..., 0] == array[..., 1]).all() and (array[..., 1] == array[..., 2]).all())
+    return through_palette(image) if image.mode in ("P", "PA") else image
 
 
 class _PILReader2D(PILReader):
@@ -84,7 +66,7 @@ class _PILReader2D(PILReader):
         return shape if self.reverse_indexing else shape[::-1].copy()
 
 
-_CONVERTERS = {"image": _normalise_pil_image, "mask": _normalise_pil_mask, "binary_mask": _normalise_pil_binary_mask}
+_CONVERTERS = {"image": normalise_pil_image, "mask": _normalise_pil_mask, "binary_mask": _normalise_pil_binary_mask}
 
 
 def _one_frame(image):

@@ -27,14 +27,15 @@ def download(url: str, target: Path, timeout: float = 20.0) -> None:
     partial.replace(target)
 
 
-def channels_first(images: np.ndarray) -> np.ndarray:
-    """MedMNIST's ``(N, H, W)`` (gray) or ``(N, H, W, C)`` (colour) images as ``(N, C, H, W)``."""
-    return images[:, None] if images.ndim == 3 else np.moveaxis(images, -1, 1)
+def channels_first(images: np.ndarray, spatial_dims: int = 2) -> np.ndarray:
+    """MedMNIST's ``(N, H, W)`` (gray) or ``(N, H, W, C)`` (colour) images as ``(N, C, H, W)``; in 3D its
+    ``(N, D, H, W)`` volumes (MedMNIST3D is gray) as ``(N, 1, D, H, W)``."""
+    return images[:, None] if images.ndim == 1 + spatial_dims else np.moveaxis(images, -1, 1)
 
 
-def load_medmnist(path: Path) -> dict[str, np.ndarray]:
-    """Read and check a MedMNIST file: images become ``(N, C, H, W)`` uint8, labels ``(N,)`` int64 class indices,
-    or ``(N, K)`` 0/1 for a multi-label set (ChestMNIST's 14 findings)."""
+def load_medmnist(path: Path, spatial_dims: int = 2) -> dict[str, np.ndarray]:
+    """Read and check a MedMNIST file: images become ``(N, C, H, W)`` uint8 (3D: ``(N, 1, D, H, W)``), labels
+    ``(N,)`` int64 class indices, or ``(N, K)`` 0/1 for a multi-label set (ChestMNIST's 14 findings)."""
     try:
         with np.load(path) as npz:
             missing = [k for k in REQUIRED_KEYS if k not in npz.files]
@@ -54,14 +55,15 @@ def load_medmnist(path: Path) -> dict[str, np.ndarray]:
     out = {}
     for split in SPLITS:
         labels = arrays[f"{split}_labels"]  # cast by the data module once checked: 0.9 must not become class 0
-        out[f"{split}_images"] = channels_first(arrays[f"{split}_images"])
+        out[f"{split}_images"] = channels_first(arrays[f"{split}_images"], spatial_dims)
         # (N, 1) class indices become (N,); (N, K) with K > 1 is multi-label and stays so
         out[f"{split}_labels"] = labels.reshape(len(labels), -1) if columns[split] > 1 else labels.reshape(-1)
     return out
 
 
 class MedMNISTDataModule(InMemoryClassificationDataModule):
-    """A 2D MedMNIST set read from ``root``; downloaded there first when absent and ``download`` is true."""
+    """A MedMNIST set (2D, or 3D with ``spatial_dims=3``) read from ``root``; downloaded there first when absent
+    and ``download`` is true."""
 
     def __init__(self, name: str, root: str, download: bool = True, **kwargs):
         super().__init__(**kwargs)
@@ -82,7 +84,7 @@ class MedMNISTDataModule(InMemoryClassificationDataModule):
             except Exception as exc:
                 raise DataError(f"{path} not found and downloading it failed ({type(exc).__name__}: {exc}): "
                                 f"put {path.name} from {url} in {self.root} or set data.root to its folder") from None
-        a = load_medmnist(path)
+        a = load_medmnist(path, self.spatial_dims)
         return ArraySplits(
             images={s: a[f"{s}_images"] for s in SPLITS}, labels={s: a[f"{s}_labels"] for s in SPLITS},
             source=str(path.resolve()), extra={"dataset": self.name},

@@ -15,7 +15,9 @@ auto        official if any record has a split, else ratio
 ==========  =====================================  ===============================================
 
 "Carved" means ``val_count`` patients (or else ``val_ratio`` of all patients) drawn with ``seed`` from those left
-after the test set; the rest train. Ratios count patients, not images.
+after the test set; the rest train. Ratios count patients, not images. With ``stratify`` (classification), random
+draws (ratio test sets, carved validation sets, drawn folds) keep each class's share of patients: patients are
+grouped by the label of their first record and drawn evenly over the groups.
 
 Provided folds: when the datalist gives each case a ``fold`` (MONAI Auto3DSeg's datalist does; nnU-Net's
 ``splits_final.json`` is read into the same key by ``medexp.data.datalist``), kfold validates on the cases of fold
@@ -80,6 +82,7 @@ def make_split(
     fold: int = 0,
     num_folds: int = 5,
     seed: int = 0,
+    stratify: bool = False,
 ) -> Split:
     """Split ``records`` as the table in this module's docstring says. Train and val must end up non-empty, and
     test too whenever the settings ask for one (``test_patients``, or kind ratio with ``test_ratio > 0``)."""
@@ -87,16 +90,17 @@ def make_split(
         raise DataError(f"split kind {kind!r} is unknown: use one of {list(KINDS)}")
     if kind == "auto":
         kind = "official" if any(r.get("split") for r in records) else "ratio"
-    settings = {"kind": kind, "seed": seed}
+    settings = {"kind": kind, "seed": seed, **({"stratify": True} if stratify else {})}
     rng = random.Random(seed)
-    test, pool = _choose_test(records, kind, test_ratio, test_patients, rng)
+    order = _strata_order if stratify else (lambda patients, _records: patients)
+    test, pool = _choose_test(records, kind, test_ratio, test_patients, rng, order)
     provided = _provided_folds(pool) if kind == "kfold" else None
     if provided is not None:
         settings.update(fold=fold, num_folds=len(set(provided.values())), folds="provided")
         val, train = _take_provided_fold(pool, provided, fold)
     elif kind == "kfold":
         settings.update(fold=fold, num_folds=num_folds)
-        val, train = _take_fold(pool, fold, num_folds, seed)
+        val, train = _take_fold(pool, fold, num_folds, seed, order)
     elif kind == "official" and any(r.get("split") == "val" for r in pool):
         val, train = _partition(pool, lambda r: r.get("split") == "val")
     elif kind == "patients" and val_patients:
@@ -104,7 +108,7 @@ def make_split(
     else:
         settings.update(val_ratio=val_ratio, val_count=val_count)
         count = val_count if val_count is not None else _ratio_count(val_ratio, len(_patient_ids(records)))
-        val, train = _take_random_patients(pool, count, rng)
+        val, train = _take_random_patients(pool, count, rng, order)
     split = Split(train=train, val=val, test=test, settings=settings)
     _check_not_empty(split, test_expected=bool(test_patients) or (kind == "ratio" and test_ratio > 0))
     return split
@@ -120,13 +124,13 @@ def split_from_config(records: Sequence[Record], config: Mapping[str, Any] | Non
     return make_split(records, **options)
 
 
-def _choose_test(records, kind, test_ratio, test_patients, rng) -> tuple[list[Record], list[Record]]:
+def _choose_test(records, kind, test_ratio, test_patients, rng, order) -> tuple[list[Record], list[Record]]:
     if test_patients:
         return _take_patients(records, test_patients, "test_patients")
     if kind in ("official", "kfold"):
         return _partition(records, lambda r: r.get("split") == "test")
     if kind == "ratio":
-        return _take_random_patients(records, _ratio_count(test_ratio, len(_patient_ids(records))), rng)
+        return _take_random_patients(records, _ratio_count(test_ratio, len(_patient_ids(records))), rng, order)
     return [], list(records)
 
 
@@ -152,9 +156,13 @@ def _take_patients(records, wanted: Sequence[Any], option: str) -> tuple[list[Re
     return _partition(records, lambda r: r["patient_id"] in wanted_ids)
 
 
-def _take_random_patients(records, count: int, rng: random.Random) -> tuple[list[Record], list[Record]]:
+def _take_random_patients(records, count: int, rng: random.Random, order) -> tuple[list[Record], list[Record]]:
     patients = _patient_ids(records)
     rng.shuffle(patients)
+    patients = order(patients, records)
+    if count and order is _strata_order:  # evenly spaced over the class-sorted patients: each class its share
+        step = len(patients) / count
+        patients = [patients[int(i * step + step / 2)] for i in range(count)]
     return _take_patients(records, patients[:count], "val_count/val_ratio") if count else ([], list(records))
 
 
@@ -163,7 +171,16 @@ def _ratio_count(ratio: float, n_patients: int) -> int:
     return max(1, round(ratio * n_patients)) if ratio > 0 else 0
 
 
-def _take_fold(records, fold: int, num_folds: int, seed: int) -> tuple[list[Record], list[Record]]:
+def _strata_order(patients: list[str], records: Sequence[Record]) -> list[str]:
+    """Shuffled patients regrouped by class (the label of their first record), shuffled order kept within each:
+    dealing this list round-robin, or taking evenly spaced entries, gives every class its share."""
+    label = {}
+    for record in records:
+        label.setdefault(record["patient_id"], str(record.get("label")))
+    return sorted(patients, key=lambda patient: label[patient])
+
+
+def _take_fold(records, fold: int, num_folds: int, seed: int, order) -> tuple[list[Record], list[Record]]:
     """Patients shuffled with ``seed`` and dealt round-robin into folds: each lands in exactly one val fold."""
     patients = _patient_ids(records)
     if not 0 <= fold < num_folds or num_folds < 2:
@@ -173,6 +190,7 @@ def _take_fold(records, fold: int, num_folds: int, seed: int) -> tuple[list[Reco
     if len(patients) < num_folds:
         raise DataError(f"{len(patients)} patients cannot fill num_folds={num_folds} folds: lower split.num_folds")
     random.Random(seed).shuffle(patients)
+    patients = order(patients, records)
     return _take_patients(records, patients[fold::num_folds], "fold")
 
 

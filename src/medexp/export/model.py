@@ -125,11 +125,13 @@ def slim_checkpoint(loaded: Loaded, path: Path) -> Path:
 class DeployableClassifier(nn.Module):
     """Stored images -> class (or label) probabilities, the way ``medexp-predict`` computes them."""
 
-    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], multi_label: bool):
+    def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], multi_label: bool,
+                 spatial_dims: int = 2):
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        shape = (1, -1) + (1,) * spatial_dims  # per channel, over (N, C, *spatial)
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
         self.multi_label = multi_label
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -218,7 +220,8 @@ def deployable(loaded: Loaded) -> nn.Module:
                           "classification and segmentation): use medexp-predict for it")
     if datamodule.mean is None:
         datamodule.setup()  # an old checkpoint without its normalisation statistics: read the training set
-    return DeployableClassifier(task.net, datamodule.mean, datamodule.std, task.multi_label).eval()
+    return DeployableClassifier(task.net, datamodule.mean, datamodule.std, task.multi_label,
+                                datamodule.spatial_dims).eval()
 
 
 def stored_test_images(datamodule, limit: int | None = None) -> np.ndarray:

@@ -126,9 +126,16 @@ def _encode(rgb: np.ndarray, size: int) -> str:
 
 
 def _thumbnail(image: np.ndarray, cam: np.ndarray | None = None, size: int = 84) -> str:
-    """A stored image (``(C, H, W)``, 0-255) as an inline PNG, the Grad-CAM map blended over it if given."""
+    """A stored image (``(C, H, W)``; a volume ``(C, D, H, W)`` shows its middle slice) as an inline PNG, the
+    Grad-CAM map blended over it if given. 8-bit images show as stored, others stretched from min to max."""
     from matplotlib import colormaps
 
+    if image.ndim == 4:
+        image = image[:, image.shape[1] // 2]
+        cam = None if cam is None else cam[cam.shape[0] // 2]
+    if image.dtype != np.uint8:
+        low, high = float(image.min()), float(image.max())
+        image = (image.astype(np.float32) - low) * (255 / max(high - low, 1e-6))
     pixels = np.clip(image, 0, 255).astype(np.uint8)
     rgb = np.repeat(pixels, 3, axis=0) if pixels.shape[0] == 1 else pixels[:3]
     rgb = np.moveaxis(rgb, 0, -1).astype(np.float32)

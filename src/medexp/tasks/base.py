@@ -58,12 +58,14 @@ class BaseTask(pl.LightningModule):
                  scheduler: Callable[..., Any] | None = None, monitor: str = "val/loss", monitor_mode: str = "min",
                  channels_last: bool | str = False):
         super().__init__()
-        # channels_last (NHWC) speeds 2D convolutions up on CPUs (oneDNN) and on tensor cores; "auto" = 2D CNNs
+        # channels_last (NHWC, NDHWC in 3D) speeds convolutions up on CPUs (oneDNN) and on tensor cores; "auto" =
+        # CNNs of one dimensionality (measured on a 2-core CPU: a 3D ResNet-10 step 1.2-2x faster)
+        has_2d, has_3d = (any(isinstance(m, conv) for m in net.modules()) for conv in (nn.Conv2d, nn.Conv3d))
         if channels_last == "auto":
-            channels_last = any(isinstance(m, nn.Conv2d) for m in net.modules()) and not any(
-                isinstance(m, nn.Conv3d) for m in net.modules())
+            channels_last = has_2d != has_3d
         self.channels_last = bool(channels_last)
-        self.net = net.to(memory_format=torch.channels_last) if self.channels_last else net
+        self.memory_format = torch.channels_last_3d if has_3d else torch.channels_last
+        self.net = net.to(memory_format=self.memory_format) if self.channels_last else net
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.best_monitor: float | None = None
@@ -75,8 +77,8 @@ class BaseTask(pl.LightningModule):
         self.save_hyperparameters({"config": dict(config)}, logger=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.channels_last and x.ndim == (5 if self.memory_format == torch.channels_last_3d else 4):
+            x = x.contiguous(memory_format=self.memory_format)
         return self.net(x)
 
     def setup(self, stage: str) -> None:

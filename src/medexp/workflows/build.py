@@ -22,7 +22,21 @@ def build_datamodule(cfg: DictConfig):
     datamodule = instantiate(cfg.data, augmentation=augmentation, seed=cfg.seed)
     datamodule.prepare_data()
     datamodule.setup("fit")
+    adopt_data_facts(cfg, datamodule)
     return datamodule
+
+
+def adopt_data_facts(cfg: DictConfig, datamodule) -> None:
+    """Data keys left null for the data to decide (``num_classes``, ``in_channels``, ``class_names``,
+    ``image_size`` of a file-based classification set) take the data's values in ``cfg``, so the model's
+    interpolations (``${data.num_classes}``) resolve and checkpoints keep them."""
+    from omegaconf import open_dict
+
+    with open_dict(cfg.data):
+        for key in ("num_classes", "in_channels", "class_names", "image_size"):
+            if key in cfg.data and cfg.data[key] is None and getattr(datamodule, key, None) is not None:
+                value = getattr(datamodule, key)
+                cfg.data[key] = list(value) if key == "class_names" else int(value)
 
 
 def build_task(cfg: DictConfig, datamodule, config: dict):

@@ -34,14 +34,19 @@ class PredictionInput:
     source: str | np.ndarray  # what the data module reads: a path, or the image itself (C, H, W)
 
 
-def find_inputs(inputs: str, npz_key: str = "test_images") -> list[PredictionInput]:
-    """``inputs`` = an image file, a glob, a folder of images (and of DICOM series), or an .npz holding images
-    under ``npz_key`` (MedMNIST layout); folders and globs are read in sorted order. A folder holding .dcm files
-    is one DICOM series."""
+def find_inputs(inputs: str, npz_key: str = "test_images", spatial_dims: int = 2) -> list[PredictionInput]:
+    """``inputs`` = an image file, a glob, a folder of images (and of DICOM series), a CSV/TSV table whose
+    ``image`` column lists them (relative to the table), or an .npz holding images under ``npz_key`` (MedMNIST
+    layout, 3D volumes with ``spatial_dims=3``); folders and globs are read in sorted order. A folder holding .dcm
+    files is one DICOM series."""
     path = Path(inputs).expanduser()
     if path.is_file() and path.name.endswith(".npz"):
-        return npz_inputs(path, npz_key)
-    if path.is_file():
+        return npz_inputs(path, npz_key, spatial_dims)
+    if path.is_file() and path.suffix.lower() in (".csv", ".tsv"):
+        from medexp.data.image_table import table_records
+
+        paths = [Path(r["image"]) for r in table_records(path, "image", [], None, None, None)]
+    elif path.is_file():
         paths = [path]  # named explicitly: read whatever it is
     elif path.is_dir():
         paths = [path] if is_dicom_series(path) else [p for p in sorted(path.iterdir()) if is_image(p)]
@@ -53,7 +58,7 @@ def find_inputs(inputs: str, npz_key: str = "test_images") -> list[PredictionInp
     return [PredictionInput(name, str(p), str(p)) for name, p in zip(output_names(paths), paths, strict=True)]
 
 
-def npz_inputs(path: Path, key: str) -> list[PredictionInput]:
+def npz_inputs(path: Path, key: str, spatial_dims: int = 2) -> list[PredictionInput]:
     from medexp.data.medmnist import channels_first
 
     try:
@@ -61,7 +66,7 @@ def npz_inputs(path: Path, key: str) -> list[PredictionInput]:
             if key not in npz.files:
                 raise DataError(f"{path} holds no array {key!r} (it has {', '.join(npz.files) or 'none'}): "
                                 f"set npz_key=<one of them>")
-            images = channels_first(npz[key])
+            images = channels_first(npz[key], spatial_dims)
     except DataError:
         raise
     except Exception as exc:  # zip/pickle/format errors: name the file, not numpy's internals
@@ -252,7 +257,7 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
     members = ensemble_members(ckpt_path)
     loaded = [load_for_inference(member, trusted_targets, trust=trust_checkpoint, data_root=data_root)
               for member in members]
-    images = find_inputs(inputs, npz_key)
+    images = find_inputs(inputs, npz_key, getattr(loaded[0].datamodule, "spatial_dims", 2))
     datamodule, task = loaded[0].datamodule, loaded[0].task  # the first member reads the inputs for all
     if len(loaded) > 1:
         check_same_preprocessing([member.datamodule for member in loaded], members)

@@ -60,9 +60,9 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     from medexp.workflows.lifecycle import SaveOnSignal
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = build_datamodule(cfg)  # first: it fills in data facts left null (num_classes, ...)
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what checkpoints and the tracking store keep
     run_dir = Path(cfg.paths.output_dir)
-    datamodule = build_datamodule(cfg)
     if cfg.test and cfg.train:
         datamodule.test_dataloader()  # a split without test cases stops the run now, not after the training
     task = build_task(cfg, datamodule, config)

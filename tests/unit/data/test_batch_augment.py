@@ -53,6 +53,22 @@ def test_intensity_ranges_follow_the_recipe():
     assert abs(float((half.abs().sum(dim=(1, 2, 3)) > 0).float().mean()) - 0.5) < 0.05
 
 
-def test_batched_engine_rejects_3d():
-    with pytest.raises(ValueError, match="2D batches"):
-        BatchAugmentation(AugmentationRecipe(flip_axes=(0,), flip_prob=1.0))(torch.zeros(1, 1, 4, 4, 4))
+def test_3d_flips_are_exact_per_axis_and_masks_follow_rotations():
+    x = torch.randn(3, 1, 6, 8, 10)  # (B, C, D, H, W): spatial axis 0 = D
+    for axis in (0, 1, 2):
+        out = BatchAugmentation(AugmentationRecipe(flip_axes=(axis,), flip_prob=1.0))(x)
+        assert torch.allclose(out, x.flip(2 + axis), atol=1e-5)
+    torch.manual_seed(0)
+    masks = torch.zeros(8, 1, 20, 20, 20)
+    masks[:, :, 3:12, 5:11, 4:16] = 1
+    recipe = AugmentationRecipe(rotate_deg=30, scale=(0.8, 1.2), translate=0.1, affine_prob=1.0)
+    images, moved = BatchAugmentation(recipe)(masks.clone(), masks.clone())
+    assert ((images > 0.5).float() == moved).float().mean() > 0.97
+    assert not torch.equal(moved, masks)
+    # each sample turned about its own three angles: the moved boxes differ from one another
+    assert len({tuple(m.nonzero().float().mean(0).round().tolist()) for m in moved}) > 4
+
+
+def test_batched_engine_rejects_other_ranks():
+    with pytest.raises(ValueError, match="2D or 3D batches"):
+        BatchAugmentation(AugmentationRecipe(flip_axes=(0,), flip_prob=1.0))(torch.zeros(1, 4, 4))
