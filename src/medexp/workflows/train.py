@@ -21,6 +21,7 @@ METRICS_FILE = "metrics.json"
 
 def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
+    from medexp.workflows.build import check_accelerator, check_network_fits_task
     from medexp.workflows.lifecycle import check_config_values, check_run_mode, check_task_fits_data
     from medexp.workflows.quiet import quiet_libraries
 
@@ -29,6 +30,8 @@ def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[st
     check_run_mode(cfg)
     tracking_seam.prepare(cfg)  # no run yet: the writer opens the store while the checks below import torch
     check_task_fits_data(cfg)
+    check_network_fits_task(cfg)
+    check_accelerator(cfg)
     check_config_values(OmegaConf.to_container(cfg, resolve=True))  # before any run opens
     if not in_multirun():
         return _run(cfg, launched_at)
