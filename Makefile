@@ -5,7 +5,8 @@ BIN := $(VENV)/bin
 # torch with a matching torchvision (MONAI's detection stack needs it); override for another platform/CUDA
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 ARGS ?=
-EXP ?= medexp
+# make compare: every experiment unless EXP names one
+EXP ?=
 BENCH_NPZ ?= ../shared/data/pneumoniamnist.npz
 # the MLflow UI/server's bind address: its own name, not HOST (tcsh and some containers export HOST=0.0.0.0)
 MLFLOW_PORT ?= 5000
@@ -48,7 +49,7 @@ server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http:
 	$(BIN)/mlflow server --backend-store-uri '$(DB)' --serve-artifacts \
 		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
-compare: install  ## ranked runs of an experiment or sweep: make compare [EXP=medexp] [SWEEP=<parent run id | sweep name>]
+compare: install  ## runs ranked by best validation value: make compare [EXP=<experiment>] [SWEEP=<parent run id | sweep name>]
 	$(BIN)/medexp-compare $(EXP) $(if $(SWEEP),--sweep $(SWEEP))
 
 bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18 x5)

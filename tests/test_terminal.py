@@ -38,7 +38,7 @@ def test_library_noise_is_silenced_and_only_that(caplog):
 
 def test_a_new_store_opens_on_medexp_s_runs_table_and_prints_no_library_chatter(tmp_path):
     """A first run into a fresh store: its printed link opens the ``medexp`` view of the runs table, whose every
-    column is a param or metric the run logged and whose sort key is the test metric of the monitored quantity;
+    column is a param or metric the run logged and whose sort key is the best value of the monitored metric;
     MLflow's table-creation INFO lines and MONAI's DICOM-decoder notice are not printed."""
     import json
     import os
@@ -65,9 +65,9 @@ def test_a_new_store_opens_on_medexp_s_runs_table_and_prints_no_library_chatter(
     assert view["selectedColumns"][:2] == ["params.`model`", "params.`data`"]  # the choices first
     assert "params.`optimizer.lr`" in view["selectedColumns"]
     assert set(view["selectedColumns"]) <= logged, set(view["selectedColumns"]) - logged
-    assert view["orderByKey"] == "metrics.`test/auroc`" and view["orderByAsc"] is False
+    assert view["orderByKey"] == "metrics.`best/val/auroc`" and view["orderByAsc"] is False
     # MLflow's compare view plots the first metric a run logged: the monitored one, not the learning rate
-    assert list(client.get_run(run.info.run_id).data.metrics)[0] == "val/auroc"
+    assert list(client.get_run(run.info.run_id).data.metrics)[0] == "best/val/auroc"
     assert "train/lr" in run.data.metrics
 
 

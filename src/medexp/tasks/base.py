@@ -95,7 +95,7 @@ class BaseTask(pl.LightningModule):
                 "trainer.gradient_clip_val=1.0, or check the data for NaN/inf values"
             )
 
-    def log_metrics(self, stage: str, metrics: Mapping[str, torch.Tensor]) -> None:
+    def log_metrics(self, stage: str, metrics: Mapping[str, torch.Tensor], sync_dist: bool = True) -> None:
         """Log ``<stage>/<name>``; with the monitored metric also ``best/<monitor>``, its best value so far: the
         figure of the checkpoint that is kept, which the last epoch's value need not be."""
         logged = {f"{stage}/{k}": v for k, v in metrics.items()}
@@ -104,7 +104,7 @@ class BaseTask(pl.LightningModule):
             better = max if self.monitor_mode == "max" else min
             self.best_monitor = value if self.best_monitor is None else better(self.best_monitor, value)
             logged[f"best/{self.monitor}"] = torch.tensor(self.best_monitor, device=self.device)
-        self.log_dict(logged, sync_dist=True)
+        self.log_dict(logged, sync_dist=sync_dist)
 
     # the best monitored value travels in checkpoints, so a resumed run keeps reporting the true best
     def on_save_checkpoint(self, checkpoint: dict) -> None:

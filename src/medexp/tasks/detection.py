@@ -255,7 +255,7 @@ class DetectionTask(BaseTask):
                 self.max_detections, self.report_score_thresh, values, (fp_per_image, sensitivity), FROC_FP_PER_IMAGE,
                 [c for c in cases if "image" in c])
         # every rank holds all cases now, so the values agree: logged without another reduction
-        self.log_dict({f"{stage}/{k}": torch.tensor(v) for k, v in values.items()})
+        self.log_metrics(stage, {k: torch.tensor(v) for k, v in values.items()}, sync_dist=False)
 
     def _gathered(self, cases: list) -> list:
         """All ranks' cases (COCO matching needs every image at once, not a mean of per-rank values)."""
