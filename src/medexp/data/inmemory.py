@@ -266,9 +266,10 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             self._saved_train_counts = (list(state["train_class_counts"]), int(state["train_samples"]))
 
     # -- prediction -------------------------------------------------------------------------------------------
-    def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int) -> DataLoader:
+    def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int, resize: bool = False) -> DataLoader:
         """New images (paths, or ``(C, H, W)`` arrays such as an .npz's) in batches of ``(images,)``, preprocessed
-        as the test split (no augmentation); each must have the training images' shape."""
+        as the test split (no augmentation); each must have the training images' shape, unless ``resize`` brings it
+        there first (``fit_to_shape``)."""
         from medexp.data.io import read_image
 
         if self.mean is None:  # a checkpoint from before they were saved in it: read the training set again
@@ -277,9 +278,33 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         standardised = []
         for index, image in enumerate(images):
             array = read_image(image).numpy() if isinstance(image, str) else image
+            if resize and tuple(array.shape) != expected:
+                array = fit_to_shape(array, expected)
             if tuple(array.shape) != expected:
                 where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
                 raise DataError(f"{where} has shape {tuple(array.shape)} (channels, rows, columns) but the model was "
-                                f"trained on {expected}: give {expected[0]}-channel {expected[1]}x{expected[2]} images")
+                                f"trained on {expected}: give {expected[0]}-channel {expected[1]}x{expected[2]} images, "
+                                "or add resize=true to resample them to that size")
             standardised.append(self.standardise(array[None]))
         return DataLoader(TensorDataset(torch.cat(standardised)), batch_size=batch_size)
+
+
+def fit_to_shape(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A ``(C, H, W)`` image brought to ``shape`` in its own dtype and scale, as the training images were stored:
+    colour to grey (ITU-R 601 luma; an alpha channel dropped) or grey to colour, then antialiased bilinear
+    resampling (MedMNIST's small images are downsampled photographs and scans)."""
+    channels, size = int(shape[0]), tuple(int(s) for s in shape[1:])
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).double()
+    if pixels.shape[0] != channels:
+        if channels == 1 and pixels.shape[0] in (3, 4):
+            pixels = (pixels[:3] * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1)).sum(0, True)
+        elif channels == 3 and pixels.shape[0] == 1:
+            pixels = pixels.expand(3, -1, -1)
+        else:
+            return image  # refused by the caller with the shapes named
+    pixels = torch.nn.functional.interpolate(pixels[None], size=size, mode="bilinear", antialias=True,
+                                             align_corners=False)[0]
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return pixels.round().clamp(info.min, info.max).numpy().astype(image.dtype)
+    return pixels.numpy().astype(image.dtype)
