@@ -11,6 +11,10 @@ BENCH_NPZ ?= ../shared/data/pneumoniamnist.npz
 # the MLflow UI/server's bind address: its own name, not HOST (tcsh and some containers export HOST=0.0.0.0)
 MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
+# runs started by make (make train MLFLOW_PORT=5001) print UI links to the same address
+export MLFLOW_PORT MLFLOW_HOST
+# MLflow's server imports a starlette module starlette deprecates, once per worker: nothing a user can act on
+QUIET_UI := PYTHONWARNINGS="ignore:starlette.middleware.wsgi is deprecated"
 # MEDEXP_OUTPUT_ROOT moves all outputs (as it does for medexp-train), the UI and server follow it
 OUTPUTS := $(or $(MEDEXP_OUTPUT_ROOT),$(CURDIR)/outputs)
 # the tracking server's store (make server DB=postgresql://user:pw@host/db for a team); artifacts go through it
@@ -42,11 +46,11 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 
 ui: install  ## MLflow UI over outputs/ on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (loopback only by default)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+	$(QUIET_UI) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT) [DB=postgresql://...]
 	mkdir -p $(OUTPUTS)
-	$(BIN)/mlflow server --backend-store-uri '$(DB)' --serve-artifacts \
+	$(QUIET_UI) $(BIN)/mlflow server --backend-store-uri '$(DB)' --serve-artifacts \
 		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 compare: install  ## runs ranked by best validation value: make compare [EXP=<experiment>] [SWEEP=<parent run id | sweep name>]

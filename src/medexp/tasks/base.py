@@ -48,6 +48,7 @@ class BaseTask(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.best_monitor: float | None = None
+        self.best_epoch_metrics: dict[str, float] = {}  # the evaluation of the best monitored epoch, all of it
         self._train_losses: list[torch.Tensor] = []
 
     def remember_config(self, config: Mapping) -> None:
@@ -97,11 +98,14 @@ class BaseTask(pl.LightningModule):
 
     def log_metrics(self, stage: str, metrics: Mapping[str, torch.Tensor], sync_dist: bool = True) -> None:
         """Log ``<stage>/<name>``; with the monitored metric also ``best/<monitor>``, its best value so far: the
-        figure of the checkpoint that is kept, which the last epoch's value need not be."""
+        figure of the checkpoint that is kept, which the last epoch's value need not be (that epoch's other
+        metrics are kept in ``best_epoch_metrics``, for the end-of-run summary)."""
         logged = {f"{stage}/{k}": v for k, v in metrics.items()}
         if self.monitor in logged and not self.trainer.sanity_checking:
             value = float(logged[self.monitor])
             better = max if self.monitor_mode == "max" else min
+            if self.best_monitor is None or better(self.best_monitor, value) != self.best_monitor:
+                self.best_epoch_metrics = {k: float(v) for k, v in logged.items()}
             self.best_monitor = value if self.best_monitor is None else better(self.best_monitor, value)
             logged[f"best/{self.monitor}"] = torch.tensor(self.best_monitor, device=self.device)
         self.log_dict(logged, sync_dist=sync_dist)
@@ -109,6 +113,8 @@ class BaseTask(pl.LightningModule):
     # the best monitored value travels in checkpoints, so a resumed run keeps reporting the true best
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_monitor"] = self.best_monitor
+        checkpoint["best_epoch_metrics"] = self.best_epoch_metrics
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_monitor = checkpoint.get("best_monitor")
+        self.best_epoch_metrics = dict(checkpoint.get("best_epoch_metrics") or {})
