@@ -56,7 +56,7 @@ server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http:
 compare: install  ## runs ranked by best validation value: make compare [EXP=<experiment>] [SWEEP=<parent run id | sweep name>]
 	$(BIN)/medexp-compare $(EXP) $(if $(SWEEP),--sweep $(SWEEP))
 
-bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18 x5)
+bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18_small x5)
 	$(BIN)/python benchmarks/bench_train.py --npz $(BENCH_NPZ) $(ARGS)
 
 cluster-up:  ## local one-node Slurm + PostgreSQL for sweeps (root; installs what is missing) -> outputs/cluster.env

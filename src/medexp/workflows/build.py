@@ -44,12 +44,13 @@ def check_classes(datamodule) -> None:
 
 # the networks of conf/model/ by the kind of task they serve (a network of the user's own is not checked)
 NETWORK_KINDS = {
-    "classification": ("medexp.models.cnn.ClassicCNN", "monai.networks.nets.ResNet", "monai.networks.nets.DenseNet121"),
+    "classification": ("medexp.models.cnn.ClassicCNN", "medexp.models.resnet.build_resnet18",
+                       "monai.networks.nets.ResNet", "monai.networks.nets.DenseNet121"),
     "segmentation": ("monai.networks.nets.UNet", "monai.networks.nets.AttentionUnet", "monai.networks.nets.DynUNet",
                      "monai.networks.nets.SegResNet", "monai.networks.nets.SwinUNETR", "monai.networks.nets.UNETR"),
     "detection": ("medexp.tasks.detection.build_retinanet",),
 }
-NETWORK_CHOICES = {"classification": "model=cnn (or resnet18, densenet121)",
+NETWORK_CHOICES = {"classification": "model=cnn (or resnet18, resnet18_small, densenet121)",
                    "segmentation": "model=unet (or dynunet, attention_unet, segresnet, unetr, swin_unetr)",
                    "detection": "model=retinanet"}
 
