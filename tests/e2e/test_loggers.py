@@ -1,5 +1,5 @@
-"""Loggers users expect beside MLflow: TensorBoard event files (logger=tensorboard, or with MLflow) and a tags list
-that reaches the MLflow run's tags."""
+"""Loggers users expect beside MLflow: TensorBoard event files (logger=tensorboard, or with MLflow), a tags list
+that reaches the MLflow run's tags, and a train.log that keeps the run's summary."""
 from __future__ import annotations
 
 import os
@@ -32,6 +32,10 @@ def test_tensorboard_beside_mlflow_and_tags_on_the_run(tmp_path, tracking_uri):
     assert {"val/auroc", "best/val/auroc", "train/loss", "test/auroc"} <= set(scalars), scalars
     (run,) = MlflowClient(tracking_uri).search_runs(["1"])
     assert run.data.tags["baseline"] == "true" and run.data.tags["small data"] == "true"
+    # the run's log file keeps what it printed at its end (it used to stay empty); the terminal shows it once
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "medexp: run finished" in log and "test/auroc:" in log and "Runs table: http" in log
+    assert done.stdout.count("medexp: run finished") == 1 and "[medexp.summary]" not in done.stdout
 
 
 @pytest.mark.slow

@@ -6,6 +6,7 @@ final metrics are printed and kept in the run folder (``metrics.json``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -99,8 +100,15 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     except SIGTERMException as exc:
         raise on_signal.exit_status(exc) from None
     if trainer.is_global_zero:
-        print("\n".join(tracking.describe()), flush=True)
+        say("\n".join(tracking.describe()))
     return metrics
+
+
+def say(text: str) -> None:
+    """Print ``text`` and keep it in the run's log file (``train.log``; the ``medexp.summary`` logger writes only
+    there, see conf/hydra/default.yaml)."""
+    print(text, flush=True)
+    logging.getLogger("medexp.summary").info(text)
 
 
 def report(metrics: dict[str, float], run_dir: Path, best: str | None, monitor: str,
@@ -122,7 +130,7 @@ def report(metrics: dict[str, float], run_dir: Path, best: str | None, monitor: 
         lines += [f"  per class ({final}/{quantity}):", *(_line(key, metrics[key], indent=4) for key in per_class)]
     lines += [_line(key, metrics[key]) for key in others]
     lines += [f"Run folder: {run_dir.resolve()}", *([f"Best checkpoint: {best}"] if best else [])]
-    print("\n".join(["", "medexp: run finished", *lines]), flush=True)
+    say("\n".join(["", "medexp: run finished", *lines]))
 
 
 def _suffixes(name: str) -> tuple[str, ...]:
