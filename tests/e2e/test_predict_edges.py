@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fixtures_data import write_chase_like
 from medexp.data.inmemory import fit_to_shape
 from medexp.errors import ConfigError, DataError
 from medexp.workflows.predict import predict
 from test_predict import TINY_UNET, train
-from fixtures_data import write_chase_like
 
 SCRIPT = str(Path(sys.executable).parent / "medexp-predict")
 

@@ -35,6 +35,27 @@ class BaseTask(pl.LightningModule):
         """Likewise for the last validation, at the end of fitting."""
         return []
 
+    def run_summary(self) -> str:
+        """What a report page names first: the network, the epoch of the checkpoint it evaluates, the key settings
+        (from the run config this task keeps)."""
+        config = self.hparams.get("config") or {}
+        target = str((config.get("model") or {}).get("_target_", type(self.net).__name__))
+        model = target.rsplit(".", 1)[-1].removeprefix("build_")  # medexp's builders: build_retinanet -> retinanet
+        millions = sum(p.numel() for p in self.net.parameters()) / 1e6
+        parts = [f"Model: {model} ({millions:.2f} M parameters)"]
+        epoch = self.checkpoint_epoch if self.checkpoint_epoch is not None else self.best_epoch
+        if epoch is not None:
+            best = f", best {self.monitor} {self.best_monitor:.4g}" if self.best_monitor is not None else ""
+            parts.append(f"checkpoint of epoch {epoch}{best}")
+        optimizer, data = config.get("optimizer") or {}, config.get("data") or {}
+        trainer = config.get("trainer") or {}
+        parts.append(f"optimizer {str(optimizer.get('_target_', '?')).rsplit('.', 1)[-1]} lr {optimizer.get('lr')}"
+                     f", weight decay {optimizer.get('weight_decay', 0)}")
+        data_name = data.get("name") or str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+        parts.append(f"data {data_name}, batch {data.get('batch_size')}, "
+                     f"up to {trainer.get('max_epochs')} epochs, seed {config.get('seed')}")
+        return "; ".join(parts) + "."
+
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, monitor: str = "val/loss", monitor_mode: str = "min",
                  channels_last: bool | str = False):
@@ -49,6 +70,8 @@ class BaseTask(pl.LightningModule):
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.best_monitor: float | None = None
         self.best_epoch_metrics: dict[str, float] = {}  # the evaluation of the best monitored epoch, all of it
+        self.best_epoch: int | None = None
+        self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded last (the one tested)
         self._train_losses: list[torch.Tensor] = []
 
     def remember_config(self, config: Mapping) -> None:
@@ -106,6 +129,7 @@ class BaseTask(pl.LightningModule):
             better = max if self.monitor_mode == "max" else min
             if self.best_monitor is None or better(self.best_monitor, value) != self.best_monitor:
                 self.best_epoch_metrics = {k: float(v) for k, v in logged.items()}
+                self.best_epoch = self.current_epoch
             self.best_monitor = value if self.best_monitor is None else better(self.best_monitor, value)
             logged[f"best/{self.monitor}"] = torch.tensor(self.best_monitor, device=self.device)
         self.log_dict(logged, sync_dist=sync_dist)
@@ -117,4 +141,5 @@ class BaseTask(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_monitor = checkpoint.get("best_monitor")
+        self.checkpoint_epoch = checkpoint.get("epoch")
         self.best_epoch_metrics = dict(checkpoint.get("best_epoch_metrics") or {})

@@ -273,4 +273,5 @@ class DetectionTask(BaseTask):
         if self.test_report is None:
             return []
         name = (self.hparams.get("config") or {}).get("name")
-        return write_detection_page(self.test_report, folder, "Test report" + (f": {name}" if name else ""))
+        return write_detection_page(self.test_report, folder, "Test report" + (f": {name}" if name else ""),
+                                    self.run_summary())
