@@ -4,12 +4,20 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 # torch with a matching torchvision (MONAI's detection stack needs it); override for another platform/CUDA
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# where torch comes from: empty = pip's default (Linux: the CUDA build, ~3.2 GB of nvidia-* libraries beside it);
+# TORCH_INDEX=https://download.pytorch.org/whl/cpu for the CPU-only build, .../whl/cu126 etc. for a given CUDA
+TORCH_INDEX ?=
 ARGS ?=
-EXP ?= medexp
+# make compare: every experiment unless EXP names one
+EXP ?=
 BENCH_NPZ ?= ../shared/data/pneumoniamnist.npz
 # the MLflow UI/server's bind address: its own name, not HOST (tcsh and some containers export HOST=0.0.0.0)
 MLFLOW_PORT ?= 5000
 MLFLOW_HOST ?= 127.0.0.1
+# runs started by make (make train MLFLOW_PORT=5001) print UI links to the same address
+export MLFLOW_PORT MLFLOW_HOST
+# MLflow's server imports a starlette module starlette deprecates, once per worker: nothing a user can act on
+QUIET_UI := PYTHONWARNINGS="ignore:starlette.middleware.wsgi is deprecated"
 # MEDEXP_OUTPUT_ROOT moves all outputs (as it does for medexp-train), the UI and server follow it
 OUTPUTS := $(or $(MEDEXP_OUTPUT_ROOT),$(CURDIR)/outputs)
 # the tracking server's store (make server DB=postgresql://user:pw@host/db for a team); artifacts go through it
@@ -17,15 +25,21 @@ DB ?= sqlite:///$(OUTPUTS)/mlflow.db
 
 .PHONY: install train test test-fast lint format ui server compare bench clean cluster-up cluster-down
 
+# what running needs (make train, ui, compare, ...): torch and medexp with its runtime dependencies
 $(BIN)/medexp-train: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --disable-pip-version-check $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) $(TORCH_SPEC)
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e .
+	touch $@
+
+# the developer extras on top (pytest, ruff, Slurm launcher, PostgreSQL driver, ONNX export)
+$(VENV)/.dev-installed: $(BIN)/medexp-train
 	$(BIN)/python -m pip install -q --disable-pip-version-check -e '.[dev]'
 	touch $@
 
-install: $(BIN)/medexp-train  ## create .venv and install medexp (editable) with its test/dev tools
+install: $(VENV)/.dev-installed  ## create .venv and install medexp (editable) with its test/dev tools
 
-train: install  ## train the default experiment (synthetic lesions, offline); pass overrides with ARGS="..."
+train: $(BIN)/medexp-train  ## train the default experiment (synthetic lesions, offline); pass overrides with ARGS="..."
 	$(BIN)/medexp-train $(ARGS)
 
 test: install  ## the whole test suite (slow-marked end-to-end tests included)
@@ -40,18 +54,18 @@ lint: install
 format: install
 	$(BIN)/ruff format src tests benchmarks
 
-ui: install  ## MLflow UI over outputs/ on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (loopback only by default)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
+ui: $(BIN)/medexp-train  ## MLflow UI over outputs/ on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (loopback only by default)
+	$(QUIET_UI) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
-server: install  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT) [DB=postgresql://...]
+server: $(BIN)/medexp-train  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT) [DB=postgresql://...]
 	mkdir -p $(OUTPUTS)
-	$(BIN)/mlflow server --backend-store-uri '$(DB)' --serve-artifacts \
+	$(QUIET_UI) $(BIN)/mlflow server --backend-store-uri '$(DB)' --serve-artifacts \
 		--artifacts-destination $(OUTPUTS)/mlartifacts --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
-compare: install  ## ranked runs of an experiment or sweep: make compare [EXP=medexp] [SWEEP=<parent run id | sweep name>]
+compare: $(BIN)/medexp-train  ## runs ranked by best validation value: make compare [EXP=<experiment>] [SWEEP=<parent run id | sweep name>]
 	$(BIN)/medexp-compare $(EXP) $(if $(SWEEP),--sweep $(SWEEP))
 
-bench: install  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18 x5)
+bench: $(BIN)/medexp-train  ## whole-command speed: medexp-train against a plain PyTorch loop (cnn x30, resnet18_small x5)
 	$(BIN)/python benchmarks/bench_train.py --npz $(BENCH_NPZ) $(ARGS)
 
 cluster-up:  ## local one-node Slurm + PostgreSQL for sweeps (root; installs what is missing) -> outputs/cluster.env

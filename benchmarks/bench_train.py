@@ -5,9 +5,9 @@ optimizer and seed; timed from launch to exit (imports, MLflow store creation an
 Prints, per model: wall seconds and their ratio medexp/plain, peak memory ratio, training images/s, medexp's
 seconds from launch to its first training step and that time's share of the whole run, and both test accuracies.
 
-    python benchmarks/bench_train.py --npz ../shared/data/pneumoniamnist.npz            # CPU: cnn x30, resnet18 x5
+    python benchmarks/bench_train.py --npz ../shared/data/pneumoniamnist.npz            # CPU: cnn x30, resnet18_small x5
     python benchmarks/bench_train.py --npz ... --device cuda --models cnn:10 --resident  # GPU, data resident
-    python benchmarks/bench_train.py --npz ... --device cuda --models resnet18:3 --precision 32 bf16-mixed
+    python benchmarks/bench_train.py --npz ... --device cuda --models resnet18_small:3 --precision 32 bf16-mixed
     (MEDEXP_TRAIN=<path> picks another medexp-train executable)
 """
 from __future__ import annotations
@@ -89,7 +89,7 @@ def bench(npz: Path, model: str, epochs: int, device: str, resident: bool, preci
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--npz", type=Path, required=True, help="a MedMNIST pneumoniamnist.npz")
-    ap.add_argument("--models", nargs="+", default=["cnn:30", "resnet18:5"], help="model:epochs")
+    ap.add_argument("--models", nargs="+", default=["cnn:30", "resnet18_small:5"], help="model:epochs")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--resident", action="store_true", help="plain loop keeps data on the device (GPU baseline)")
     ap.add_argument("--precision", nargs="+", default=["32"])

@@ -32,7 +32,7 @@ def small_resnet18(classes: int) -> nn.Module:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("npz")
-    ap.add_argument("--model", default="cnn", choices=["cnn", "resnet18"])
+    ap.add_argument("--model", default="cnn", choices=["cnn", "resnet18_small"])
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)

@@ -155,5 +155,7 @@ def _misspelled_key(exc: BaseException) -> str | None:
         suggestion = "did you mean " + " or ".join(f"{prefix}{k}" for k in close) + "?"
     else:
         suggestion = f"the keys there are {', '.join(sorted(str(k) for k in parent.keys()))}"
+    command = os.path.basename(sys.argv[0])  # the entry point that was called: predict's keys are not train's
+    command = command if command.startswith("medexp-") else "medexp-train"
     return (f"{full_key} is not a config key: {suggestion} (+{full_key}=... would add it as a new key; "
-            "medexp-train --cfg job shows the config)")
+            f"{command} --cfg job shows the config)")

@@ -17,8 +17,8 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from PIL import Image
 
-from tests.conftest import SHARED_DATA, compose_config
 from medexp.workflows.train import run_experiment
+from tests.conftest import SHARED_DATA, compose_config
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent

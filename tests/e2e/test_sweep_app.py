@@ -274,3 +274,14 @@ def test_a_sweep_into_a_new_store_prints_no_store_creation_chatter(tmp_path, mon
         db_logger.setLevel(level)
     assert len(sweep_runs(MlflowClient(store))[1]) == 2
     assert not kept.messages
+
+
+def test_a_sweep_parent_carries_its_search_space_as_params_and_the_best_run_s_figures(tmp_path, mlflow_store,
+                                                                                     tracking_uri):
+    """The runs table shows parents beside their children: the space searched as params (not 0 of them), and the
+    best child's value of the sort key (best/<objective>) so a parent does not sort to the bottom with '-'."""
+    run_toy(tmp_path, "model=cnn,resnet18", "optimizer.lr=1e-3,3e-4")
+    (parent,), children = sweep_runs(mlflow_store)
+    assert parent.data.params == {"model": "cnn,resnet18", "optimizer.lr": "1e-3,3e-4"}
+    best = max(child.data.metrics["sweep/objective"] for child in children)
+    assert parent.data.metrics["best/val/score"] == pytest.approx(best)

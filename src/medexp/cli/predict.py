@@ -4,6 +4,8 @@ Only Hydra is imported at module level, so ``--help`` stays fast.
 """
 from __future__ import annotations
 
+import sys
+
 import hydra
 from omegaconf import DictConfig, ListConfig
 
@@ -22,10 +24,15 @@ def main(cfg: DictConfig) -> dict:
         summary = predict(
             ckpt_path, cfg.inputs, cfg.output_dir, npz_key=cfg.npz_key, batch_size=cfg.batch_size,
             save_probabilities=cfg.save_probabilities, data_root=cfg.data_root, accelerator=cfg.accelerator,
-            trusted_targets=list(cfg.trusted_targets), trust_checkpoint=cfg.trust_checkpoint,
+            trusted_targets=list(cfg.trusted_targets), trust_checkpoint=cfg.trust_checkpoint, resize=cfg.resize,
+            overlays=cfg.overlays,
         )
     print(f"{len(summary['cases'])} {summary['prediction_kind']} prediction(s) written to {cfg.output_dir} "
           "(listed in predictions.json)")
+    if summary["skipped"]:  # the others are written; the exit status still says that not all were
+        names = "; ".join(f"{case['input']} ({case['reason']})" for case in summary["skipped"])
+        print(f"error: {len(summary['skipped'])} image(s) could not be read and were skipped: {names}", file=sys.stderr)
+        sys.exit(1)
     return summary
 
 

@@ -347,15 +347,15 @@ class DetectionDataModule(SegmentationDataModule):
         """Standard-mode boxes detected on an image of ``prediction_loader`` -> the datalist's convention
         (``box_mode``, ``box_axes``) on that image as read, before its resampling or resizing: ``voxels``, the way
         training brought the datalist's boxes onto the preprocessed grid undone (through world coordinates, with
-        the preprocessed affine and the affine it was read with), and where the reader knew the image's place
-        (NIfTI, DICOM, ...) ``world`` (the affine's units, e.g. mm; LPS with ``affine_lps_to_ras``)."""
+        the preprocessed affine and the affine it was read with; ``standard``: the same in MONAI's standard mode, for
+        drawing), and where the reader knew the image's place (NIfTI, DICOM, ...) ``world`` (the affine's units, e.g. mm; LPS with ``affine_lps_to_ras``)."""
         dims = image.ndim - 1
         world = AffineBox()(boxes, affine=box_affine(image.affine, dims))
         file_affine = image.meta.get("original_affine")  # none for a photograph, which MONAI reads on the identity
         input_affine = box_affine(torch.eye(dims + 1) if file_affine is None else file_affine, dims)
         voxels = AffineBox()(world, affine=torch.inverse(input_affine))
         loader = self._loader()
-        on_input = {"voxels": loader.to_datalist_convention(voxels)}
+        on_input = {"voxels": loader.to_datalist_convention(voxels), "standard": voxels}
         if file_affine is not None:
             to_world = box_affine(input_affine, dims, self.box_settings["affine_lps_to_ras"])
             on_input["world"] = loader.to_datalist_convention(AffineBox()(voxels, affine=to_world))

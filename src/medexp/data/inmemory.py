@@ -269,9 +269,10 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             self._saved_train_counts = (list(state["train_class_counts"]), int(state["train_samples"]))
 
     # -- prediction -------------------------------------------------------------------------------------------
-    def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int) -> DataLoader:
+    def prediction_loader(self, images: Sequence[str | np.ndarray], batch_size: int, resize: bool = False) -> DataLoader:
         """New images (paths, or ``(C, *spatial)`` arrays such as an .npz's) in batches of ``(images,)``,
-        preprocessed as the test split (no augmentation); each must have the training images' shape."""
+        preprocessed as the test split (no augmentation); each must have the training images' shape, unless
+        ``resize`` brings a 2D image there first (``fit_to_shape``)."""
         if self.mean is None:  # a checkpoint from before they were saved in it: read the training set again
             self.setup()
         expected = tuple(self.image_shape)
@@ -281,11 +282,14 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
             where = f"image {image}" if isinstance(image, str) else f"image {index} of the array"
             if array.dtype.kind == "f" and not np.isfinite(array).all():  # refused as training refuses them
                 raise DataError(f"{where} holds NaN or infinite pixel values: fix or drop that image")
+            if resize and len(expected) == 3 and tuple(array.shape) != expected:
+                array = fit_to_shape(array, expected)
             if tuple(array.shape) != expected:
                 size, axes = "x".join(str(s) for s in expected[1:]), "rows, columns"
                 axes = axes if len(expected) == 3 else f"depth, {axes}"
+                hint = ", or add resize=true to resample them to that size" if len(expected) == 3 else ""
                 raise DataError(f"{where} has shape {tuple(array.shape)} (channels, {axes}) but the model was "
-                                f"trained on {expected}: give {expected[0]}-channel {size} images")
+                                f"trained on {expected}: give {expected[0]}-channel {size} images{hint}")
             standardised.append(self.standardise(array[None]))
         return DataLoader(TensorDataset(torch.cat(standardised)), batch_size=batch_size)
 
@@ -294,3 +298,24 @@ class InMemoryClassificationDataModule(pl.LightningDataModule):
         from medexp.data.io import read_image
 
         return read_image(path).numpy()
+
+
+def fit_to_shape(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """A ``(C, H, W)`` image brought to ``shape`` in its own dtype and scale, as the training images were stored:
+    colour to grey (ITU-R 601 luma; an alpha channel dropped) or grey to colour, then antialiased bilinear
+    resampling (MedMNIST's small images are downsampled photographs and scans)."""
+    channels, size = int(shape[0]), tuple(int(s) for s in shape[1:])
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).double()
+    if pixels.shape[0] != channels:
+        if channels == 1 and pixels.shape[0] in (3, 4):
+            pixels = (pixels[:3] * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(3, 1, 1)).sum(0, True)
+        elif channels == 3 and pixels.shape[0] == 1:
+            pixels = pixels.expand(3, -1, -1)
+        else:
+            return image  # refused by the caller with the shapes named
+    pixels = torch.nn.functional.interpolate(pixels[None], size=size, mode="bilinear", antialias=True,
+                                             align_corners=False)[0]
+    if np.issubdtype(image.dtype, np.integer):
+        info = np.iinfo(image.dtype)
+        return pixels.round().clamp(info.min, info.max).numpy().astype(image.dtype)
+    return pixels.numpy().astype(image.dtype)

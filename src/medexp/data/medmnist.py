@@ -18,13 +18,24 @@ def medmnist_filename(name: str, image_size: int) -> str:
 
 
 def download(url: str, target: Path, timeout: float = 20.0) -> None:
-    """Fetch ``url`` to ``target`` atomically (a partial download never looks like a file)."""
+    """Fetch ``url`` to ``target`` atomically (a partial download never looks like a file). A failed download
+    leaves nothing behind: no partial file, and none of the folders it created (a mistyped data.root)."""
+    created = [folder for folder in (target.parent, *target.parent.parents) if not folder.exists()]  # deepest first
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".part")
-    with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
-        while chunk := response.read(1 << 20):
-            out.write(chunk)
-    partial.replace(target)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(partial, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        partial.replace(target)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        for folder in created:
+            try:
+                folder.rmdir()  # only while empty: whatever else appeared there stays
+            except OSError:
+                break
+        raise
 
 
 def channels_first(images: np.ndarray, spatial_dims: int = 2) -> np.ndarray:

@@ -41,7 +41,7 @@ def sweep_members(sweep: str) -> list[str]:
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or None)
     for experiment in client.search_experiments():
         try:
-            parent = _find_parent(client, experiment.experiment_id, sweep)
+            parent = _find_parent(client, [experiment.experiment_id], sweep)
         except ConfigError:
             continue
         children = client.search_runs([experiment.experiment_id],

@@ -167,8 +167,11 @@ def _interval_rows(named: list[tuple[str, stats.Interval]]) -> list[list[str]]:
     return [[html.escape(name), _number(i.value), f"{_number(i.low)} - {_number(i.high)}"] for name, i in named]
 
 
-def _write_page(folder: Path, title: str, sections: list[str]) -> Path:
-    """``folder/index.html``: the sections under one title, styles inline, nothing to fetch."""
+def _write_page(folder: Path, title: str, sections: list[str], about: str = "") -> Path:
+    """``folder/index.html``: the sections under one title (``about``, the run's model, checkpoint and settings,
+    right below it), styles inline, nothing to fetch."""
+    if about:
+        sections = [sections[0], f"<p class='about'>{html.escape(about)}</p>", *sections[1:]]
     folder.mkdir(parents=True, exist_ok=True)
     page = folder / "index.html"
     page.write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
@@ -213,7 +216,8 @@ def _matrix(matrix: np.ndarray, names: list[str]) -> str:
                   [[html.escape(name), *map(str, row)] for name, row in zip(names, matrix.tolist(), strict=True)])
 
 
-def write_classification_page(data: ClassificationReportData, folder: Path, title: str = "Test report") -> Path:
+def write_classification_page(data: ClassificationReportData, folder: Path, title: str = "Test report",
+                              about: str = "") -> Path:
     """Write ``folder/index.html``; return its path."""
     names, labels, probs = data.class_names, data.test_labels, data.test_probabilities
     classes = len(names)
@@ -255,7 +259,7 @@ def write_classification_page(data: ClassificationReportData, folder: Path, titl
                     f"{html.escape(names[predicted[i]])} ({probs[i, predicted[i]]:.2f})") for i, cam in data.cams.items()]
     sections.append("<h2 id='gradcam'>Grad-CAM (MONAI), worst then best cases</h2>"
                     f"<div class='cams'>{''.join(cams)}</div>")
-    return _write_page(folder, title, sections)
+    return _write_page(folder, title, sections, about)
 
 
 def write_test_page(task, datamodule, folder: Path, title: str) -> list[Path]:
@@ -266,7 +270,7 @@ def write_test_page(task, datamodule, folder: Path, title: str) -> list[Path]:
 
     if not isinstance(task, ClassificationTask) or not is_deployable(datamodule, task) or task.multi_label:
         return []
-    return [write_classification_page(collect_classification(task, datamodule), folder, title)]
+    return [write_classification_page(collect_classification(task, datamodule), folder, title, task.run_summary())]
 
 
 # -- segmentation ---------------------------------------------------------------------------------------------------
@@ -374,7 +378,7 @@ def _with_overall(draws: np.ndarray) -> np.ndarray:
         return np.column_stack([np.nanmean(draws, axis=1), draws])
 
 
-def write_segmentation_page(data: SegmentationReportData, folder: Path, title: str) -> Path:
+def write_segmentation_page(data: SegmentationReportData, folder: Path, title: str, about: str = "") -> Path:
     """Write ``folder/index.html``; return its path."""
     names, cases = data.structures, len(data.case_ids)
     several = len(names) > 1  # one structure: its Dice is the mean, shown once
@@ -411,7 +415,7 @@ def write_segmentation_page(data: SegmentationReportData, folder: Path, title: s
     sections.append("<h2 id='overlays'>Worst and best cases</h2><p>Ground truth outlined in green, prediction filled "
                     "in magenta (every structure); 3D: the slice with the most ground truth.</p>"
                     f"<div class='cams'>{''.join(figures)}</div>")
-    return _write_page(folder, title, sections)
+    return _write_page(folder, title, sections, about)
 
 
 # -- detection ------------------------------------------------------------------------------------------------------
@@ -447,7 +451,7 @@ def detection_image_rows(data: DetectionReportData, iou_index: int) -> list[dict
     return sorted(rows, key=lambda r: (-(r["missed"] + r["false positives"]), -r["missed"]))
 
 
-def write_detection_page(data: DetectionReportData, folder: Path, title: str) -> list[Path]:
+def write_detection_page(data: DetectionReportData, folder: Path, title: str, about: str = "") -> list[Path]:
     """Write the FROC curve and the drawn detections (PNGs) and ``folder/index.html`` holding them; return the paths."""
     iou_index = int(np.argmin(np.abs(np.asarray(data.iou_thresholds) - 0.5)))
     iou = data.iou_thresholds[iou_index]
@@ -483,7 +487,7 @@ def write_detection_page(data: DetectionReportData, folder: Path, title: str) ->
                     + _table(["image", "ground-truth boxes", f"detections >= {data.score_threshold:g}", "matched",
                               "missed", "false positives"],
                              [[html.escape(str(r["image"])), *(str(r[c]) for c in columns[1:])] for r in rows]))
-    return [*written, _write_page(folder, title, sections)]
+    return [*written, _write_page(folder, title, sections, about)]
 
 
 # -- sweeps over folds or seeds -------------------------------------------------------------------------------------

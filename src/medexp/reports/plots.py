@@ -101,15 +101,19 @@ def plot_label_confusion_matrices(matrices: np.ndarray, label_names: Sequence[st
 
 
 def plot_segmentation_overlay(image, truth, predicted, path: Path, title: str = "") -> Path:
-    """Image | ground truth | prediction, side by side; 3D volumes show the slice with the most foreground."""
+    """Image | ground truth | prediction, side by side (image | prediction without a ground truth, ``truth=None``);
+    3D volumes show the slice with the most foreground."""
     plt = _pyplot()
-    image, truth, predicted = (np.asarray(a, dtype=np.float32) for a in (image, truth, predicted))
-    if truth.ndim == 3:  # (H, W, D): one slice along the last axis
-        index = foreground_slice(truth, predicted)
-        image, truth, predicted = image[..., index], truth[..., index], predicted[..., index]
+    masks = {} if truth is None else {"ground truth": np.asarray(truth, dtype=np.float32)}
+    masks["prediction"] = predicted = np.asarray(predicted, dtype=np.float32)
+    image = np.asarray(image, dtype=np.float32)
+    if predicted.ndim == 3:  # (H, W, D): one slice along the last axis
+        index = foreground_slice(masks.get("ground truth", predicted), predicted)
+        image, masks = image[..., index], {name: mask[..., index] for name, mask in masks.items()}
+    panels = [(None, "image"), *((mask, name) for name, mask in masks.items())]
     shown = display_rgb(image)
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.6), dpi=110)
-    for ax, mask, name in zip(axes, (None, truth, predicted), ("image", "ground truth", "prediction"), strict=True):
+    fig, axes = plt.subplots(1, len(panels), figsize=(10 * len(panels) / 3, 3.6), dpi=110)
+    for ax, (mask, name) in zip(axes, panels, strict=True):
         ax.imshow(shown)
         if mask is not None:
             ax.imshow(np.ma.masked_where(mask == 0, mask), cmap="autumn", alpha=0.6, interpolation="nearest")
@@ -141,7 +145,7 @@ def plot_froc(fp_per_image: np.ndarray, sensitivity: np.ndarray, operating_point
 def plot_detections(cases: Sequence[dict], class_names: Sequence[str], path: Path, score_thresh: float,
                     title: str = "Detections (test)") -> Path:
     """2D images with their ground-truth boxes (green) and the detections scoring at least ``score_thresh``
-    (magenta, dashed, class and score written), one panel per case: ``{"image": (C, H, W), "box", "label",
+    (magenta, dashed, class and score written), one panel per case: ``{"image": (C, H, W), "box" (optional), "label",
     "pred_box", "pred_label", "pred_score"}``, boxes in MONAI's standard mode (row_min, col_min, row_max, col_max)."""
     plt = _pyplot()
     from matplotlib.patches import Rectangle
@@ -151,7 +155,7 @@ def plot_detections(cases: Sequence[dict], class_names: Sequence[str], path: Pat
     fig, axes = plt.subplots(rows, columns, figsize=(6 * columns, 4.6 * rows), dpi=110, squeeze=False)
     for ax, case in zip(axes.flat, cases, strict=False):
         ax.imshow(display_rgb(case["image"]))
-        for (r0, c0, r1, c1) in np.asarray(case["box"]).reshape(-1, 4):
+        for (r0, c0, r1, c1) in np.asarray(case.get("box", ())).reshape(-1, 4):  # none on new images
             ax.add_patch(Rectangle((c0, r0), c1 - c0, r1 - r0, fill=False, ec="lime", lw=1.4))
         keep = np.asarray(case["pred_score"]) >= score_thresh
         for (r0, c0, r1, c1), label, score in zip(np.asarray(case["pred_box"]).reshape(-1, 4)[keep],
@@ -162,7 +166,8 @@ def plot_detections(cases: Sequence[dict], class_names: Sequence[str], path: Pat
         ax.set(xticks=[], yticks=[], title=case.get("case_id", ""))
     for ax in axes.flat[len(cases):]:
         ax.axis("off")
-    fig.suptitle(f"{title}: ground truth (green), detections scoring >= {score_thresh:g} (magenta, dashed)")
+    truth = "ground truth (green), " if any("box" in case for case in cases) else ""
+    fig.suptitle(f"{title}: {truth}detections scoring >= {score_thresh:g} (magenta, dashed)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

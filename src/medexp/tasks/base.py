@@ -54,6 +54,27 @@ class BaseTask(pl.LightningModule):
         """Likewise for the last validation, at the end of fitting."""
         return []
 
+    def run_summary(self) -> str:
+        """What a report page names first: the network, the epoch of the checkpoint it evaluates, the key settings
+        (from the run config this task keeps)."""
+        config = self.hparams.get("config") or {}
+        target = str((config.get("model") or {}).get("_target_", type(self.net).__name__))
+        model = target.rsplit(".", 1)[-1].removeprefix("build_")  # medexp's builders: build_retinanet -> retinanet
+        millions = sum(p.numel() for p in self.net.parameters()) / 1e6
+        parts = [f"Model: {model} ({millions:.2f} M parameters)"]
+        epoch = self.checkpoint_epoch if self.checkpoint_epoch is not None else self.best_epoch
+        if epoch is not None:
+            best = f", best {self.monitor} {self.best_monitor:.4g}" if self.best_monitor is not None else ""
+            parts.append(f"checkpoint of epoch {epoch}{best}")
+        optimizer, data = config.get("optimizer") or {}, config.get("data") or {}
+        trainer = config.get("trainer") or {}
+        parts.append(f"optimizer {str(optimizer.get('_target_', '?')).rsplit('.', 1)[-1]} lr {optimizer.get('lr')}"
+                     f", weight decay {optimizer.get('weight_decay', 0)}")
+        data_name = data.get("name") or str(data.get("_target_", "?")).rsplit(".", 1)[-1]
+        parts.append(f"data {data_name}, batch {data.get('batch_size')}, "
+                     f"up to {trainer.get('max_epochs')} epochs, seed {config.get('seed')}")
+        return "; ".join(parts) + "."
+
     def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
                  scheduler: Callable[..., Any] | None = None, monitor: str = "val/loss", monitor_mode: str = "min",
                  channels_last: bool | str = False):
@@ -69,6 +90,9 @@ class BaseTask(pl.LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.monitor, self.monitor_mode = monitor, monitor_mode
         self.best_monitor: float | None = None
+        self.best_epoch_metrics: dict[str, float] = {}  # the evaluation of the best monitored epoch, all of it
+        self.best_epoch: int | None = None
+        self.checkpoint_epoch: int | None = None  # the epoch of the checkpoint loaded last (the one tested)
         self._train_losses: list[torch.Tensor] = []
 
     def remember_config(self, config: Mapping) -> None:
@@ -135,20 +159,27 @@ class BaseTask(pl.LightningModule):
                 "trainer.gradient_clip_val=1.0, or check the data for NaN/inf values"
             )
 
-    def log_metrics(self, stage: str, metrics: Mapping[str, torch.Tensor]) -> None:
+    def log_metrics(self, stage: str, metrics: Mapping[str, torch.Tensor], sync_dist: bool = True) -> None:
         """Log ``<stage>/<name>``; with the monitored metric also ``best/<monitor>``, its best value so far: the
-        figure of the checkpoint that is kept, which the last epoch's value need not be."""
+        figure of the checkpoint that is kept, which the last epoch's value need not be (that epoch's other
+        metrics are kept in ``best_epoch_metrics``, for the end-of-run summary)."""
         logged = {f"{stage}/{k}": v for k, v in metrics.items()}
         if self.monitor in logged and not self.trainer.sanity_checking:
             value = float(logged[self.monitor])
             better = max if self.monitor_mode == "max" else min
+            if self.best_monitor is None or better(self.best_monitor, value) != self.best_monitor:
+                self.best_epoch_metrics = {k: float(v) for k, v in logged.items()}
+                self.best_epoch = self.current_epoch
             self.best_monitor = value if self.best_monitor is None else better(self.best_monitor, value)
             logged[f"best/{self.monitor}"] = torch.tensor(self.best_monitor, device=self.device)
-        self.log_dict(logged, sync_dist=True)
+        self.log_dict(logged, sync_dist=sync_dist)
 
     # the best monitored value travels in checkpoints, so a resumed run keeps reporting the true best
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["best_monitor"] = self.best_monitor
+        checkpoint["best_epoch_metrics"] = self.best_epoch_metrics
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.best_monitor = checkpoint.get("best_monitor")
+        self.checkpoint_epoch = checkpoint.get("epoch")
+        self.best_epoch_metrics = dict(checkpoint.get("best_epoch_metrics") or {})

@@ -296,7 +296,7 @@ class DetectionTask(BaseTask):
                 self.max_detections, self.report_score_thresh, values, (fp_per_image, sensitivity), FROC_FP_PER_IMAGE,
                 [c for c in cases if "image" in c])
         # every rank holds all cases now, so the values agree: logged without another reduction
-        self.log_dict({f"{stage}/{k}": torch.tensor(v) for k, v in values.items()})
+        self.log_metrics(stage, {k: torch.tensor(v) for k, v in values.items()}, sync_dist=False)
 
     def _note_absent(self, stage: str, absent: list[str]) -> None:
         """Say once per set of absent classes that they are left out; refuse to pick checkpoints on no AP at all."""
@@ -325,4 +325,5 @@ class DetectionTask(BaseTask):
         if self.test_report is None:
             return []
         name = (self.hparams.get("config") or {}).get("name")
-        return write_detection_page(self.test_report, folder, "Test report" + (f": {name}" if name else ""))
+        return write_detection_page(self.test_report, folder, "Test report" + (f": {name}" if name else ""),
+                                    self.run_summary())

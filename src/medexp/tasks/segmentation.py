@@ -211,7 +211,8 @@ class SegmentationTask(BaseTask):
     def write_test_report(self, folder: Path) -> list[Path]:
         written = self._write_overlays("test", folder)
         if "test" in self.report_data:
-            written.append(write_segmentation_page(self.report_data["test"], folder, self._report_title("Test")))
+            written.append(write_segmentation_page(self.report_data["test"], folder, self._report_title("Test"),
+                                                   self.run_summary()))
         return written
 
     def write_validation_report(self, folder: Path) -> list[Path]:
@@ -220,7 +221,8 @@ class SegmentationTask(BaseTask):
         written = self._write_overlays("val", folder)
         tested_next = bool((self.hparams.get("config") or {}).get("test", False))
         if "val" in self.report_data and not tested_next:
-            written.append(write_segmentation_page(self.report_data["val"], folder, self._report_title("Validation")))
+            written.append(write_segmentation_page(self.report_data["val"], folder, self._report_title("Validation"),
+                                                   self.run_summary()))
         return written
 
     def _report_title(self, split: str) -> str:

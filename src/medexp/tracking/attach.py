@@ -178,9 +178,13 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
 
 
 def default_run_name(cfg: DictConfig) -> str:
-    """``<model>-<data>-seed<seed>-<HHMMSS>``: readable in the MLflow run list, distinct within a day."""
+    """``<model>-<data>-seed<seed>-<HHMMSS>``: readable in the MLflow run list, distinct within a day. The data is
+    named by its own ``data.name`` where it has one (BCCD read by the VOC reader is ``bccd``, not ``voc``)."""
+    from omegaconf import OmegaConf
+
     choices = hydra_choices()
-    return f"{choices.get('model', 'model')}-{choices.get('data', 'data')}-seed{cfg.seed}-{time.strftime('%H%M%S')}"
+    data = OmegaConf.select(cfg, "data.name", default=None) or choices.get("data", "data")
+    return f"{choices.get('model', 'model')}-{data}-seed{cfg.seed}-{time.strftime('%H%M%S')}"
 
 
 def hydra_choices() -> dict[str, str]:
@@ -222,4 +226,5 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
     if HydraConfig.initialized():
         tags["hydra.overrides"] = redact_text(" ".join(HydraConfig.get().overrides.task)) or "(none)"
         tags.update({f"choice.{k}": v for k, v in hydra_choices().items() if not k.startswith("hydra/")})
+    tags.update({str(tag): "true" for tag in cfg.get("tags") or []})
     return tags

@@ -1,7 +1,8 @@
 """Compare runs as MLflow holds them: a ranked table of key params and metrics, and an HTML + PNG report.
 
 Reads MLflow only (no bookkeeping of its own), so it works for runs from any machine that logged to the store.
-Runs of one sweep (a parent run id or a sweep name) or every top-level/child run of an experiment.
+Runs of one sweep (a parent run id or a sweep name), or every top-level/child run of an experiment (of every
+experiment unless one is named).
 """
 from __future__ import annotations
 
@@ -29,29 +30,46 @@ class Comparison:
     rows: list[Row]  # ranked, best first
 
 
-def compare(client: Any, experiment: str, sweep: str | None = None, metric: str | None = None,
+def compare(client: Any, experiment: str | None = None, sweep: str | None = None, metric: str | None = None,
             mode: str | None = None) -> Comparison:
-    """Rank the runs of ``experiment`` (or of one sweep in it: parent run id or sweep name) by ``metric``."""
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None:
-        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
-        raise ConfigError(f"no MLflow experiment {experiment!r} in this store (experiments: {names})")
-    parent = _find_parent(client, exp.experiment_id, sweep) if sweep else None
+    """Rank the runs of ``experiment`` (every experiment when None; or of one sweep: parent run id or sweep name)
+    by ``metric``: by default the monitored validation metric's best value (``best/val/...``, the kept
+    checkpoint's), never a test metric, which is shown beside it."""
+    experiments = _experiments(client, experiment)
+    parent = _find_parent(client, [e.experiment_id for e in experiments], sweep) if sweep else None
     filter_string = f"tags.mlflow.parentRunId = '{parent.info.run_id}'" if parent else ""
-    runs = [r for r in client.search_runs([exp.experiment_id], filter_string, max_results=10000)
+    ids = [parent.info.experiment_id] if parent else [e.experiment_id for e in experiments]
+    runs = [r for r in client.search_runs(ids, filter_string, max_results=10000)
             if "sweep.kind" not in r.data.tags]  # sweep parents summarise; they are not compared
     if not runs:
         raise ConfigError(f"no runs to compare in experiment {experiment!r}" + (f" under sweep {sweep!r}" if sweep else ""))
     parent_tags = parent.data.tags if parent else {}
     metric = metric or parent_tags.get("sweep.metric") or _common_param(runs, "optimized_metric") or _a_val_metric(runs)
+    if not metric.startswith("best/") and any(f"best/{metric}" in r.data.metrics for r in runs):
+        metric = f"best/{metric}"  # a validation curve's last value is not the checkpoint's that is kept
     mode = mode or parent_tags.get("sweep.direction") or _common_param(runs, "task.monitor_mode") or "max"
     maximize = mode.startswith("max")
     keys = _key_params(runs)
-    rows = [_row(run, keys, metric) for run in runs]
+    names = {e.experiment_id: e.name for e in experiments}
+    several = len({r.info.experiment_id for r in runs}) > 1
+    rows = [{**({"experiment": names.get(r.info.experiment_id)} if several else {}), **_row(r, keys, metric)}
+            for r in runs]
     tests = sorted({k for r in runs for k in r.data.metrics if k.startswith("test")})
-    columns = ["run", "state", *keys, metric, *tests, "run_id"]
-    title = f"{experiment}" + (f" / {parent.info.run_name}" if parent else "") + f": {len(rows)} runs by {metric}"
+    columns = [*(["experiment"] if several else []), "run", "state", *keys, metric, *tests, "run_id"]
+    scope = experiment if experiment else "all experiments"
+    title = scope + (f" / {parent.info.run_name}" if parent else "") + f": {len(rows)} runs by {metric}"
     return Comparison(title, metric, maximize, columns, rank(rows, metric, maximize))
+
+
+def _experiments(client: Any, experiment: str | None) -> list:
+    """The named experiment, or every experiment of the store."""
+    if experiment is None:
+        return list(client.search_experiments())
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
+        raise ConfigError(f"no MLflow experiment {experiment!r} in this store (experiments: {names})")
+    return [exp]
 
 
 def write_report(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
@@ -73,15 +91,16 @@ def format_table(comparison: Comparison) -> str:
     return comparison.title + "\n\n" + to_text(comparison.rows, [c for c in comparison.columns if c != "run_id"])
 
 
-def _find_parent(client: Any, experiment_id: str, sweep: str):
+def _find_parent(client: Any, experiment_ids: list[str], sweep: str):
     """A sweep's parent run, by run id or by sweep name (the latest of that name; children carry the name too)."""
-    by_name = client.search_runs([experiment_id], f"tags.`sweep.name` = '{sweep}'", max_results=1000,
+    by_name = client.search_runs(experiment_ids, f"tags.`sweep.name` = '{sweep}'", max_results=1000,
                                  order_by=["attributes.start_time DESC"])
     parents = [r for r in by_name if "sweep.kind" in r.data.tags]
     if not parents and len(sweep) == 32 and sweep.isalnum():
-        parents = list(client.search_runs([experiment_id], f"attributes.run_id = '{sweep}'", max_results=1))
+        parents = list(client.search_runs(experiment_ids, f"attributes.run_id = '{sweep}'", max_results=1))
     if not parents:
-        raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in this experiment")
+        raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in "
+                          f"{'this experiment' if len(experiment_ids) == 1 else 'any experiment'}")
     return parents[0]
 
 

@@ -69,6 +69,10 @@ class MlflowRunLogger(Logger):
     def log_tags(self, tags: Mapping[str, Any]) -> None:
         self._send("tags", tags={str(k): str(v) for k, v in tags.items()})
 
+    def log_dataset(self, name: str, digest: str, source: str, profile: Mapping[str, Any]) -> None:
+        """The run's training data in MLflow's Datasets column (``log_inputs``): name, digest, where it came from."""
+        self._send("dataset", name=name, digest=digest, source=source, profile=json.dumps(profile, default=str))
+
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
@@ -300,6 +304,12 @@ class RunRecorder(pl.Callback):
         self.logger.leading_metrics = key_metrics(str(task.get("monitor", "val/loss")), bool(self.config.get("test", True)))
         tags = {**self.tags, "dataset.sha256": str(fingerprint.get("sha256", ""))}
         self.logger.log_tags(tags)
+        digest = str(fingerprint.get("sha256") or fingerprint.get("split_sha256") or "")
+        data = self.config.get("data") or {}
+        name = str(data.get("name") or fingerprint.get("dataset") or self.choices.get("data", "data"))
+        sizes = fingerprint.get("sizes") or fingerprint.get("cases_per_split") or {}
+        self.logger.log_dataset(name, digest[:16], str(fingerprint.get("source") or data.get("root") or name),
+                                {"splits": sizes, "sha256": digest})
         self._log_file(self._write("dataset_fingerprint.json", json.dumps(fingerprint, indent=2, default=str)))
         self._log_file(self._write("config.yaml", yaml.safe_dump(dict(self.config), sort_keys=False)), "config")
         overrides = self.run_dir / ".hydra" / "overrides.yaml"

@@ -33,6 +33,7 @@ from medexp.sweeps.summary import (
     best_row,
     columns_of,
     fmt,
+    is_number,
     mean_and_std,
     plot_objective,
     rank,
@@ -121,6 +122,15 @@ def swept_keys(config: DictConfig) -> list[str]:
     return keys + [_key(o) for o in overrides if o.is_sweep_override() and _key(o) not in keys]
 
 
+def search_space(config: DictConfig) -> dict[str, str]:
+    """Each swept key's search, as written: the sweeper's ``params`` (``tag(log, interval(1e-4, 1e-1))``) or the
+    command line's sweep (``cnn,resnet18``); the parent run's params."""
+    params = config.hydra.sweeper.get("params") or {}
+    given = {_key(o): o.input_line.split("=", 1)[1] for o in _parse(list(config.hydra.overrides.task))
+             if o.is_sweep_override() and o.input_line and "=" in o.input_line}
+    return {key: str(params[key]) if key in params else given.get(key, "") for key in swept_keys(config)}
+
+
 def swept_values(job_overrides: list[str], keys: list[str]) -> dict[str, str]:
     """This job's value of each swept key, as written in its overrides, in the order of ``keys``."""
     given = {_key(o): o.get_value_element_as_str() for o in _parse(job_overrides)}
@@ -189,7 +199,7 @@ def open_parent_run(config: DictConfig) -> SweepRecord:
 
     Creating the experiment here also creates/migrates a new sqlite store once, before parallel jobs open it.
     """
-    from mlflow.entities import RunTag
+    from mlflow.entities import Param, RunTag
 
     from medexp.tracking.client import open_client
 
@@ -207,7 +217,9 @@ def open_parent_run(config: DictConfig) -> SweepRecord:
     record = SweepRecord(uri, experiment_id, run_id, name, kind, swept_keys(config), metric, maximize,
                          started_ms=int(time.time() * 1000))
     tags = {**tags, "sweep.id": run_id, "sweep.keys": ",".join(record.keys), "sweep.dir": str(config.hydra.sweep.dir)}
-    client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+    logged = client.get_run(run_id).data.params  # a resumed study's parent keeps the space it was started with
+    space = [Param(k, v[:500]) for k, v in search_space(config).items() if k not in logged]
+    client.log_batch(run_id, params=space, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.log_text(run_id, _sweep_yaml(config), "sweep/sweep.yaml")
     log.info("MLflow: sweep %s is parent run %s in %s", name, run_id, uri)
     return record
@@ -280,6 +292,8 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
         tags += [RunTag("best.run_id", best["run_id"]), RunTag("best.trial", str(best["trial"]))]
         tags += [RunTag(_tag_key(f"best.{k}"), str(best[k])) for k in record.keys if best.get(k) is not None]
         metrics.append(Metric(f"best/{objective}", best[objective], int(time.time() * 1000), 0))
+        if not spread:  # the best run's test figures beside it (a fold or seed sweep reports their mean instead)
+            metrics += [Metric(k, float(best[k]), stamp, 0) for k in columns if k.startswith("test") and is_number(best.get(k))]
         best_params = {k: yaml.safe_load(best[k]) if isinstance(best.get(k), str) else best.get(k) for k in record.keys}
         client.log_text(record.parent_run_id, OmegaConf.to_yaml({"trial": best["trial"], "run": best["run"],
                                                                  objective: best[objective], "params": best_params}),

@@ -1,5 +1,6 @@
 """The runs table a medexp experiment opens with in MLflow's UI: the choices and learning rate a user compares, the
-test metric of the monitored quantity (sorted best first) and the monitored validation metric.
+best value of the monitored validation metric (sorted best first: the figure a model is chosen by) and the test
+metric of the same quantity beside it (reported, never the sort key: choosing on the test set biases it).
 
 MLflow has no server-side default column set (mlflow#4713, #12764): each browser keeps its own. Since 3.15 it keeps
 *shared views* of the runs table as experiment tags, ``mlflow.sharedViewState.<key>`` holding the table's state as
@@ -27,11 +28,10 @@ def column(kind: str, key: str) -> str:
 
 
 def key_metrics(monitor: str, tested: bool) -> list[str]:
-    """The metric a run is judged by first (the test value of the monitored quantity, or the best monitored value
-    of a run without a test split), then the monitored validation metric itself."""
+    """The metric runs are chosen by first (the best value of the monitored validation metric, that of the kept
+    checkpoint), then the test value of the same quantity where there is a test split."""
     _, _, quantity = monitor.partition("/")
-    first = f"test/{quantity}" if tested and quantity else f"best/{monitor}"
-    return [first, monitor] if first != monitor else [first]
+    return [f"best/{monitor}", *([f"test/{quantity}"] if tested and quantity else [])]
 
 
 def runs_view(config: Mapping, params: Mapping[str, object]) -> str:

@@ -314,6 +314,15 @@ class _Writer:
         experiment_id = run.client.get_run(run.run_id).info.experiment_id
         run.client.set_experiment_tag(experiment_id, VIEW_TAG, message["state"])
 
+    def _dataset(self, run: _Run, handle: str, message: dict) -> None:
+        """One training data set as an MLflow dataset input (the UI's Datasets column); digest: MLflow keeps 36
+        characters at most (the full sha256 is in the profile and the ``dataset.sha256`` tag)."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        dataset = Dataset(message["name"], message["digest"], "local", json.dumps({"uri": message["source"]}),
+                          profile=message["profile"])
+        run.client.log_inputs(run.run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", "training")])])
+
     def _artifact(self, run: _Run, handle: str, message: dict) -> None:
         run.client.log_artifact(run.run_id, message["path"], message.get("artifact_path"))
 

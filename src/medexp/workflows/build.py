@@ -23,6 +23,7 @@ def build_datamodule(cfg: DictConfig):
     datamodule.prepare_data()
     datamodule.setup("fit")
     adopt_data_facts(cfg, datamodule)
+    check_classes(datamodule)
     return datamodule
 
 
@@ -37,6 +38,77 @@ def adopt_data_facts(cfg: DictConfig, datamodule) -> None:
             if key in cfg.data and cfg.data[key] is None and getattr(datamodule, key, None) is not None:
                 value = getattr(datamodule, key)
                 cfg.data[key] = list(value) if key == "class_names" else int(value)
+
+
+def check_classes(datamodule) -> None:
+    """``data.num_classes`` must match the data: the labels a classification set holds, and the class names. A
+    mismatch otherwise trains an epoch and then fails inside a metric (or the class weights)."""
+    from medexp.data.inmemory import InMemoryClassificationDataModule
+
+    count, names = int(datamodule.num_classes), list(datamodule.class_names)
+    if isinstance(datamodule, InMemoryClassificationDataModule) and not datamodule.multi_label:
+        found = 1 + max(int(labels.max()) for labels in datamodule.arrays.labels.values())
+        if found < count:
+            raise ConfigError(f"data.num_classes={count} but the labels of {datamodule.arrays.source} span "
+                              f"0..{found - 1} ({found} classes): set data.num_classes={found}")
+    if len(names) != count:
+        raise ConfigError(f"data.num_classes={count} but data.class_names names {len(names)} classes "
+                          f"({', '.join(names)}): set data.num_classes={len(names)} or give {count} class_names")
+
+
+# the networks of conf/model/ by the kind of task they serve (a network of the user's own is not checked)
+NETWORK_KINDS = {
+    "classification": ("medexp.models.cnn.ClassicCNN", "medexp.models.resnet.build_resnet18",
+                       "monai.networks.nets.ResNet", "monai.networks.nets.DenseNet121"),
+    "segmentation": ("monai.networks.nets.UNet", "monai.networks.nets.AttentionUnet", "monai.networks.nets.DynUNet",
+                     "monai.networks.nets.SegResNet", "monai.networks.nets.SwinUNETR", "monai.networks.nets.UNETR"),
+    "detection": ("medexp.tasks.detection.build_retinanet",),
+}
+NETWORK_CHOICES = {"classification": "model=cnn (or resnet18, resnet18_small, densenet121)",
+                   "segmentation": "model=unet (or dynunet, attention_unet, segresnet, unetr, swin_unetr)",
+                   "detection": "model=retinanet"}
+
+
+def check_network_fits_task(cfg: DictConfig) -> None:
+    """A classification network for a segmentation task (or any such pair) fails inside its constructor with an
+    unexpected argument; name the models that fit instead."""
+    from hydra.utils import get_class
+
+    from medexp.tasks.classification import ClassificationTask
+    from medexp.tasks.detection import DetectionTask
+    from medexp.tasks.segmentation import SegmentationTask
+
+    try:
+        task = get_class(str(cfg.task._target_))
+    except Exception:  # a task of the user's own
+        return
+    wanted = next((kind for kind, base in (("classification", ClassificationTask), ("segmentation", SegmentationTask),
+                                           ("detection", DetectionTask)) if issubclass(task, base)), None)
+    target = str(cfg.model.get("_target_", ""))
+    actual = next((kind for kind, targets in NETWORK_KINDS.items() if target in targets), None)
+    if wanted is not None and actual is not None and actual != wanted:
+        from medexp.workflows.lifecycle import _choice
+
+        raise ConfigError(f"model={_choice('model', target.rsplit('.', 1)[-1])} is a {actual} network but the task "
+                          f"is {wanted}: add {NETWORK_CHOICES[wanted]}")
+
+
+def check_accelerator(cfg: DictConfig) -> None:
+    """``trainer=gpu`` (or more devices than there are) on a machine without them: one line before anything runs,
+    not Lightning's ``MisconfigurationException`` after the run opened."""
+    import torch
+
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator not in ("gpu", "cuda"):
+        return
+    available = torch.cuda.device_count()
+    if available == 0:
+        raise ConfigError(f"trainer.accelerator={accelerator} but this machine has no CUDA GPU that torch can use "
+                          "(torch.cuda.is_available() is False): use trainer=cpu, or a CUDA build of torch on a GPU machine")
+    devices = cfg.trainer.get("devices", 1)
+    if isinstance(devices, int) and devices > available:
+        raise ConfigError(f"trainer.devices={devices} but this machine has {available} GPU(s): set trainer.devices="
+                          f"{available} (or -1: all of them)")
 
 
 def build_task(cfg: DictConfig, datamodule, config: dict):

@@ -152,3 +152,23 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options: Any = None) -> None:
         atomic_torch_save(checkpoint, path)
+
+
+def run_folder_checkpoint(path: str) -> str:
+    """``path`` itself, or for a run folder (``outputs/runs/<date>/<time>_<name>``) the best checkpoint its run kept:
+    the one ``metrics.json`` names, else the newest ``checkpoints/best*.ckpt``."""
+    import json
+
+    folder = Path(path)
+    if not folder.is_dir():
+        return path
+    recorded = folder / "metrics.json"
+    if recorded.is_file():
+        best = json.loads(recorded.read_text()).get("best_checkpoint")
+        if best and Path(best).is_file():
+            return str(best)
+    kept = sorted((folder / "checkpoints").glob("best*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not kept:
+        raise DataError(f"{folder} is a folder without a best checkpoint (a run folder of medexp-train holds "
+                        "checkpoints/best*.ckpt): give ckpt_path=<a .ckpt> or <a run folder>")
+    return str(kept[-1])

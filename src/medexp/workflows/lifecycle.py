@@ -11,6 +11,7 @@ a killed process does, after the tracking closer ended the run KILLED.
 from __future__ import annotations
 
 import math
+import re
 import signal
 from collections.abc import Mapping
 from numbers import Integral, Real
@@ -109,6 +110,8 @@ VALUE_RULES = (
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("seed", _integer, "a whole number"),
+    ("tags", lambda v: isinstance(v, list) and all(isinstance(t, str) and re.fullmatch(r"[\w.\- /]+", t) for t in v),
+     "a list of names (letters, digits, _ - . / and spaces), e.g. [baseline,pneumonia]"),
 )
 
 

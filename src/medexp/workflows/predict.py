@@ -58,6 +58,22 @@ def find_inputs(inputs: str, npz_key: str = "test_images", spatial_dims: int = 2
     return [PredictionInput(name, str(p), str(p)) for name, p in zip(output_names(paths), paths, strict=True)]
 
 
+def unreadable_inputs(inputs: list[PredictionInput]) -> dict[str, str]:
+    """Of the 2D picture inputs (PNG, JPEG, ...), those that cannot be decoded (a truncated download, a file of
+    another format), by label, with the reason: they are skipped and named, not allowed to abort the rest."""
+    from PIL import Image
+
+    bad = {}
+    for source in inputs:
+        if isinstance(source.source, str) and source.source.lower().endswith(tuple(f".{s}" for s in PIL_SUFFIXES)):
+            try:
+                with Image.open(source.source) as picture:
+                    picture.load()
+            except Exception as exc:  # PIL's errors for broken files are OSError, SyntaxError, ValueError...
+                bad[source.label] = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return bad
+
+
 def npz_inputs(path: Path, key: str, spatial_dims: int = 2) -> list[PredictionInput]:
     from medexp.data.medmnist import channels_first
 
@@ -111,6 +127,13 @@ class PredictionWriter(BasePredictionWriter):
         self.output_dir, self.inputs = output_dir, inputs
         self.class_names = list(task.class_names)
         self.cases: list[dict] = []
+        self.overlays = False  # segmentation and detection: also draw each prediction on its image (PNG)
+
+    def overlay_image(self, source: PredictionInput) -> np.ndarray:
+        """The input as read from its file (channel first), to draw a prediction on; an .npz entry as given."""
+        from medexp.data.io import read_image
+
+        return read_image(source.source).numpy() if isinstance(source.source, str) else np.asarray(source.source)
 
 
 class ClassificationWriter(PredictionWriter):
@@ -192,6 +215,12 @@ class SegmentationWriter(PredictionWriter):
         case = {"input": source.label, "mask": str(mask_path), "shape": list(mask.shape),
                 "class_names": self.class_names,
                 "mask_values": {name: index * scale for index, name in enumerate(self.class_names)}}
+        if self.overlays:
+            from medexp.reports.plots import plot_segmentation_overlay
+
+            case["overlay"] = str(plot_segmentation_overlay(self.overlay_image(source), None, mask,
+                                                            self.output_dir / f"{source.name}_overlay.png",
+                                                            title=Path(source.label).name))
         if self.save_probabilities:
             case["probabilities"] = str(self.output_dir / f"{source.name}_probabilities.nii.gz")
             nib.save(nib.Nifti1Image(np.moveaxis(probabilities, 0, -1).astype(np.float32), affine),
@@ -222,7 +251,19 @@ class DetectionWriter(PredictionWriter):
                     "labels": labels, "classes": [self.class_names[label] for label in labels]}
             if "world" in boxes:
                 case["world_boxes"] = boxes["world"].tolist()
+            if self.overlays and image.ndim == 3:  # 2D images; a volume's boxes are in the json only
+                case["overlay"] = str(self._overlay(self.inputs[index], boxes["standard"], detected))
             self.cases.append(case)
+
+    def _overlay(self, source: PredictionInput, boxes, detected) -> Path:
+        """The input image with its detections drawn, class and score written beside each box."""
+        from medexp.reports.plots import plot_detections
+
+        drawn = {"image": self.overlay_image(source), "pred_box": boxes.numpy(),
+                 "pred_label": detected[self.label_key].cpu().numpy(),
+                 "pred_score": detected[self.score_key].float().cpu().numpy(), "case_id": Path(source.label).name}
+        return plot_detections([drawn], self.class_names, self.output_dir / f"{source.name}_overlay.png",
+                               score_thresh=0.0, title="Detections")
 
     def on_predict_end(self, trainer, pl_module) -> None:
         path = self.output_dir / "detections.json"
@@ -232,6 +273,7 @@ class DetectionWriter(PredictionWriter):
             case["json"] = str(path)
 
 
+OVERLAID = ("segmentation", "detection")
 WRITERS: dict[str, type[PredictionWriter]] = {
     "classification": ClassificationWriter,
     "multilabel_classification": MultiLabelClassificationWriter,
@@ -243,41 +285,62 @@ WRITERS: dict[str, type[PredictionWriter]] = {
 # -- the flow -----------------------------------------------------------------------------------------------------
 def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path, npz_key: str = "test_images", batch_size: int = 64,
             save_probabilities: bool = False, data_root: str | None = None, accelerator: str = "cpu",
-            trusted_targets: Sequence[str] = (), trust_checkpoint: bool = False) -> dict:
-    """Predict on ``inputs`` with ``ckpt_path`` (a .ckpt, or an MLflow model URI: ``runs:/<id>/model``,
-    ``models:/<name>/<version>``; several of them, or ``sweep:<parent run id or name>``, for an ensemble that
-    averages their probabilities); write the outputs and ``predictions.json`` to ``output_dir``."""
+            trusted_targets: Sequence[str] = (), trust_checkpoint: bool = False, resize: bool = False,
+            overlays: bool = False) -> dict:
+    """Predict on ``inputs`` with ``ckpt_path`` (a .ckpt, a run folder: its best checkpoint, or an MLflow model
+    URI: ``runs:/<id>/model``, ``models:/<name>/<version>``; several of them, or ``sweep:<parent run id or name>``,
+    for an ensemble that averages their probabilities); write the outputs and ``predictions.json`` to
+    ``output_dir``. Images that cannot be read are skipped and listed under ``skipped``. ``resize``: classification
+    inputs of another size or channel count are brought to the training images' first; ``overlays``: segmentation
+    and detection predictions are also drawn on their images (PNG)."""
     import pytorch_lightning as pl
 
     from medexp.export.ensemble import Ensemble, check_same_preprocessing, ensemble_members
     from medexp.export.model import MODEL_URI_SCHEMES, load_for_inference
+    from medexp.workflows.checkpoints import run_folder_checkpoint
     from medexp.workflows.quiet import quiet_libraries
 
     quiet_libraries()
-    members = ensemble_members(ckpt_path)
+    members = [run_folder_checkpoint(member) for member in ensemble_members(ckpt_path)]
     loaded = [load_for_inference(member, trusted_targets, trust=trust_checkpoint, data_root=data_root)
               for member in members]
     images = find_inputs(inputs, npz_key, getattr(loaded[0].datamodule, "spatial_dims", 2))
+    skipped = unreadable_inputs(images)
+    images = [image for image in images if image.label not in skipped]
+    if not images:
+        raise DataError("; ".join(f"cannot read image {label}: {reason}" for label, reason in skipped.items()))
     datamodule, task = loaded[0].datamodule, loaded[0].task  # the first member reads the inputs for all
     if len(loaded) > 1:
         check_same_preprocessing([member.datamodule for member in loaded], members)
         model = Ensemble([member.task for member in loaded])
     else:
         model = task
-    loader = datamodule.prediction_loader([image.source for image in images], batch_size)
     kind = task.prediction_kind
     if kind not in WRITERS:
         raise ConfigError(f"medexp-predict cannot write the predictions of a {type(task).__name__} "
                           f"(it writes {', '.join(WRITERS)})")
+    sources = [image.source for image in images]
+    if resize and kind.endswith("classification"):
+        loader = datamodule.prediction_loader(sources, batch_size, resize=True)
+    elif resize:
+        raise ConfigError(f"resize=true is for classification checkpoints: a {kind} recipe already brings every image "
+                          "to its training grid (drop resize=true)")
+    else:
+        loader = datamodule.prediction_loader(sources, batch_size)
+    if overlays and kind not in OVERLAID:
+        raise ConfigError(f"overlays=true draws segmentation and detection predictions; a {kind} task's are in "
+                          "predictions.csv (drop overlays=true)")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     writer = WRITERS[kind](output_dir, images, task, datamodule, loader.dataset, save_probabilities)
+    writer.overlays = overlays
     trainer = pl.Trainer(accelerator=accelerator, devices=1, logger=False, callbacks=[writer],
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with unwrapped_user_errors():
         trainer.predict(model, dataloaders=loader, return_predictions=False)
-    sources = [member if member.startswith(MODEL_URI_SCHEMES) else str(Path(member).resolve()) for member in members]
-    summary = {"checkpoint": sources[0] if len(sources) == 1 else sources, "inputs": str(inputs), "prediction_kind": kind,
-               "cases": writer.cases}
+    checkpoints = [member if member.startswith(MODEL_URI_SCHEMES) else str(Path(member).resolve()) for member in members]
+    summary = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints, "inputs": str(inputs),
+               "prediction_kind": kind, "cases": writer.cases,
+               "skipped": [{"input": label, "reason": reason} for label, reason in skipped.items()]}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))
     return summary

@@ -6,8 +6,10 @@ final metrics are printed and kept in the run folder (``metrics.json``).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -21,6 +23,7 @@ METRICS_FILE = "metrics.json"
 
 def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
+    from medexp.workflows.build import check_accelerator, check_network_fits_task
     from medexp.workflows.lifecycle import check_config_values, check_run_mode, check_task_fits_data
     from medexp.workflows.quiet import quiet_libraries
 
@@ -29,6 +32,8 @@ def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[st
     check_run_mode(cfg)
     tracking_seam.prepare(cfg)  # no run yet: the writer opens the store while the checks below import torch
     check_task_fits_data(cfg)
+    check_network_fits_task(cfg)
+    check_accelerator(cfg)
     check_config_values(OmegaConf.to_container(cfg, resolve=True))  # before any run opens
     if not in_multirun():
         return _run(cfg, launched_at)
@@ -84,26 +89,60 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
             best = best_checkpoint(trainer)
             best_score = trainer.checkpoint_callback.best_model_score if best is not None else None
             if best_score is not None:  # None for a checkpoint that monitors nothing (Lightning's default one)
+                metrics.update(task.best_epoch_metrics)  # the kept checkpoint's evaluation, not the last epoch's
                 metrics[task.monitor] = float(best_score)
             if cfg.test:
                 tested = trainer.test(task, datamodule=datamodule, ckpt_path=best if cfg.train else None,
                                       verbose=False)
                 metrics.update({k: float(v) for k, v in (tested[0] if tested else {}).items()})
             if trainer.is_global_zero:  # before tracking closes: they survive whatever happens to the store
-                report(metrics, run_dir, best, task.monitor)
+                report(metrics, run_dir, best, task.monitor, task.class_names)
     except SIGTERMException as exc:
         raise on_signal.exit_status(exc) from None
     if trainer.is_global_zero:
-        print("\n".join(tracking.describe()), flush=True)
+        say("\n".join(tracking.describe()))
     return metrics
 
 
-def report(metrics: dict[str, float], run_dir: Path, best: str | None, monitor: str) -> None:
-    """Keep the final metrics in the run folder (``metrics.json``) and print the test metrics and the monitored
-    one (4 significant digits), the run folder and the best checkpoint."""
+def say(text: str) -> None:
+    """Print ``text`` and keep it in the run's log file (``train.log``; the ``medexp.summary`` logger writes only
+    there, see conf/hydra/default.yaml)."""
+    print(text, flush=True)
+    logging.getLogger("medexp.summary").info(text)
+
+
+def report(metrics: dict[str, float], run_dir: Path, best: str | None, monitor: str,
+           class_names: Sequence[str] = ()) -> None:
+    """Keep the final metrics in the run folder (``metrics.json``) and print a summary (4 significant digits): the
+    monitored metric (the kept checkpoint's) and its test value first, then that quantity per class, then the other
+    summary metrics of the final evaluation; the run folder and the best checkpoint. Every metric is in the file."""
     (run_dir / METRICS_FILE).write_text(json.dumps(
         {"metrics": metrics, "best_checkpoint": best, "run_dir": str(run_dir.resolve())}, indent=2))
-    shown = {k: v for k, v in sorted(metrics.items()) if k.startswith("test/") or k == monitor}
-    lines = [f"  {key}: {value:.4g}" if math.isfinite(value) else f"  {key}: {value}" for key, value in shown.items()]
+    stage, _, quantity = monitor.partition("/")
+    final = "test" if any(key.startswith("test/") for key in metrics) else stage
+    headline = list(dict.fromkeys(key for key in (monitor, f"{final}/{quantity}") if key in metrics))
+    per_class = _per_class(metrics, f"{final}/{quantity}", class_names)
+    suffixes = tuple(suffix for name in class_names for suffix in _suffixes(name))
+    others = [key for key in sorted(metrics) if final == "test" and key.startswith("test/") and key not in headline
+              and not key.endswith(suffixes)]  # the other quantities per class: in metrics.json and MLflow
+    lines = [_line(key, metrics[key]) for key in headline]
+    if per_class:
+        lines += [f"  per class ({final}/{quantity}):", *(_line(key, metrics[key], indent=4) for key in per_class)]
+    lines += [_line(key, metrics[key]) for key in others]
     lines += [f"Run folder: {run_dir.resolve()}", *([f"Best checkpoint: {best}"] if best else [])]
-    print("\n".join(["", "medexp: run finished", *lines]), flush=True)
+    say("\n".join(["", "medexp: run finished", *lines]))
+
+
+def _suffixes(name: str) -> tuple[str, ...]:
+    from medexp.tasks.classification import metric_key
+
+    return tuple(f"{sep}{variant}" for sep in "_/" for variant in dict.fromkeys([name, metric_key(name)]))
+
+
+def _per_class(metrics: Mapping[str, float], key: str, class_names: Sequence[str]) -> list[str]:
+    """``key``'s value per class as the tasks log it (``test/auroc/<class>``, ``val/dice_<class>``), in class order."""
+    return [f"{key}{suffix}" for name in class_names for suffix in _suffixes(name) if f"{key}{suffix}" in metrics]
+
+
+def _line(key: str, value: float, indent: int = 2) -> str:
+    return " " * indent + (f"{key}: {value:.4g}" if math.isfinite(value) else f"{key}: {value}")

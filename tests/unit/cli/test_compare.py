@@ -55,12 +55,38 @@ def test_default_experiment_and_one_report_folder_per_call(tmp_path, tracking_ur
         client.log_param(run.info.run_id, "optimizer.lr", "0.001" if model == "cnn" else "0.01")
         client.log_metric(run.info.run_id, "val/auroc", auroc)
     monkeypatch.setenv("MEDEXP_OUTPUT_ROOT", str(tmp_path / "out"))
-    main([])  # the experiment defaults to medexp, the config's default name
+    main([])  # every experiment by default (the store's Default one is empty)
     main([])
     out = capsys.readouterr().out
-    assert out.startswith("medexp: 2 runs by val/auroc")
+    assert out.startswith("all experiments: 2 runs by val/auroc")
     header, best = out.splitlines()[2].split(), out.splitlines()[4].split()
     assert header[:4] == ["run", "state", "model", "optimizer.lr"] and best[:4] == ["resnet18-run", "RUNNING",
                                                                                     "resnet18", "0.01"]
     assert len(list((tmp_path / "out" / "compare").iterdir())) in (1, 2)  # two calls in one second share a stamp
     assert all((folder / "report.html").is_file() for folder in (tmp_path / "out" / "compare").iterdir())
+
+
+def test_runs_are_ranked_by_their_best_validation_value_across_every_experiment(tmp_path, tracking_uri, capsys):
+    """The last epoch's validation value and the test value rank these runs the other way round; the best
+    validation value (the kept checkpoint's) decides, over every experiment unless one is named."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    # (experiment, run, best val, last val, test): "steady" is best on validation, "lucky" on test and last epoch
+    for experiment, name, best, last, test in (("medexp", "steady", 0.985, 0.970, 0.90),
+                                               ("other", "lucky", 0.981, 0.981, 0.95)):
+        found = client.get_experiment_by_name(experiment)
+        experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+        run = client.create_run(experiment_id, run_name=name)
+        client.log_param(run.info.run_id, "optimized_metric", "val/auroc")
+        for key, value in (("val/auroc", best), ("val/auroc", last), ("best/val/auroc", best), ("test/auroc", test)):
+            client.log_metric(run.info.run_id, key, value)
+    main(["--out", str(tmp_path / "all")])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "all experiments: 2 runs by best/val/auroc"
+    assert lines[2].split()[:2] == ["experiment", "run"] and "test/auroc" in lines[2].split()
+    ranked = [line.split()[1] for line in lines[4:6]]
+    assert ranked == ["steady", "lucky"]
+
+    main(["other", "--out", str(tmp_path / "one")])
+    assert capsys.readouterr().out.startswith("other: 1 runs by best/val/auroc")

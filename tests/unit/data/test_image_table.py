@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.fixtures_data import write_dicom_series
 from medexp.data.image_readers import Preprocessing, fit_to_shape, read_image_file
 from medexp.data.image_table import ImageTableDataModule
 from medexp.errors import DataError
+from tests.fixtures_data import write_dicom_series
 
 
 def write_table(path: Path, rows: list[dict], delimiter: str = ",") -> Path:

@@ -95,6 +95,8 @@ def test_grid_sampler_stops_when_the_grid_is_done(tmp_path, mlflow_store):  # no
     assert {(t.params["model"], t.params["optimizer.lr"]) for t in study.trials} == {
         ("cnn", 1e-3), ("cnn", 1e-2), ("resnet18", 1e-3), ("resnet18", 1e-2)}
     assert study.best_trial.params == {"model": "resnet18", "optimizer.lr": 1e-3}
+    (parent,), _ = sweep_runs(mlflow_store)  # the study's parent run holds its search space as params
+    assert parent.data.params == {"model": "cnn,resnet18", "optimizer.lr": "choice(1e-3,1e-2)"}
 
 
 def test_all_trials_failing_fails_the_sweep(tmp_path, mlflow_store):  # noqa: F811

@@ -1,5 +1,7 @@
 """The tracking seam before and around a run: whether a store can be used, how ``closing`` ends the run for each
-way a run ends, and where the printed links point."""
+way a run ends, and where the printed links point.
+
+Run names say what was trained on: the data's own name where it has one (BCCD through the VOC reader)."""
 from __future__ import annotations
 
 import os
@@ -9,7 +11,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from medexp.errors import ConfigError
-from medexp.tracking.attach import Tracking, prepare, ui_base, unreachable
+from medexp.tracking.attach import Tracking, default_run_name, prepare, run_tags, ui_base, unreachable
 
 
 def closed_port() -> int:
@@ -114,3 +116,14 @@ def test_ui_links_point_at_the_server_or_at_make_ui(monkeypatch):
     monkeypatch.setenv("MLFLOW_HOST", "0.0.0.0")
     monkeypatch.setenv("MLFLOW_PORT", "5055")
     assert ui_base("sqlite:////tmp/mlflow.db") == "http://0.0.0.0:5055"
+
+
+def test_a_bccd_run_is_named_after_bccd_not_the_voc_reader(make_cfg):
+    assert default_run_name(make_cfg("experiment=bccd_cells")).startswith("retinanet-bccd-seed0-")
+    assert default_run_name(make_cfg("data=pneumoniamnist")).startswith("cnn-pneumoniamnist-seed0-")
+    assert default_run_name(make_cfg()).startswith("cnn-synthetic-seed0-")  # no data.name: the option chosen
+
+
+def test_tags_become_run_tags(make_cfg):
+    tags = run_tags(make_cfg("tags=[baseline,small data]"))
+    assert tags["baseline"] == "true" and tags["small data"] == "true"

@@ -1,8 +1,14 @@
-"""Library noise is silenced, and only that."""
+"""Library noise is silenced, and only that.
+
+What a user cannot act on stays off the terminal, from the libraries' own calls, and nothing else is hidden."""
 from __future__ import annotations
 
 import logging
 import warnings
+
+import torch
+
+from medexp.workflows.quiet import quiet_libraries
 
 
 def test_library_noise_is_silenced_and_only_that(caplog):
@@ -22,3 +28,35 @@ def test_library_noise_is_silenced_and_only_that(caplog):
         logging.getLogger("pytorch_lightning.utilities.rank_zero").warning("a real warning")
         logging.getLogger("monai.data.nvimgcodec_pydicom_plugin").warning("nvImageCodec is not available; skipping")
     assert [r.getMessage() for r in caplog.records] == ["a real warning"]
+
+
+def test_monai_s_own_deprecated_argument_in_hd95_is_not_shown():
+    from monai.metrics import compute_hausdorff_distance
+
+    masks = torch.zeros(1, 2, 16, 16)
+    masks[:, 1, 4:10, 4:10] = 1
+    masks[:, 0] = 1 - masks[:, 1]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_libraries()
+        compute_hausdorff_distance(masks, masks, percentile=95)
+        warnings.warn("a deprecation a user should see", FutureWarning, stacklevel=1)
+    assert [str(w.message) for w in caught] == ["a deprecation a user should see"]
+
+
+def test_the_detector_s_matcher_line_is_not_logged_and_other_root_lines_are(caplog):
+    from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
+    from monai.data.box_utils import box_iou
+
+    quiet_libraries()
+    with caplog.at_level(logging.INFO):
+        ATSSMatcher(num_candidates=4, similarity_fn=box_iou, center_in_gt=False)
+        logging.info("a line of the user's own")
+    assert [record.getMessage() for record in caplog.records] == ["a line of the user's own"]
+
+
+def test_quiet_libraries_twice_adds_each_filter_once():
+    quiet_libraries()
+    quiet_libraries()
+    assert len(logging.getLogger().filters) == len({id(f) for f in logging.getLogger().filters})
+    assert sum(getattr(f, "text", "") == "Running ATSS Matching" for f in logging.getLogger().filters) == 1
