@@ -72,8 +72,8 @@ def test_a_foreign_target_in_a_checkpoint_runs_nothing(trained_run, tmp_path, co
 
 
 def test_trusted_targets_and_allowlist(tmp_path):
+    from medexp.checkpoints import check_targets, is_trusted_target
     from medexp.errors import MedexpError
-    from medexp.workflows.checkpoints import check_targets, is_trusted_target
 
     assert is_trusted_target("monai.networks.nets.UNet") and is_trusted_target("torch.optim.Adam")
     assert is_trusted_target("medexp.tasks.detection.build_retinanet")
@@ -124,7 +124,7 @@ def test_a_password_in_the_tracking_uri_is_stored_nowhere(tmp_path):
 
 # -- D3: atomic checkpoints ----------------------------------------------------------------------------------------
 def test_a_full_disk_leaves_the_previous_checkpoint_whole(tmp_path, monkeypatch):
-    from medexp.workflows.checkpoints import AtomicCheckpointIO, CheckpointWriteError
+    from medexp.checkpoints import AtomicCheckpointIO, CheckpointWriteError
 
     io = AtomicCheckpointIO()
     last = tmp_path / "checkpoints" / "last.ckpt"

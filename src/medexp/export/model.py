@@ -25,7 +25,6 @@ whose model carries the run's checkpoint (``resolve_checkpoint``).
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,13 +35,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medexp.errors import ConfigError, DataError
+from medexp.errors import ConfigError
 from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, META, SEGMENTATION, TORCHSCRIPT
 
-MODEL_URI_SCHEMES = ("runs:/", "models:/")
 STORED_SCALE = 255.0  # medexp's in-memory sets (MedMNIST, synthetic) store 8-bit images; _as_float divides by it
 EXAMPLE_SIZE = 2
-SLIM_KEYS = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "best_monitor")
 
 
 @dataclass
@@ -55,39 +52,16 @@ class Loaded:
     checkpoint: dict
 
 
-def resolve_checkpoint(ckpt_path: str) -> str:
-    """A local checkpoint path for ``ckpt_path``: itself, the checkpoint inside an MLflow model (``runs:/<run
-    id>/model``, ``models:/<name>/<version>``) or a checkpoint artifact (``runs:/<run id>/checkpoints/<file>``),
-    downloaded from the store ``MLFLOW_TRACKING_URI`` names."""
-    if not str(ckpt_path).startswith(MODEL_URI_SCHEMES):
-        return str(ckpt_path)
-    import mlflow
-
-    store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    try:
-        folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ckpt_path), tracking_uri=store))
-    except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the store
-        raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {store}: "
-                        f"{type(exc).__name__}: {str(exc).splitlines()[0]}; set MLFLOW_TRACKING_URI to the store "
-                        "that holds it") from None
-    if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
-        return str(folder)
-    found = sorted(folder.glob(f"**/{CHECKPOINT}"))
-    if not found:
-        raise DataError(f"the MLflow model {ckpt_path} holds no medexp checkpoint: it was not logged by medexp-train")
-    return str(found[0])
-
-
 def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
                        data_root: str | None = None) -> Loaded:
     """Rebuild a checkpoint's data module (its test-time preprocessing; the training data is not read when the
     checkpoint carries its statistics) and task, weights loaded, in eval mode."""
     from hydra.utils import instantiate
 
+    from medexp.checkpoints import load_checkpoint
     from medexp.workflows.build import build_task
-    from medexp.workflows.checkpoints import load_checkpoint
 
-    ckpt = load_checkpoint(resolve_checkpoint(ckpt_path), trusted_targets, trust=trust)
+    ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust)
     config = ckpt["hyper_parameters"]["config"]
     cfg = OmegaConf.create(config)
     if data_root is not None:  # only for checkpoints without the data module's state (see below)
@@ -104,12 +78,9 @@ def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trus
 
 def slim_checkpoint(loaded: Loaded, path: Path) -> Path:
     """The checkpoint without optimizer and loop state: what inference (and fine-tuning) needs, a third the size."""
-    from medexp.workflows.checkpoints import atomic_torch_save
+    from medexp.checkpoints import slim
 
-    ckpt = loaded.checkpoint
-    keep = [*SLIM_KEYS, type(loaded.datamodule).__qualname__]
-    atomic_torch_save({key: ckpt[key] for key in keep if key in ckpt}, path)
-    return path
+    return slim(loaded.checkpoint, path, type(loaded.datamodule).__qualname__)
 
 
 class DeployableClassifier(nn.Module):

@@ -11,7 +11,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medexp.errors import ConfigError, DataError
+from medexp.errors import ConfigError
 
 
 def build_datamodule(cfg: DictConfig):
@@ -88,7 +88,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
     """Lightning's trainer from the ``trainer`` group, writing checkpoints atomically."""
     from hydra.utils import instantiate
 
-    from medexp.workflows.checkpoints import AtomicCheckpointIO
+    from medexp.checkpoints import AtomicCheckpointIO
 
     plugins = list(cfg.trainer.get("plugins") or [])
     return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
@@ -103,46 +103,6 @@ def build_trial_callbacks(cfg: DictConfig) -> list:
 
     callback = make_pruning_callback(cfg)
     return [callback] if callback is not None else []
-
-
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``last`` -> this run directory's last checkpoint; a path must exist. A requeued Slurm job (preempted, or
-    signalled before its time limit) resumes from its own ``last.ckpt`` when it saved one."""
-    if ckpt_path is None:
-        from medexp.distributed import slurm_requeued
-
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if slurm_requeued() and last.is_file() else None
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise DataError(f"ckpt_path=last but {last} does not exist: resume with hydra.run.dir=<the old run's folder>")
-        return str(last)
-    if not Path(ckpt_path).is_file():
-        raise DataError(f"checkpoint {ckpt_path} does not exist: give ckpt_path=<path to a .ckpt> or ckpt_path=last")
-    return str(ckpt_path)
-
-
-def check_resumable(ckpt_path: str, task) -> None:
-    """A checkpoint to resume from must hold this task's weights with the same shapes: one line naming the first
-    difference, not Lightning's page of missing and unexpected keys."""
-    import torch
-
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("state_dict", {})
-    except Exception as exc:
-        raise DataError(f"cannot read checkpoint {ckpt_path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    own = task.state_dict()
-    missing = [key for key in own if key not in state]
-    shapes = [(key, tuple(state[key].shape), tuple(value.shape)) for key, value in own.items()
-              if key in state and tuple(state[key].shape) != tuple(value.shape)]
-    if shapes:
-        key, theirs, ours = shapes[0]
-        raise DataError(f"checkpoint {ckpt_path} does not fit this model: {key} is {list(theirs)} there but "
-                        f"{list(ours)} here ({len(shapes)} such weights): resume with the config it was trained with")
-    if missing:
-        raise DataError(f"checkpoint {ckpt_path} lacks {len(missing)} weights of this model (first: {missing[0]}): "
-                        "resume with the config it was trained with")
 
 
 def best_checkpoint(trainer) -> str | None:

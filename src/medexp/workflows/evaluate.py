@@ -20,9 +20,9 @@ def evaluate_checkpoint(ckpt_path: str, tracking_uri: str, experiment: str, data
     URI saved in the checkpoint: a run folder moves, and the saved URI has its password masked."""
     import pytorch_lightning as pl
 
+    from medexp.checkpoints import load_checkpoint
     from medexp.tracking.mlflow import RUN_ID_FILE, build_mlflow_logger
     from medexp.workflows.build import build_datamodule, build_task
-    from medexp.workflows.checkpoints import load_checkpoint
     from medexp.workflows.quiet import quiet_libraries
 
     quiet_libraries()

@@ -244,12 +244,13 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
     averages their probabilities); write the outputs and ``predictions.json`` to ``output_dir``."""
     import pytorch_lightning as pl
 
-    from medexp.export.ensemble import Ensemble, check_same_preprocessing, ensemble_members
-    from medexp.export.model import MODEL_URI_SCHEMES, load_for_inference
+    from medexp import checkpoints
+    from medexp.export.ensemble import Ensemble, check_same_preprocessing
+    from medexp.export.model import load_for_inference
     from medexp.workflows.quiet import quiet_libraries
 
     quiet_libraries()
-    members = ensemble_members(ckpt_path)
+    members = checkpoints.members(ckpt_path)
     loaded = [load_for_inference(member, trusted_targets, trust=trust_checkpoint, data_root=data_root)
               for member in members]
     images = find_inputs(inputs, npz_key)
@@ -271,7 +272,7 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with unwrapped_user_errors():
         trainer.predict(model, dataloaders=loader, return_predictions=False)
-    sources = [member if member.startswith(MODEL_URI_SCHEMES) else str(Path(member).resolve()) for member in members]
+    sources = [member if member.startswith(checkpoints.MODEL_URI_SCHEMES) else str(Path(member).resolve()) for member in members]
     summary = {"checkpoint": sources[0] if len(sources) == 1 else sources, "inputs": str(inputs), "prediction_kind": kind,
                "cases": writer.cases}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))

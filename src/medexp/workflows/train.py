@@ -45,6 +45,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from medexp.checkpoints import check_resumable, resolve_resume
     from medexp.sweeps.pruning import raise_if_pruned
     from medexp.tracking.timing import RunTimer
     from medexp.workflows.build import (
@@ -54,8 +55,6 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
         build_task,
         build_trainer,
         build_trial_callbacks,
-        check_resumable,
-        resolve_ckpt_path,
     )
     from medexp.workflows.lifecycle import SaveOnSignal
 
@@ -66,7 +65,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     if cfg.test and cfg.train:
         datamodule.test_dataloader()  # a split without test cases stops the run now, not after the training
     task = build_task(cfg, datamodule, config)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    ckpt_path = resolve_resume(cfg.ckpt_path, run_dir)
     if ckpt_path is not None:
         check_resumable(ckpt_path, task)
     tracking = tracking_seam.attach(cfg, config, run_dir, datamodule, resumed=ckpt_path is not None)
