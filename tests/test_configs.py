@@ -10,7 +10,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from medexp.workflows.build import build_network
+from medexp.factory import build_network
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -12,8 +12,8 @@ from pytorch_lightning import Callback
 from conftest import compose_config
 from medexp.checkpoints import read_network
 from medexp.errors import ConfigError
+from medexp.factory import build_callbacks, build_datamodule, build_network, build_task, build_trainer
 from medexp.models.pretrained import check_finetuning, load_pretrained
-from medexp.workflows.build import build_callbacks, build_datamodule, build_network, build_task, build_trainer
 from test_cli import assert_clear_error, medexp
 from test_predict import QUICK, train
 

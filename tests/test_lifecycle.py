@@ -87,7 +87,7 @@ def test_trusted_targets_and_allowlist(tmp_path):
 
 # -- D2: credentials never stored ----------------------------------------------------------------------------------
 def test_secrets_are_masked_everywhere():
-    from medexp.tracking.redact import redact, redact_text
+    from medexp.redact import redact, redact_text
 
     assert redact_text("- tracking.uri=http://alice:s3cret@host:5000") == "- tracking.uri=http://alice:***@host:5000"
     masked = redact({"tracking": {"uri": "postgresql://u:pw@db/x"}, "data": {"npz_key": "test_images"},

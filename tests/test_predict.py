@@ -24,7 +24,7 @@ from PIL import Image
 from conftest import compose_config
 from fixtures_data import phantom_volume, write_chase_like, write_decathlon_like, write_dicom_series, write_nifti
 from medexp.errors import DataError
-from medexp.workflows.build import build_datamodule, build_task
+from medexp.factory import build_datamodule, build_task
 from medexp.workflows.predict import predict
 from medexp.workflows.train import run_experiment
 from test_cli import HEAVY, assert_clear_error

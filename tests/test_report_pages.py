@@ -285,7 +285,7 @@ def test_sweep_page_shows_each_run_the_mean_std_and_the_t_interval_of_the_mean(t
 def test_only_a_sweep_over_seeds_or_folds_gets_a_report(tracking_uri, tmp_path, keys, reported):
     from mlflow.tracking import MlflowClient
 
-    from medexp.tracking.sweep import OBJECTIVE_METRIC, SweepRecord, close_parent_run
+    from medexp.tracking.sweep_parent import OBJECTIVE_METRIC, SweepRecord, close_parent_run
 
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("repeats")

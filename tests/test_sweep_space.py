@@ -5,10 +5,10 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 from medexp.errors import ConfigError
+from medexp.redact import redact_text
 from medexp.sweeps.seeds import sampler_seed, trial_seed
 from medexp.sweeps.space import grid_values, override_value, search_space
-from medexp.tracking.redact import redact_text
-from medexp.tracking.sweep import run_name, swept_values
+from medexp.tracking.sweep_parent import run_name, swept_values
 
 
 def test_config_search_space_forms():

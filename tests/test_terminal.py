@@ -18,7 +18,7 @@ def test_the_progress_bar_shows_the_loss_and_the_monitored_metric_not_v_num():
 
 
 def test_library_noise_is_silenced_and_only_that(caplog):
-    from medexp.workflows.quiet import quiet_libraries
+    from medexp.quiet import quiet_libraries
 
     quiet_libraries()
     with warnings.catch_warnings(record=True) as caught:

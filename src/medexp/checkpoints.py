@@ -157,17 +157,18 @@ def read(ckpt_path: str | Path, trusted_targets: Sequence[str] = (), trust: bool
     return ckpt
 
 
-def load_checkpoint(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False) -> dict:
+def load_checkpoint(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
+                    store: str | None = None) -> dict:
     """``read`` of whatever ``ckpt_path`` names (``resolve``)."""
-    return read(resolve(ckpt_path), trusted_targets, trust=trust)
+    return read(resolve(ckpt_path, store=store), trusted_targets, trust=trust)
 
 
 # -- resolving ---------------------------------------------------------------------------------------------------
-def resolve(ckpt_path: str | Path, run_dir: Path | None = None) -> str:
+def resolve(ckpt_path: str | Path, run_dir: Path | None = None, store: str | None = None) -> str:
     """A local checkpoint file for ``ckpt_path``: a path (which must exist); ``last``, the ``last.ckpt`` of
     ``run_dir``; the checkpoint inside an MLflow model (``runs:/<run id>/model``, ``models:/<name>/<version>``) or a
-    checkpoint artifact (``runs:/<run id>/checkpoints/<file>``), downloaded from the store ``MLFLOW_TRACKING_URI``
-    names."""
+    checkpoint artifact (``runs:/<run id>/checkpoints/<file>``), downloaded from ``store`` (default: the one
+    ``MLFLOW_TRACKING_URI`` names)."""
     ckpt_path = str(ckpt_path)
     if ckpt_path == "last" and run_dir is not None:
         last = run_dir / "checkpoints" / "last.ckpt"
@@ -178,7 +179,7 @@ def resolve(ckpt_path: str | Path, run_dir: Path | None = None) -> str:
         return ckpt_path
     from medexp.tracking.artifacts import download
 
-    folder = download(ckpt_path)
+    folder = download(ckpt_path, store)
     if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
         return str(folder)
     found = sorted(folder.glob(f"**/{MODEL_CHECKPOINT}"))

@@ -6,8 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from pathlib import Path
 
 from medexp.cli import user_errors
@@ -29,17 +27,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with user_errors():
-        from mlflow.tracking import MlflowClient
+        from medexp.workflows.compare import compare_runs
 
-        from medexp.tracking.compare import compare, format_table, write_report
-        from medexp.tracking.store import default_tracking_uri
-
-        output_root = Path(os.environ.get("MEDEXP_OUTPUT_ROOT", "outputs"))
-        uri = args.tracking_uri or default_tracking_uri(str(output_root))
-        comparison = compare(MlflowClient(uri), args.experiment, args.sweep, args.metric, args.mode)
-        print(format_table(comparison))
-        name = "-".join([args.experiment, *([args.sweep] if args.sweep else []), time.strftime("%Y%m%d-%H%M%S")])
-        page, png = write_report(comparison, args.out or output_root / "compare" / name)
+        page, png = compare_runs(args.experiment, args.sweep, args.metric, args.mode, args.tracking_uri, args.out)
         print(f"report: {page} ({png.name})")
 
 

@@ -15,7 +15,8 @@ prepare_hydra()
 
 @hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="export")
 def main(cfg: DictConfig) -> dict:
-    from medexp.export.formats import default_output, export
+    from medexp.export.formats import default_output
+    from medexp.workflows.export import export
 
     with user_errors():
         result = export(

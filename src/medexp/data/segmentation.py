@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.base import MedexpDataModule
 from medexp.data.datalist import build_datalist
 from medexp.data.io import CaseSummary, LoadCased, dataset_fingerprint, inspect_cases
 from medexp.data.splits import Split, split_from_config
@@ -38,7 +38,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(MedexpDataModule):
     """Datalist → split → (cached) MONAI pipelines → DataLoaders; validates every case once in ``setup``.
 
     Args:
@@ -62,6 +62,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             DataLoader, in the main process or the workers) the patch sampling and augmentation; the split has its own
             ``split.seed`` so it stays fixed across training seeds.
     """
+
+    task_kind = "segmentation"
 
     def __init__(
         self,
@@ -240,6 +242,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             "split_sha256": hashlib.sha256(json.dumps(sets).encode()).hexdigest(),
             **dataset_fingerprint(self._summaries_of("train")),
         }
+
+    def sample_count(self, split: str = "train") -> int:
+        return len(getattr(self.split, split))
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Voxels per class in a set (for ``task.class_weights=balanced``)."""

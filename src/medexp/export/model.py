@@ -19,61 +19,26 @@ of a recipe that resamples must already be on the training spacing (the model's 
 ``medexp-export`` writes ``DeployableSegmenter`` instead: the intensity preprocessing and the network as one graph
 over whole inputs, sliding windows and resampling left to the caller.
 
-Checkpoints are found here too: a path, or an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``)
-whose model carries the run's checkpoint (``resolve_checkpoint``).
+Checkpoints are found and read by ``medexp.checkpoints`` (a path, or an MLflow model URI whose model carries the
+run's checkpoint) and rebuilt by ``medexp.factory.load_for_inference``.
 """
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from medexp.errors import ConfigError
 from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, META, SEGMENTATION, TORCHSCRIPT
+from medexp.factory import Loaded, load_for_inference
 
 STORED_SCALE = 255.0  # medexp's in-memory sets (MedMNIST, synthetic) store 8-bit images; _as_float divides by it
 EXAMPLE_SIZE = 2
-
-
-@dataclass
-class Loaded:
-    """What a checkpoint rebuilds: its config, the data module (preprocessing state loaded) and the task."""
-
-    cfg: DictConfig
-    datamodule: Any
-    task: Any
-    checkpoint: dict
-
-
-def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
-                       data_root: str | None = None) -> Loaded:
-    """Rebuild a checkpoint's data module (its test-time preprocessing; the training data is not read when the
-    checkpoint carries its statistics) and task, weights loaded, in eval mode."""
-    from hydra.utils import instantiate
-
-    from medexp.checkpoints import load_checkpoint
-    from medexp.workflows.build import build_task
-
-    ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust)
-    config = ckpt["hyper_parameters"]["config"]
-    cfg = OmegaConf.create(config)
-    if data_root is not None:  # only for checkpoints without the data module's state (see below)
-        cfg.data.root = data_root
-    datamodule = instantiate(cfg.data, augmentation=None, seed=cfg.seed)
-    # what preprocessing learnt from the training set (e.g. its mean/std), saved by Lightning with the data module
-    if type(datamodule).__qualname__ in ckpt:
-        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
-    task = build_task(cfg, datamodule, config)
-    task.load_state_dict(ckpt["state_dict"])
-    task.eval()
-    return Loaded(cfg, datamodule, task, ckpt)
 
 
 def slim_checkpoint(loaded: Loaded, path: Path) -> Path:
@@ -148,24 +113,14 @@ class DeployableSegmenter(nn.Module):
 
 
 def model_kind(datamodule, task) -> str | None:
-    """The deployed model a run has: ``classification`` on in-memory sets (their preprocessing is a fixed intensity
-    transform, one graph), ``segmentation`` on file-based sets; None for the rest (detection)."""
-    from medexp.data.segmentation import SegmentationDataModule
-    from medexp.tasks.segmentation import SegmentationTask
-
-    if is_deployable(datamodule, task):
+    """The deployed model a run has (asked of the data module's and the task's declared kinds): ``classification``
+    on in-memory sets (their preprocessing is a fixed intensity transform, one graph), ``segmentation`` on
+    file-based sets; None for the rest (detection)."""
+    if datamodule.task_kind != task.task_kind:
+        return None
+    if task.task_kind == CLASSIFICATION and datamodule.holds_arrays:
         return CLASSIFICATION
-    if isinstance(datamodule, SegmentationDataModule) and isinstance(task, SegmentationTask):
-        return SEGMENTATION
-    return None
-
-
-def is_deployable(datamodule, task) -> bool:
-    """Whether a run's model is the classifier graph (``DeployableClassifier``): classification on in-memory sets."""
-    from medexp.data.inmemory import InMemoryClassificationDataModule
-    from medexp.tasks.classification import ClassificationTask
-
-    return isinstance(datamodule, InMemoryClassificationDataModule) and isinstance(task, ClassificationTask)
+    return SEGMENTATION if task.task_kind == SEGMENTATION else None
 
 
 def deployable(loaded: Loaded) -> nn.Module:
@@ -318,3 +273,11 @@ def write_model_files(ckpt_path: str, folder: Path, example: np.ndarray) -> Path
     np.save(folder / EXAMPLE, example)
     (folder / META).write_text(json.dumps(meta))
     return folder
+
+
+def write_run_model(best: Path, datamodule, task, folder: Path) -> Path | None:
+    """The files of a training run's MLflow model (``write_model_files``) from its best checkpoint, or None where
+    the run's task has no deployed model (detection)."""
+    if model_kind(datamodule, task) is None:
+        return None
+    return write_model_files(str(best), folder, input_example(datamodule, task))

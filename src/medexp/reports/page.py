@@ -251,17 +251,6 @@ def write_classification_page(data: ClassificationReportData, folder: Path, titl
     return _write_page(folder, title, sections)
 
 
-def write_test_page(task, datamodule, folder: Path, title: str) -> list[Path]:
-    """The classification page of a tested run (single-label, in-memory sets); segmentation and detection tasks
-    write theirs from their own ``write_test_report`` (from what they kept while testing)."""
-    from medexp.export.model import is_deployable
-    from medexp.tasks.classification import ClassificationTask
-
-    if not isinstance(task, ClassificationTask) or not is_deployable(datamodule, task) or task.multi_label:
-        return []
-    return [write_classification_page(collect_classification(task, datamodule), folder, title)]
-
-
 # -- segmentation ---------------------------------------------------------------------------------------------------
 Picture = tuple[np.ndarray, np.ndarray, np.ndarray]  # (H, W, 3) uint8 image, (H, W) truth, (H, W) prediction
 

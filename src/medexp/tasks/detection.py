@@ -133,6 +133,7 @@ def short_metric_name(coco_key: str, max_detections: int) -> str:
 
 
 class DetectionTask(BaseTask):
+    task_kind = "detection"
     prediction_kind = "detection"
 
     def __init__(self, net: RetinaNetDetector, optimizer: Callable, num_classes: int,

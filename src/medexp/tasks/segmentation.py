@@ -40,6 +40,7 @@ def all_ranks(trainer, item) -> list:
 
 class SegmentationTask(BaseTask):
     # what ``predict_step`` returns, per sample: class probabilities per voxel (medexp.workflows.predict writes label maps)
+    task_kind = "segmentation"
     prediction_kind = "segmentation"
 
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, roi_size: Sequence[int],

@@ -1,26 +1,31 @@
-"""What a tracking store hands back: a run's or a registered model's artifacts (downloaded), the best checkpoints
-of a sweep's children. ``medexp.checkpoints`` asks here when a checkpoint is named by an MLflow URI or a sweep; the
-store is the one ``MLFLOW_TRACKING_URI`` names (MLflow's default otherwise)."""
+"""What a tracking store hands back and takes outside a run's own logging: a run's or a registered model's
+artifacts (downloaded), the best checkpoints of a sweep's children, the run a checkpoint belongs to, and an export
+logged to that run. ``medexp.checkpoints`` asks here when a checkpoint is named by an MLflow URI or a sweep. The
+store is the one a command names (``store``), else the one ``MLFLOW_TRACKING_URI`` names (MLflow's default
+otherwise); nothing here sets it for anyone else."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from medexp.errors import ConfigError, DataError
+from medexp.tracking.store import RUN_ID_FILE
 
 
-def current_store() -> str:
-    """The store of this process's environment, not a URI an earlier caller set with ``mlflow.set_tracking_uri``."""
+def current_store(store: str | None = None) -> str:
+    """``store``, else the store of this process's environment (not a URI an earlier caller set with
+    ``mlflow.set_tracking_uri``)."""
     import mlflow
 
-    return os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
+    return store or os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
 
 
-def download(uri: str) -> Path:
+def download(uri: str, store: str | None = None) -> Path:
     """The local copy of an artifact URI (``runs:/<id>/<path>``, ``models:/<name>/<version>``): a file or a folder."""
     import mlflow
 
-    store = current_store()
+    store = current_store(store)
     try:
         return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, tracking_uri=store))
     except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the store
@@ -34,12 +39,10 @@ def sweep_best_checkpoints(sweep: str) -> list[str]:
     the store ``MLFLOW_TRACKING_URI`` names)."""
     from mlflow.tracking import MlflowClient
 
-    from medexp.tracking.compare import _find_parent
-
     client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or None)
     for experiment in client.search_experiments():
         try:
-            parent = _find_parent(client, experiment.experiment_id, sweep)
+            parent = find_sweep_parent(client, experiment.experiment_id, sweep)
         except ConfigError:
             continue
         children = client.search_runs([experiment.experiment_id],
@@ -54,3 +57,48 @@ def sweep_best_checkpoints(sweep: str) -> list[str]:
         return members
     raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in {client.tracking_uri}: set "
                       "MLFLOW_TRACKING_URI to the store it was logged to")
+
+
+def find_sweep_parent(client: Any, experiment_id: str, sweep: str):
+    """A sweep's parent run, by run id or by sweep name (the latest of that name; children carry the name too)."""
+    by_name = client.search_runs([experiment_id], f"tags.`sweep.name` = '{sweep}'", max_results=1000,
+                                 order_by=["attributes.start_time DESC"])
+    parents = [r for r in by_name if "sweep.kind" in r.data.tags]
+    if not parents and len(sweep) == 32 and sweep.isalnum():
+        parents = list(client.search_runs([experiment_id], f"attributes.run_id = '{sweep}'", max_results=1))
+    if not parents:
+        raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in this experiment")
+    return parents[0]
+
+
+def run_of_checkpoint(ckpt_path: str, store: str | None = None) -> str | None:
+    """The MLflow run a checkpoint belongs to: the run of a ``runs:/`` or ``models:/`` URI, or the id medexp-train
+    wrote into the checkpoint's run folder."""
+    if ckpt_path.startswith("runs:/"):
+        return ckpt_path.removeprefix("runs:/").split("/")[0]
+    if ckpt_path.startswith("models:/"):
+        from mlflow.tracking import MlflowClient
+
+        name, _, version = ckpt_path.removeprefix("models:/").partition("/")
+        return MlflowClient(current_store(store)).get_model_version(name, version).run_id
+    run_id_file = Path(ckpt_path).resolve().parent.parent / RUN_ID_FILE
+    return run_id_file.read_text().strip() if run_id_file.is_file() else None
+
+
+def log_export(ckpt_path: str, output: Path, fmt: str, difference: float, store: str) -> str | None:
+    """The file under ``export/`` and ``export/<fmt>_max_abs_difference`` in the checkpoint's run in ``store``; None
+    when the checkpoint has no run there."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    run_id = run_of_checkpoint(str(ckpt_path), store)
+    if run_id is None:
+        return None
+    client = MlflowClient(store)
+    try:
+        client.get_run(run_id)
+    except MlflowException:  # trained against another store: nothing to attach to here
+        return None
+    client.log_artifact(run_id, str(output), "export")
+    client.log_metric(run_id, f"export/{fmt}_max_abs_difference", difference)
+    return run_id

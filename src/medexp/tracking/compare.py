@@ -13,7 +13,8 @@ from typing import Any
 
 from medexp.errors import ConfigError
 from medexp.sweeps.summary import Row, is_number, plot_ranked, rank, to_html_table, to_text, write_csv
-from medexp.tracking.sweep import OBJECTIVE_METRIC, PARAM_TAG, param_tag
+from medexp.tracking.artifacts import find_sweep_parent
+from medexp.tracking.sweep_parent import OBJECTIVE_METRIC, PARAM_TAG, param_tag
 
 MAX_PARAM_COLUMNS = 8
 # params that differ between runs without being hyperparameters
@@ -36,7 +37,7 @@ def compare(client: Any, experiment: str, sweep: str | None = None, metric: str 
     if exp is None:
         names = ", ".join(sorted(e.name for e in client.search_experiments())) or "none"
         raise ConfigError(f"no MLflow experiment {experiment!r} in this store (experiments: {names})")
-    parent = _find_parent(client, exp.experiment_id, sweep) if sweep else None
+    parent = find_sweep_parent(client, exp.experiment_id, sweep) if sweep else None
     filter_string = f"tags.mlflow.parentRunId = '{parent.info.run_id}'" if parent else ""
     runs = [r for r in client.search_runs([exp.experiment_id], filter_string, max_results=10000)
             if "sweep.kind" not in r.data.tags]  # sweep parents summarise; they are not compared
@@ -71,18 +72,6 @@ def write_report(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
 
 def format_table(comparison: Comparison) -> str:
     return comparison.title + "\n\n" + to_text(comparison.rows, [c for c in comparison.columns if c != "run_id"])
-
-
-def _find_parent(client: Any, experiment_id: str, sweep: str):
-    """A sweep's parent run, by run id or by sweep name (the latest of that name; children carry the name too)."""
-    by_name = client.search_runs([experiment_id], f"tags.`sweep.name` = '{sweep}'", max_results=1000,
-                                 order_by=["attributes.start_time DESC"])
-    parents = [r for r in by_name if "sweep.kind" in r.data.tags]
-    if not parents and len(sweep) == 32 and sweep.isalnum():
-        parents = list(client.search_runs([experiment_id], f"attributes.run_id = '{sweep}'", max_results=1))
-    if not parents:
-        raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in this experiment")
-    return parents[0]
 
 
 def _row(run: Any, keys: list[str], metric: str) -> Row:

@@ -7,6 +7,7 @@ from pathlib import Path
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, tokens); this value is what its
 # own "Model training" toggle writes, and opens the runs table
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run logs into the same MLflow run
 
 
 def local_store_path(tracking_uri: str) -> Path | None:
@@ -41,6 +42,13 @@ def get_or_create_experiment(client, experiment_name: str, tracking_uri: str) ->
         if experiment is None:
             raise
         return experiment.experiment_id
+
+
+def open_client(tracking_uri: str):
+    """An MLflow client of ``tracking_uri``."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri)
 
 
 def default_tracking_uri(output_root: str) -> str:

@@ -25,7 +25,7 @@ import sys
 import threading
 from typing import Any
 
-from medexp.workflows.quiet import quiet_libraries
+from medexp.quiet import quiet_libraries
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
 MAX_METRICS_PER_BATCH = 1000
@@ -146,6 +146,7 @@ class _Run:
         self.client = None  # set by ``open``
         self.run_id: str | None = None
         self.error: str | None = None
+        self.keep_state = False  # an existing run written to without reopening it (``MlflowRunLogger``)
 
 
 class _Writer:
@@ -212,12 +213,14 @@ class _Writer:
         from medexp.tracking.store import get_or_create_experiment
 
         run.client = self.client(run.uri)
+        run.keep_state = bool(message.get("keep_state"))
         if message.get("run_id"):  # a resumed run: open again, and no longer "ended by" whatever stopped it
             run.run_id = message["run_id"]
-            run.client.update_run(run.run_id, status="RUNNING")
+            if not run.keep_state:
+                run.client.update_run(run.run_id, status="RUNNING")
             stored = run.client.get_run(run.run_id)
             experiment_id = stored.info.experiment_id
-            if ENDED_BY_TAG in stored.data.tags:
+            if ENDED_BY_TAG in stored.data.tags and not run.keep_state:
                 run.client.delete_tag(run.run_id, ENDED_BY_TAG)
         else:
             experiment_id = get_or_create_experiment(run.client, message["experiment"], run.uri)
@@ -273,7 +276,7 @@ class _Writer:
         self._tags(run, handle, {"tags": tags})
 
     def _end(self, run: _Run, status: str) -> None:
-        if run.run_id is None:
+        if run.run_id is None or run.keep_state:
             return
         try:
             run.client.set_terminated(run.run_id, status)
@@ -283,7 +286,7 @@ class _Writer:
     def abandon_open_runs(self) -> None:
         """The trainer went away without ending these runs: close them FAILED, saying why."""
         for run in self.runs.values():
-            if run.run_id is None:
+            if run.run_id is None or run.keep_state:  # not this process's run to close
                 continue
             try:
                 run.client.set_tag(run.run_id, ENDED_BY_TAG, "writer: the training process exited without "

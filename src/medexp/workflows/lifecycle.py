@@ -125,33 +125,26 @@ def check_run_mode(cfg: Mapping) -> None:
                           "hparams_search=optuna ...)")
 
 
+TASK_CHOICES = {  # what to add to the command line for a data set of each kind
+    "detection": "task=detection model=retinanet",
+    "segmentation": "task=segmentation model=unet (or another segmentation model)",
+    "classification": "task=classification model=cnn (or resnet18, ...)",
+}
+
+
 def check_task_fits_data(cfg) -> None:
     """A data set of one kind (classification, segmentation, detection) with a task of another fails deep inside
-    the model or the loss; name the task (and a model) to pick instead."""
+    the model or the loss; name the task (and a model) to pick instead. Both declare their kind (``task_kind``)."""
     from hydra.utils import get_class
 
-    from medexp.data.detection import DetectionDataModule
-    from medexp.data.inmemory import InMemoryClassificationDataModule
-    from medexp.data.segmentation import SegmentationDataModule
-    from medexp.tasks.classification import ClassificationTask
-    from medexp.tasks.detection import DetectionTask
-    from medexp.tasks.segmentation import SegmentationTask
-
-    kinds = [  # (data base class, task class, what to choose), the most specific data class first
-        (DetectionDataModule, DetectionTask, "task=detection model=retinanet"),
-        (SegmentationDataModule, SegmentationTask, "task=segmentation model=unet (or another segmentation model)"),
-        (InMemoryClassificationDataModule, ClassificationTask, "task=classification model=cnn (or resnet18, ...)"),
-    ]
     try:
         data, task = get_class(str(cfg.data._target_)), get_class(str(cfg.task._target_))
     except Exception:  # a target of the user's own: nothing to compare it with
         return
-    for data_class, task_class, choice in kinds:
-        if issubclass(data, data_class):
-            if not issubclass(task, task_class):
-                raise ConfigError(f"data={_choice('data', cfg.data.get('name'))} is a {task_class.prediction_kind} data "
-                                  f"set but the task is {task.__name__}: add {choice}")
-            return
+    kind = getattr(data, "task_kind", "")
+    if kind in TASK_CHOICES and getattr(task, "task_kind", "") != kind:
+        raise ConfigError(f"data={_choice('data', cfg.data.get('name'))} is a {kind} data set but the task is "
+                          f"{task.__name__}: add {TASK_CHOICES[kind]}")
 
 
 def _choice(group: str, default) -> str:

@@ -246,8 +246,8 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
 
     from medexp import checkpoints
     from medexp.export.ensemble import Ensemble, check_same_preprocessing
-    from medexp.export.model import load_for_inference
-    from medexp.workflows.quiet import quiet_libraries
+    from medexp.factory import load_for_inference
+    from medexp.quiet import quiet_libraries
 
     quiet_libraries()
     members = checkpoints.members(ckpt_path)

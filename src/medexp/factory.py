@@ -1,11 +1,14 @@
-"""From a config to the objects a run uses: data module, task, callbacks, trainer.
+"""From a config to the objects a run uses: data module, task, callbacks, trainer; and from a checkpoint to the
+data module and task it was trained with (``load_for_inference``).
 
 Every object comes from ``hydra.utils.instantiate`` on its config group; this module only adds what needs two
-groups at once (class weights need the data, the task needs the network and the optimizer). Training, evaluation
-and prediction all build through here; nothing here trains or tracks.
+groups at once (class weights need the data, the task needs the network and the optimizer). Training, evaluation,
+prediction, export and the served models all build through here; nothing here trains or tracks.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +102,7 @@ def build_trial_callbacks(cfg: DictConfig) -> list:
     """The Optuna pruning callback when this job is a trial of a ``hparams_search=optuna`` sweep."""
     if cfg.get("optuna_trial") is None:
         return []
-    from medexp.sweeps.pruning import make_pruning_callback
+    from medexp.callbacks.pruning import make_pruning_callback
 
     callback = make_pruning_callback(cfg)
     return [callback] if callback is not None else []
@@ -109,3 +112,39 @@ def best_checkpoint(trainer) -> str | None:
     callback = trainer.checkpoint_callback
     path = getattr(callback, "best_model_path", "") if callback is not None else ""
     return path if path and Path(path).is_file() else None
+
+
+# -- from a checkpoint -------------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """What a checkpoint rebuilds: its config, the data module (preprocessing state loaded) and the task."""
+
+    cfg: DictConfig
+    datamodule: Any
+    task: Any
+    checkpoint: dict
+
+
+def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
+                       data_root: str | None = None, store: str | None = None) -> Loaded:
+    """Rebuild a checkpoint's data module (its test-time preprocessing; the training data is not read when the
+    checkpoint carries its statistics) and task, weights loaded, in eval mode. ``ckpt_path`` is anything
+    ``medexp.checkpoints.resolve`` takes (MLflow URIs fetched from ``store``); its config is checked there before
+    anything is built."""
+    from hydra.utils import instantiate
+
+    from medexp.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust, store=store)
+    config = ckpt["hyper_parameters"]["config"]
+    cfg = OmegaConf.create(config)
+    if data_root is not None:  # only for checkpoints without the data module's state (see below)
+        cfg.data.root = data_root
+    datamodule = instantiate(cfg.data, augmentation=None, seed=cfg.seed)
+    # what preprocessing learnt from the training set (e.g. its mean/std), saved by Lightning with the data module
+    if type(datamodule).__qualname__ in ckpt:
+        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
+    task = build_task(cfg, datamodule, config)
+    task.load_state_dict(ckpt["state_dict"])
+    task.eval()
+    return Loaded(cfg, datamodule, task, ckpt)

@@ -27,6 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from medexp.quiet import quiet_libraries
+from medexp.redact import redact_text
 from medexp.sweeps import OPTUNA_SWEEPER_TARGET, study_name
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
 from medexp.sweeps.summary import (
@@ -40,10 +42,8 @@ from medexp.sweeps.summary import (
     to_text,
     write_csv,
 )
-from medexp.tracking.redact import redact_text
 from medexp.tracking.store import get_or_create_experiment
 from medexp.tracking.writer import unwatch_run, watch_run
-from medexp.workflows.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
