@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import norm
 
 from medexp.reports import stats
-from medexp.reports.page import ClassificationReportData, write_classification_page
+from medexp.reports.classification_page import ClassificationReportData, write_classification_page
 
 
 def scores_with_auc(rng, n_pos: int, n_neg: int, separation: float):

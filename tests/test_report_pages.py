@@ -13,14 +13,10 @@ import torch
 
 from fixtures_data import write_chase_like, write_decathlon_like
 from medexp.reports import stats
-from medexp.reports.page import (
-    DetectionReportData,
-    SegmentationCases,
-    write_detection_page,
-    write_segmentation_page,
-    write_sweep_page,
-)
+from medexp.reports.detection_page import DetectionReportData, write_detection_page
 from medexp.reports.plots import foreground_slice
+from medexp.reports.segmentation_page import SegmentationCases, write_segmentation_page
+from medexp.reports.sweep_page import write_sweep_page
 from medexp.workflows.train import run_experiment
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0"]
@@ -231,7 +227,7 @@ def test_per_image_counts_of_hand_made_boxes():
     from monai.apps.detection.metrics.matching import matching_batch
     from monai.data.box_utils import box_iou
 
-    from medexp.reports.page import detection_image_rows
+    from medexp.reports.detection_page import detection_image_rows
 
     truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
     found = np.array([[0, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 30], [1, 1, 10, 10]], float)

@@ -34,7 +34,7 @@ class BaseTask(pl.LightningModule):
         return []
 
     def write_test_page(self, datamodule, folder: Path, title: str) -> list[Path]:
-        """Write the tested run's report page (``index.html``, ``medexp.reports.page``) into ``folder`` where the
+        """Write the tested run's report page (``index.html``, ``medexp.reports.*_page``) into ``folder`` where the
         task has one; return its paths."""
         return []
 

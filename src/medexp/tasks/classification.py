@@ -191,7 +191,7 @@ class ClassificationTask(BaseTask):
     def write_test_page(self, datamodule, folder: Path, title: str) -> list[Path]:
         """The classification page (intervals, calibration, cases, Grad-CAM) of a single-label task on an in-memory
         set (it reads the stored images again)."""
-        from medexp.reports.page import collect_classification, write_classification_page
+        from medexp.reports.classification_page import collect_classification, write_classification_page
 
         if not datamodule.holds_arrays or self.multi_label:
             return []

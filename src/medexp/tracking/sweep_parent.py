@@ -257,7 +257,7 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
         plot_objective(rows, "trial", objective, "state", record.maximize, record.name, out / "objective.png")
         client.log_artifacts(record.parent_run_id, tmp, "summary")
         if spread:
-            from medexp.reports.page import write_sweep_page
+            from medexp.reports.sweep_page import write_sweep_page
 
             page = write_sweep_page(complete, spread, out / "report", f"Sweep report: {record.name}",
                                     f"{len(complete)} complete run(s) over {', '.join(record.keys)}.")
