@@ -46,6 +46,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
     from medexp.callbacks.pruning import raise_if_pruned
+    from medexp.callbacks.signals import SaveOnSignal
     from medexp.callbacks.timing import RunTimer
     from medexp.checkpoints import check_resumable, resolve_resume
     from medexp.export.model import write_run_model
@@ -57,7 +58,6 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
         build_trainer,
         build_trial_callbacks,
     )
-    from medexp.workflows.lifecycle import SaveOnSignal
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what checkpoints and the tracking store keep
