@@ -165,10 +165,10 @@ def load_checkpoint(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: 
 
 # -- resolving ---------------------------------------------------------------------------------------------------
 def resolve(ckpt_path: str | Path, run_dir: Path | None = None, store: str | None = None) -> str:
-    """A local checkpoint file for ``ckpt_path``: a path (which must exist); ``last``, the ``last.ckpt`` of
-    ``run_dir``; the checkpoint inside an MLflow model (``runs:/<run id>/model``, ``models:/<name>/<version>``) or a
-    checkpoint artifact (``runs:/<run id>/checkpoints/<file>``), downloaded from ``store`` (default: the one
-    ``MLFLOW_TRACKING_URI`` names)."""
+    """A local checkpoint file for ``ckpt_path``: a path, as it is (``read`` names one that is missing); ``last``,
+    the ``last.ckpt`` of ``run_dir``; the checkpoint inside an MLflow model (``runs:/<run id>/model``,
+    ``models:/<name>/<version>``) or a checkpoint artifact (``runs:/<run id>/checkpoints/<file>``), downloaded from
+    ``store`` (default: the one ``MLFLOW_TRACKING_URI`` names)."""
     ckpt_path = str(ckpt_path)
     if ckpt_path == "last" and run_dir is not None:
         last = run_dir / "checkpoints" / "last.ckpt"

@@ -13,8 +13,9 @@ SOURCE = REPO / "src" / "medexp"
 
 
 def test_the_layers_contract_is_kept():
-    done = subprocess.run([str(Path(sys.executable).parent / "lint-imports"), "--no-cache"], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    lint_imports = Path(sys.executable).parent / "lint-imports"
+    assert lint_imports.is_file(), "import-linter is missing: install the dev extras (make install)"
+    done = subprocess.run([str(lint_imports), "--no-cache"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     assert "1 kept, 0 broken" in done.stdout
 
