@@ -42,7 +42,7 @@ epochs: 3
 hydra:
   sweep: {dir: "${paths.output_root}/multirun", subdir: "${hydra.job.num}"}
   callbacks:
-    mlflow_sweep: {_target_: medexp.tracking.sweep.MLflowSweepCallback}
+    mlflow_sweep: {_target_: medexp.tracking.sweep_parent.MLflowSweepCallback}
 """
 
 
@@ -57,7 +57,7 @@ def overhead_task(cfg) -> dict:
     from medexp.sweeps import optuna_sweeper_config
     from medexp.sweeps.study import build_pruner, load_trial
     from medexp.tracking.store import get_or_create_experiment
-    from medexp.tracking.sweep import child_run_context
+    from medexp.tracking.sweep_parent import child_run_context
 
     _JOB_STARTS.append(time.perf_counter())
     context = child_run_context()

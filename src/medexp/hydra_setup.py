@@ -159,3 +159,12 @@ def _misspelled_key(exc: BaseException) -> str | None:
     command = command if command.startswith("medexp-") else "medexp-train"
     return (f"{full_key} is not a config key: {suggestion} (+{full_key}=... would add it as a new key; "
             f"{command} --cfg job shows the config)")
+
+
+def chosen_option(group: str, default) -> str:
+    """The option of ``group`` on the command line (``data=chasedb1``), as the user wrote it."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return str(HydraConfig.get().runtime.choices.get(group, default))
+    return str(default)

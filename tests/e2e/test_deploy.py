@@ -48,7 +48,8 @@ def logged_run(tmp_path_factory, migrated_store):
         GlobalHydra.instance().clear()
         HydraConfig.instance().cfg = None
     run_dir = out / "run"
-    from medexp.export.model import load_for_inference, stored_test_images
+    from medexp.export.model import stored_test_images
+    from medexp.factory import load_for_inference
 
     (best,) = (run_dir / "checkpoints").glob("best-*.ckpt")
     images = stored_test_images(load_for_inference(str(best)).datamodule)[:6].astype(np.uint8)
@@ -114,7 +115,8 @@ def test_medexp_predict_takes_runs_and_models_uris(logged_run, tmp_path, monkeyp
 def test_export_matches_pytorch_and_medexp_predict_with_a_free_batch_axis(logged_run, tmp_path, fmt):
     import mlflow
 
-    from medexp.export.formats import FORMATS, export
+    from medexp.export.formats import FORMATS
+    from medexp.workflows.export import export
 
     run_dir, run_id, uri, cases, best = logged_run
     output = tmp_path / f"model.{fmt}"
@@ -136,7 +138,7 @@ def test_export_matches_pytorch_and_medexp_predict_with_a_free_batch_axis(logged
 
 
 def test_export_refuses_what_it_cannot_export_in_one_line(logged_run, tmp_path):
-    from medexp.export.formats import export
+    from medexp.workflows.export import export
 
     with pytest.raises(ConfigError, match="format='tflite' is not known: use one of onnx, torchscript"):
         export(str(logged_run[4]), "tflite", tmp_path / "m")

@@ -183,7 +183,8 @@ def test_3d_model_takes_volumes_on_the_training_spacing(volumes, tmp_path):
 def test_export_is_the_models_preprocessing_and_network_with_free_axes(volumes, tmp_path, fmt):
     import mlflow
 
-    from medexp.export.formats import FORMATS, export
+    from medexp.export.formats import FORMATS
+    from medexp.workflows.export import export
 
     best, run_id, uri, _ = volumes
     output = tmp_path / f"model.{fmt}"
@@ -211,7 +212,7 @@ def test_hippocampus_model_predicts_medexp_predicts_label_maps_on_real_volumes(t
     (each its own size) against medexp-predict, and its ONNX and TorchScript exports on the validation cases."""
     import mlflow
 
-    from medexp.export.formats import export
+    from medexp.workflows.export import export
 
     training = json.loads((REAL / "msd_task04_hippocampus_folds.json").read_text())["training"]
     rows = [{**row, "image": str(REAL / row["image"]), "label": str(REAL / row["label"])}

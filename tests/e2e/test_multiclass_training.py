@@ -188,7 +188,7 @@ def test_multi_label_columns_must_match_num_classes(tmp_path):
 
 
 def test_balanced_weights_of_a_multi_label_set_are_negatives_per_positive(make_cfg, tmp_path):
-    from medexp.workflows.build import build_datamodule, class_weights
+    from medexp.factory import build_datamodule, class_weights
 
     write_medmnist(tmp_path / "chestlike.npz", 3, multi_label=True)
     cfg = make_cfg("task=classification_multilabel", "data=medmnist", "data.name=chestlike", f"data.root={tmp_path}",

@@ -8,8 +8,8 @@ import uuid
 
 import pytest
 
+from medexp.checkpoints import resolve_resume
 from medexp.distributed import slurm_job_id, slurm_requeued
-from medexp.workflows.build import resolve_ckpt_path
 from tests.e2e.test_cluster import cluster  # noqa: F401  (a fixture: the local Slurm, started as the cluster tests start it)
 from tests.e2e.test_scale_ddp import BIN, SMALL, assert_one_run_with_single_process_metrics
 
@@ -35,14 +35,14 @@ def test_only_a_requeued_slurm_job_resumes_from_its_own_last_checkpoint(tmp_path
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
     last.write_bytes(b"")
-    assert resolve_ckpt_path(None, tmp_path) is None  # outside Slurm: a fresh run
+    assert resolve_resume(None, tmp_path) is None  # outside Slurm: a fresh run
     monkeypatch.setenv("SLURM_JOB_ID", "7")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
-    assert not slurm_requeued() and resolve_ckpt_path(None, tmp_path) is None  # first start of the job
+    assert not slurm_requeued() and resolve_resume(None, tmp_path) is None  # first start of the job
     monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
-    assert resolve_ckpt_path(None, tmp_path) == str(last)
+    assert resolve_resume(None, tmp_path) == str(last)
     last.unlink()
-    assert resolve_ckpt_path(None, tmp_path) is None  # stopped before it saved anything: starts over
+    assert resolve_resume(None, tmp_path) is None  # stopped before it saved anything: starts over
 
 
 @pytest.mark.slow

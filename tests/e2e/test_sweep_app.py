@@ -54,7 +54,7 @@ hydra:
     chdir: false
   callbacks:
     mlflow_sweep:
-      _target_: medexp.tracking.sweep.MLflowSweepCallback
+      _target_: medexp.tracking.sweep_parent.MLflowSweepCallback
 """
 
 
@@ -66,7 +66,7 @@ def toy_objective(cfg, epoch: int | None = None) -> float:
 
 
 def toy_task(cfg) -> dict:
-    """One job: an MLflow child run named and tagged by medexp.tracking.sweep, the toy metric returned.
+    """One job: an MLflow child run named and tagged by medexp.tracking.sweep_parent, the toy metric returned.
 
     It logs through MlflowClient rather than Lightning's MLFlowLogger (same run name and tags) so that joblib
     workers need not import Lightning unless the job trains.
@@ -76,7 +76,7 @@ def toy_task(cfg) -> dict:
     from mlflow.tracking import MlflowClient
 
     from medexp.tracking.store import get_or_create_experiment
-    from medexp.tracking.sweep import child_run_context
+    from medexp.tracking.sweep_parent import child_run_context
 
     out = Path(HydraConfig.get().runtime.output_dir)
     with open(out / "invocations.txt", "a") as f:  # a job run twice would leave two lines
@@ -106,7 +106,7 @@ def _toy_fit(cfg, client, run_id: str) -> float:
     import pytorch_lightning as pl
     import torch
 
-    from medexp.sweeps.pruning import make_pruning_callback, raise_if_pruned
+    from medexp.callbacks.pruning import make_pruning_callback, raise_if_pruned
 
     class Toy(pl.LightningModule):
         def __init__(self):
@@ -226,7 +226,7 @@ def test_grid_sweep_is_one_parent_with_named_children(tmp_path, mlflow_store, ca
 
 
 def test_failed_grid_job_is_a_failed_child_and_fails_the_parent(tmp_path, mlflow_store):
-    from medexp.tracking.sweep import close_unfinished_sweeps
+    from medexp.tracking.sweep_parent import close_unfinished_sweeps
 
     assert run_toy(tmp_path, "model=cnn,resnet18", "toy.fail_model=resnet18", check=False) == 1
     # Hydra's basic sweeper raises after the failed job and skips on_multirun_end: the exit hook closes the parent

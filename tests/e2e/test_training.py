@@ -110,12 +110,21 @@ def test_eval_reproduces_the_test_metrics_of_the_best_checkpoint(make_cfg, track
 
     trained = run_experiment(make_cfg(*SHORT, *SMALL_SYNTHETIC, "trainer.max_epochs=2"))
     (best,) = (tmp_path / "run" / "checkpoints").glob("best-*.ckpt")
+    client = MlflowClient(tracking_uri)
+    (before,) = client.search_runs([client.get_experiment_by_name("medexp").experiment_id])
+    histories = {key: client.get_metric_history(before.info.run_id, key) for key in before.data.metrics}
     again = evaluate_checkpoint(str(best), tracking_uri, "medexp-eval", log_to="same", report_dir=tmp_path / "eval")
     assert again["test/auroc"] == pytest.approx(trained["test/auroc"], abs=1e-6)
     assert (tmp_path / "eval" / "roc_test.png").is_file()
-    client = MlflowClient(tracking_uri)
+    # the training run gains the evaluation's metrics at its last step, and is otherwise left as training left it
     (run,) = client.search_runs([client.get_experiment_by_name("medexp").experiment_id])
-    assert len(client.get_metric_history(run.info.run_id, "test/auroc")) == 2  # training's test + the re-evaluation
+    assert (run.info.status, run.info.start_time, run.info.end_time) == (
+        before.info.status, before.info.start_time, before.info.end_time)
+    assert {key: client.get_metric_history(run.info.run_id, key) for key in histories} == histories
+    (evaluated,) = client.get_metric_history(run.info.run_id, "eval/test/auroc")
+    assert evaluated.value == pytest.approx(trained["test/auroc"], abs=1e-6)
+    assert evaluated.step == torch.load(best, weights_only=True)["global_step"]  # the checkpoint's last step
+    assert "eval/epoch" not in run.data.metrics
 
 
 def test_bf16_mixed_precision_smoke_on_cpu(make_cfg):
@@ -132,8 +141,8 @@ def test_short_training_on_real_pneumoniamnist(make_cfg, pneumonia_npz):
 
 
 def test_channels_last_is_on_for_2d_cnns_and_gives_the_same_outputs(make_cfg):
+    from medexp.factory import build_network
     from medexp.tasks.classification import ClassificationTask
-    from medexp.workflows.build import build_network
 
     cfg = make_cfg()
     torch.manual_seed(0)

@@ -16,7 +16,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import OmegaConf
 
-from medexp.workflows.build import build_datamodule, build_task
+from medexp.factory import build_datamodule, build_task
 
 WINDOWS = {"patch": [40, 56, 40], "whole": [48, 64, 48]}
 FLIPS = {"none": [], "axes": [[0], [1], [2]]}

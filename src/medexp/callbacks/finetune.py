@@ -10,7 +10,8 @@ from pytorch_lightning import Callback
 from pytorch_lightning.callbacks import BaseFinetuning
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from medexp.models.pretrained import frozen_modules, load_pretrained, read_pretrained
+from medexp.checkpoints import read_network
+from medexp.models.pretrained import frozen_modules, load_pretrained
 
 
 def finetune_callbacks(cfg: DictConfig) -> list[Callback]:
@@ -29,7 +30,7 @@ class PretrainedWeights(Callback):
 
     def __init__(self, source: str, in_channels: int | None):
         self.in_channels = in_channels
-        self.weights = read_pretrained(source)  # read now: a missing source stops the run before it trains
+        self.weights = read_network(source)  # read now: a missing source stops the run before it trains
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         # a resumed fit restores its own checkpoint after this hook, so the copy would be overwritten anyway

@@ -7,8 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import time
 from pathlib import Path
 
 from medexp.cli import user_errors
@@ -31,23 +29,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with user_errors():
-        from medexp.tracking.client import open_client
-        from medexp.tracking.compare import compare, format_table, write_report
-        from medexp.tracking.http import bound_mlflow_http
-        from medexp.tracking.orphans import close_orphans
-        from medexp.tracking.store import default_tracking_uri
+        from medexp.workflows.compare import compare_runs
 
-        output_root = Path(os.environ.get("MEDEXP_OUTPUT_ROOT", "outputs"))
-        uri = args.tracking_uri or default_tracking_uri(str(output_root))
-        bound_mlflow_http()
-        client = open_client(uri)
-        repaired = close_orphans(client, closed_by="medexp-compare").summary(elsewhere=False)
-        if repaired:  # runs whose process group was killed: compared as the FAILED runs they are
-            print(repaired)
-        comparison = compare(client, args.experiment, args.sweep, args.metric, args.mode)
-        print(format_table(comparison))
-        name = "-".join([args.experiment or "all", *([args.sweep] if args.sweep else []), time.strftime("%Y%m%d-%H%M%S")])
-        page, png = write_report(comparison, args.out or output_root / "compare" / name)
+        page, png = compare_runs(args.experiment, args.sweep, args.metric, args.mode, args.tracking_uri, args.out)
         print(f"report: {page} ({png.name})")
 
 

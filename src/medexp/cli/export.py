@@ -15,8 +15,9 @@ prepare_hydra()
 
 @hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="export")
 def main(cfg: DictConfig) -> dict:
-    from medexp.export.formats import default_output, export
-    from medexp.workflows.quiet import quiet_libraries
+    from medexp.export.formats import default_output
+    from medexp.quiet import quiet_libraries
+    from medexp.workflows.export import export
 
     quiet_libraries()  # MONAI's DICOM-decoder notice on import, the detector's matcher line
     with user_errors():

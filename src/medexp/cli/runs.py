@@ -26,10 +26,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     with user_errors():
         from medexp.errors import ConfigError
+        from medexp.redact import redact_text
         from medexp.tracking.client import open_client
         from medexp.tracking.http import bound_mlflow_http
         from medexp.tracking.orphans import close_orphans
-        from medexp.tracking.redact import redact_text
         from medexp.tracking.store import default_tracking_uri, local_store_path
 
         uri = args.tracking_uri or default_tracking_uri(os.environ.get("MEDEXP_OUTPUT_ROOT", "outputs"))

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from medexp.data.datalist import Record, file_stem
+from medexp.data.records import Record, file_stem
 from medexp.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -227,25 +227,6 @@ def coco_datalist(base: Path, path: str, images: str | None = None) -> list[Reco
     return records
 
 
-# -- segmentation masks -------------------------------------------------------------------------------------------
-def mask_datalist(base: Path, datalist: Mapping[str, Any], label_values: Sequence[float] | None = None,
-                  ) -> list[Record]:
-    """Records of a segmentation ``datalist`` spec (any kind ``medexp.data.datalist`` reads) with each mask turned
-    into boxes, one per connected component of each class, in MONAI's standard mode on the image's own axes."""
-    from medexp.data.datalist import build_datalist
-    from medexp.data.io import LoadCased
-
-    loader = LoadCased(label_key="label", mask_keys=(), label_values=label_values)
-    records = []
-    for record in build_datalist(datalist, base):
-        if not isinstance(record.get("label"), str):
-            raise DataError(f"image {record['image']} has no mask path: give every case of the masks datalist a mask")
-        mask = loader({"image": record["image"], "label": record["label"]})["label"]
-        boxes, labels = boxes_from_mask(mask.numpy()[0])
-        records.append({**record, "box": boxes, "label": labels})
-    return records
-
-
 def boxes_from_mask(mask: Any) -> tuple[list[list[int]], list[int]]:
     """Boxes ``[min_0, min_1, ..., max_0 + 1, max_1 + 1, ...]`` (array axes) around each connected component
     (diagonal neighbours connect) of each nonzero value ``v`` of ``mask``, labelled ``v - 1``."""
@@ -265,5 +246,4 @@ def boxes_from_mask(mask: Any) -> tuple[list[list[int]], list[int]]:
     return boxes, labels
 
 
-BOX_READERS: dict[str, Callable[..., list[Record]]] = {"voc": voc_datalist, "coco": coco_datalist,
-                                                       "masks": mask_datalist}
+BOX_READERS: dict[str, Callable[..., list[Record]]] = {"voc": voc_datalist, "coco": coco_datalist}

@@ -21,9 +21,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from medexp.data.box_formats import BOX_READERS, boxes_from_mask
+from medexp.data.records import Record, file_stem
 from medexp.errors import DataError
 
-Record = dict
 SPLIT_NAMES = ("train", "val", "test")
 _SPLIT_ALIASES = {
     "train": "train", "training": "train", "tr": "train",
@@ -61,19 +62,18 @@ def _read_one(spec: Mapping[str, Any], root: str | Path | None) -> list[Record]:
     patient_regex = options.pop("patient_regex", None)
     split = options.pop("split", None)
     folds_file = options.pop("folds_file", None)
-    from medexp.data.box_formats import BOX_READERS  # box annotation formats (VOC, COCO, masks) use this module
-
+    box_readers = {**BOX_READERS, "masks": mask_datalist}  # box annotations: VOC, COCO, boxes from masks
     readers = {
         "folder": folder_datalist,
         "csv": table_datalist,
         "json": table_datalist,
         "decathlon": decathlon_datalist,
-        **BOX_READERS,
+        **box_readers,
     }
     if kind not in readers:
         raise DataError(f"datalist kind {kind!r} is unknown: use one of {sorted(readers)}")
     base = Path(root) if root is not None else Path.cwd()
-    if kind in BOX_READERS:  # they resolve their own paths (a folder, a file, a wrapped datalist) against base
+    if kind in box_readers:  # they resolve their own paths (a folder, a file, a wrapped datalist) against base
         options["base"] = base
     elif kind == "folder":
         options["root"] = base / options.get("root", ".")
@@ -295,11 +295,6 @@ def assign_nnunet_folds(records: Sequence[Record], path: str | Path) -> None:
         record["fold"] = fold_of[key]
 
 
-def file_stem(path: Path) -> str:
-    """File name without its extension, ``.nii.gz`` counted as one extension."""
-    return path.name[: -len(".nii.gz")] if path.name.lower().endswith(".nii.gz") else path.stem
-
-
 def patient_from_name(name: str, patient_regex: str) -> str:
     """Patient id = the first capture group (or the whole match) of ``patient_regex`` in a file name."""
     match = re.search(patient_regex, name)
@@ -316,3 +311,21 @@ def normalise_split(value: Any, where: str) -> str | None:
     if split is None:
         raise DataError(f"split {value!r} in {where} is not one of {list(SPLIT_NAMES)}: fix the split column")
     return split
+
+
+def mask_datalist(base: Path, datalist: Mapping[str, Any], label_values: Sequence[float] | None = None,
+                  ) -> list[Record]:
+    """Records of a segmentation ``datalist`` spec (any kind read here) with each mask turned into boxes
+    (``medexp.data.box_formats.boxes_from_mask``), one per connected component of each class, in MONAI's standard
+    mode on the image's own axes: the ``masks`` box format."""
+    from medexp.data.io import LoadCased
+
+    loader = LoadCased(label_key="label", mask_keys=(), label_values=label_values)
+    records = []
+    for record in build_datalist(datalist, base):
+        if not isinstance(record.get("label"), str):
+            raise DataError(f"image {record['image']} has no mask path: give every case of the masks datalist a mask")
+        mask = loader({"image": record["image"], "label": record["label"]})["label"]
+        boxes, labels = boxes_from_mask(mask.numpy()[0])
+        records.append({**record, "box": boxes, "label": labels})
+    return records

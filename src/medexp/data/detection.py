@@ -266,6 +266,8 @@ class DetectionDataModule(SegmentationDataModule):
             ``class_names[i]``); null = the names found, sorted.
     """
 
+    task_kind = "detection"
+
     def __init__(self, datalist: Mapping[str, Any] | Sequence[Mapping[str, Any]], box_mode: str | None = None,
                  box_axes: str | None = None, box_coordinates: str = "image", affine_lps_to_ras: bool = False,
                  rotate90_prob: float = 0.0, num_classes: int = 1, class_names: Sequence[str] | None = None,

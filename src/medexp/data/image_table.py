@@ -158,7 +158,7 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
     """Images listed in a label table (``table``) or sorted into class folders (``root``), held in memory.
 
     ``num_classes``, ``in_channels``, ``class_names`` and ``image_size`` may be null: they are then read from the
-    data (``medexp.workflows.build`` writes them back into the run's config, so checkpoints carry them)."""
+    data (``medexp.factory`` writes them back into the run's config, so checkpoints carry them)."""
 
     def __init__(self, table: str | None = None, root: str | None = None, image_column: str = "image",
                  label_column: str | Sequence[str] = "label", patient_column: str | None = None,

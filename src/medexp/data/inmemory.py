@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.base import MedexpDataModule
 from medexp.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -103,8 +103,11 @@ class IndexBatches:
             yield self.images[idx], self.labels[idx]
 
 
-class InMemoryClassificationDataModule(pl.LightningDataModule):
+class InMemoryClassificationDataModule(MedexpDataModule):
     """Base for array-backed classification sets; subclasses implement ``load_arrays``."""
+
+    task_kind = "classification"
+    holds_arrays = True
 
     def __init__(self, batch_size: int, num_classes: int, in_channels: int, spatial_dims: int, image_size: int,
                  class_names: Sequence[str] | None = None, augmentation: Mapping | None = None,

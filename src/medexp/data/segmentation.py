@@ -14,11 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
 import torch
 from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
 
 from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.base import MedexpDataModule
 from medexp.data.datalist import build_datalist
 from medexp.data.io import CaseSummary, LoadCased, dataset_fingerprint, inspect_cases
 from medexp.data.sharding import evaluation_sampler, rank_seed
@@ -39,7 +39,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-class SegmentationDataModule(pl.LightningDataModule):
+class SegmentationDataModule(MedexpDataModule):
     """Datalist → split → (cached) MONAI pipelines → DataLoaders; validates every case once in ``setup``.
 
     Args:
@@ -65,6 +65,8 @@ class SegmentationDataModule(pl.LightningDataModule):
             ``split.seed`` so it stays fixed across training seeds. Under DDP each rank offsets it
             (``medexp.data.sharding.rank_seed``) and evaluates its own share of the cases, each case once.
     """
+
+    task_kind = "segmentation"
 
     def __init__(
         self,
@@ -254,6 +256,9 @@ class SegmentationDataModule(pl.LightningDataModule):
             "split_sha256": hashlib.sha256(json.dumps(sets).encode()).hexdigest(),
             **dataset_fingerprint(self._summaries_of("train")),
         }
+
+    def sample_count(self, split: str = "train") -> int:
+        return len(getattr(self.split, split))
 
     def class_counts(self, split: str = "train") -> list[int]:
         """Voxels per class in a set (for ``task.class_weights=balanced``)."""

@@ -1,13 +1,13 @@
 """Several trained models as one: their probabilities averaged before the argmax (nnU-Net's fold ensembles).
 
 Members come as a list of checkpoints (paths or MLflow URIs) or as a sweep (``sweep:<parent run id or sweep
-name>``: the best checkpoint of each finished child run, folds or seeds). They must share their test-time
-preprocessing, since ``medexp-predict`` reads each input once; classification and segmentation outputs (sliding
-windows included) are averaged per image, detections are not (boxes need fusing, not averaging).
+name>``: the best checkpoint of each finished child run, folds or seeds), found by ``medexp.checkpoints.members``.
+They must share their test-time preprocessing, since ``medexp-predict`` reads each input once; classification and
+segmentation outputs (sliding windows included) are averaged per image, detections are not (boxes need fusing, not
+averaging).
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 import pytorch_lightning as pl
@@ -16,46 +16,7 @@ from torch import nn
 
 from medexp.errors import ConfigError
 
-SWEEP_PREFIX = "sweep:"
 AVERAGED_KINDS = ("classification", "multilabel_classification", "segmentation")
-
-
-def ensemble_members(ckpt_path: str | Sequence[str]) -> list[str]:
-    """The checkpoints ``ckpt_path`` names: itself, a list, or a sweep's children."""
-    if isinstance(ckpt_path, str):
-        return sweep_members(ckpt_path.removeprefix(SWEEP_PREFIX)) if ckpt_path.startswith(SWEEP_PREFIX) else [ckpt_path]
-    members = [str(path) for path in ckpt_path]
-    if not members:
-        raise ConfigError("ckpt_path=[] names no checkpoint: give one, a list, or sweep:<parent run id or name>")
-    return members
-
-
-def sweep_members(sweep: str) -> list[str]:
-    """``runs:/<child>/checkpoints/<best>`` of every finished child of the sweep (searched in every experiment of
-    the store ``MLFLOW_TRACKING_URI`` names)."""
-    from mlflow.tracking import MlflowClient
-
-    from medexp.tracking.compare import _find_parent
-
-    # the environment's store, not a URI an earlier caller in this process set globally with mlflow.set_tracking_uri
-    client = MlflowClient(os.environ.get("MLFLOW_TRACKING_URI") or None)
-    for experiment in client.search_experiments():
-        try:
-            parent = _find_parent(client, [experiment.experiment_id], sweep)
-        except ConfigError:
-            continue
-        children = client.search_runs([experiment.experiment_id],
-                                      f"tags.mlflow.parentRunId = '{parent.info.run_id}' and status = 'FINISHED'")
-        members = []
-        for child in children:
-            best = [a.path for a in client.list_artifacts(child.info.run_id, "checkpoints")
-                    if a.path.rsplit("/", 1)[-1].startswith("best")]
-            members += [f"runs:/{child.info.run_id}/{path}" for path in best[:1]]
-        if not members:
-            raise ConfigError(f"sweep {sweep!r} has no finished child run with a best checkpoint to ensemble")
-        return members
-    raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in {client.tracking_uri}: set "
-                      "MLFLOW_TRACKING_URI to the store it was logged to")
 
 
 def check_same_preprocessing(datamodules: Sequence, members: Sequence[str]) -> None:

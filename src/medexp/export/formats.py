@@ -1,5 +1,5 @@
-"""``medexp-export``: a checkpoint's inference graph (``medexp.export.model``) as an ONNX or TorchScript file, checked
-against PyTorch on the run's real cases and, where the run is in an MLflow store, logged to that run.
+"""A checkpoint's inference graph (``medexp.export.model``) as an ONNX or TorchScript file, and how to check it
+against PyTorch on the run's real cases (``medexp-export``, ``medexp.workflows.export``, does both).
 
 Both files have one input, ``image``, with a free batch axis. A classifier's takes the MLflow model's input
 (float32 ``(N, C, H, W)`` as stored, 0-255) and gives its output (``probabilities``: ``(N, classes)``); the
@@ -14,15 +14,13 @@ free where the network allows (checked at a second size; ``spatial_axes`` in the
 """
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from medexp.errors import ConfigError, DataError
 from medexp.export import INPUT_NAME, OUTPUT_NAME, SEGMENTATION
 
 PARITY_TOLERANCE = 1e-4  # max |exported - PyTorch| over the real cases' probabilities
@@ -107,71 +105,3 @@ def takes_other_sizes(model: torch.nn.Module, run: Callable, output: Path, image
         return False
 
 
-def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequence[str] = (),
-           trust_checkpoint: bool = False, data_root: str | None = None, tracking_uri: str | None = None) -> dict:
-    """Write ``output`` in ``fmt`` and compare it with PyTorch on real cases; with ``tracking_uri``, log both to the
-    checkpoint's run in that store. Returns what was measured."""
-    from medexp.export.model import deployable, load_for_inference, model_kind
-
-    if fmt not in FORMATS:
-        raise ConfigError(f"format={fmt!r} is not known: use one of {', '.join(FORMATS)}")
-    write, run, _ = FORMATS[fmt]
-    if tracking_uri is not None:  # also where runs:/ and models:/ checkpoints are fetched from (by the env, which
-        os.environ["MLFLOW_TRACKING_URI"] = tracking_uri  # is this command's own: not mlflow's process-wide global)
-    loaded = load_for_inference(ckpt_path, trusted_targets, trust=trust_checkpoint, data_root=data_root)
-    model = deployable(loaded)
-    images, split = parity_inputs(loaded)
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    segmentation = model_kind(loaded.datamodule, loaded.task) == SEGMENTATION
-    example = torch.from_numpy(images[:2])
-    write(model, example, output, free_spatial=segmentation)
-    difference = max_difference(model, run, output, images)
-    result = {"format": fmt, "output": str(output.resolve()), "checkpoint": str(ckpt_path),
-              "parity_cases": len(images), "parity_split": split, "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE}
-    if segmentation:
-        free = takes_other_sizes(model, run, output, images)
-        if not free and fmt == "onnx":  # declared fixed, so that a runtime refuses other sizes instead of erring
-            write(model, example, output, free_spatial=False)
-        result["spatial_axes"] = "free" if free else f"fixed {list(images.shape[2:])}"
-    if tracking_uri is not None:
-        result["mlflow_run"] = log_export(ckpt_path, output, fmt, difference)
-    if not difference <= PARITY_TOLERANCE:
-        raise DataError(f"the {fmt} model differs from PyTorch by up to {difference:.2e} on real cases (more "
-                        f"than {PARITY_TOLERANCE:g}); it was written to {output} but should not be used")
-    return result
-
-
-def checkpoint_run(ckpt_path: str) -> str | None:
-    """The MLflow run a checkpoint belongs to: the run of a ``runs:/`` or ``models:/`` URI, or the id medexp-train
-    wrote into the checkpoint's run folder."""
-    from medexp.tracking.mlflow import RUN_ID_FILE
-
-    if ckpt_path.startswith("runs:/"):
-        return ckpt_path.removeprefix("runs:/").split("/")[0]
-    if ckpt_path.startswith("models:/"):
-        from mlflow.tracking import MlflowClient
-
-        name, _, version = ckpt_path.removeprefix("models:/").partition("/")
-        return MlflowClient().get_model_version(name, version).run_id
-    run_id_file = Path(ckpt_path).resolve().parent.parent / RUN_ID_FILE
-    return run_id_file.read_text().strip() if run_id_file.is_file() else None
-
-
-def log_export(ckpt_path: str, output: Path, fmt: str, difference: float) -> str | None:
-    """The file under ``export/`` and ``export/<fmt>_max_abs_difference`` in the checkpoint's run, in the current
-    tracking store; None when the checkpoint has no run there."""
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    run_id = checkpoint_run(str(ckpt_path))
-    if run_id is None:
-        return None
-    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
-    try:
-        client.get_run(run_id)
-    except MlflowException:  # trained against another store: nothing to attach to here
-        return None
-    client.log_artifact(run_id, str(output), "export")
-    client.log_metric(run_id, f"export/{fmt}_max_abs_difference", difference)
-    return run_id

@@ -19,107 +19,33 @@ of a recipe that resamples must already be on the training spacing (the model's 
 ``medexp-export`` writes ``DeployableSegmenter`` instead: the intensity preprocessing and the network as one graph
 over whole inputs, sliding windows and resampling left to the caller.
 
-Checkpoints are found here too: a path, or an MLflow model URI (``runs:/<id>/model``, ``models:/<name>/<version>``)
-whose model carries the run's checkpoint (``resolve_checkpoint``).
+Checkpoints are found and read by ``medexp.checkpoints`` (a path, or an MLflow model URI whose model carries the
+run's checkpoint) and rebuilt by ``medexp.factory.load_for_inference``.
 """
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medexp.errors import ConfigError, DataError
+from medexp.errors import ConfigError
 from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, META, SEGMENTATION, TORCHSCRIPT
+from medexp.factory import Loaded, load_for_inference
 
-MODEL_URI_SCHEMES = ("runs:/", "models:/")
 STORED_SCALE = 255.0  # medexp's in-memory sets (MedMNIST, synthetic) store 8-bit images; _as_float divides by it
 EXAMPLE_SIZE = 2
-SLIM_KEYS = ("state_dict", "hyper_parameters", "pytorch-lightning_version", "best_monitor")
-
-
-@dataclass
-class Loaded:
-    """What a checkpoint rebuilds: its config, the data module (preprocessing state loaded) and the task."""
-
-    cfg: DictConfig
-    datamodule: Any
-    task: Any
-    checkpoint: dict
-
-
-@contextlib.contextmanager
-def resolve_checkpoint(ckpt_path: str) -> Iterator[str]:
-    """A local checkpoint path for ``ckpt_path``, while in the ``with`` block: itself, the checkpoint inside an MLflow
-    model (``runs:/<run id>/model``, ``models:/<name>/<version>``) or a checkpoint artifact (``runs:/<run
-    id>/checkpoints/<file>``), downloaded from the store ``MLFLOW_TRACKING_URI`` names into a temporary folder that
-    is removed when the block ends."""
-    if not str(ckpt_path).startswith(MODEL_URI_SCHEMES):
-        yield str(ckpt_path)
-        return
-    import mlflow
-
-    store = os.environ.get("MLFLOW_TRACKING_URI") or mlflow.get_tracking_uri()
-    with tempfile.TemporaryDirectory(prefix="medexp-model-") as scratch:
-        try:
-            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=str(ckpt_path), tracking_uri=store,
-                                                              dst_path=scratch))
-        except Exception as exc:  # noqa: BLE001 - MLflow raises many kinds; the user needs the URI and the store
-            raise DataError(f"cannot fetch the MLflow model {ckpt_path} from {store}: "
-                            f"{type(exc).__name__}: {str(exc).splitlines()[0]}; set MLFLOW_TRACKING_URI to the "
-                            "store that holds it") from None
-        if folder.is_file():  # a checkpoint artifact itself (runs:/<id>/checkpoints/best-epoch003.ckpt)
-            yield str(folder)
-            return
-        found = sorted(folder.glob(f"**/{CHECKPOINT}"))
-        if not found:
-            raise DataError(f"the MLflow model {ckpt_path} holds no medexp checkpoint: it was not logged by "
-                            "medexp-train")
-        yield str(found[0])
-
-
-def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
-                       data_root: str | None = None) -> Loaded:
-    """Rebuild a checkpoint's data module (its test-time preprocessing; the training data is not read when the
-    checkpoint carries its statistics) and task, weights loaded, in eval mode."""
-    from hydra.utils import instantiate
-
-    from medexp.workflows.build import build_task
-    from medexp.workflows.checkpoints import load_checkpoint
-
-    with resolve_checkpoint(ckpt_path) as local:
-        ckpt = load_checkpoint(local, trusted_targets, trust=trust)
-    config = ckpt["hyper_parameters"]["config"]
-    cfg = OmegaConf.create(config)
-    if data_root is not None:  # only for checkpoints without the data module's state (see below)
-        cfg.data.root = data_root
-    datamodule = instantiate(cfg.data, augmentation=None, seed=cfg.seed)
-    # what preprocessing learnt from the training set (e.g. its mean/std), saved by Lightning with the data module
-    if type(datamodule).__qualname__ in ckpt:
-        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
-    task = build_task(cfg, datamodule, config)
-    task.load_state_dict(ckpt["state_dict"])
-    task.eval()
-    return Loaded(cfg, datamodule, task, ckpt)
 
 
 def slim_checkpoint(loaded: Loaded, path: Path) -> Path:
     """The checkpoint without optimizer and loop state: what inference (and fine-tuning) needs, a third the size."""
-    from medexp.workflows.checkpoints import atomic_torch_save
+    from medexp.checkpoints import slim
 
-    ckpt = loaded.checkpoint
-    keep = [*SLIM_KEYS, type(loaded.datamodule).__qualname__]
-    atomic_torch_save({key: ckpt[key] for key in keep if key in ckpt}, path)
-    return path
+    return slim(loaded.checkpoint, path, type(loaded.datamodule).__qualname__)
 
 
 class DeployableClassifier(nn.Module):
@@ -189,24 +115,14 @@ class DeployableSegmenter(nn.Module):
 
 
 def model_kind(datamodule, task) -> str | None:
-    """The deployed model a run has: ``classification`` on in-memory sets (their preprocessing is a fixed intensity
-    transform, one graph), ``segmentation`` on file-based sets; None for the rest (detection)."""
-    from medexp.data.segmentation import SegmentationDataModule
-    from medexp.tasks.segmentation import SegmentationTask
-
-    if is_deployable(datamodule, task):
+    """The deployed model a run has (asked of the data module's and the task's declared kinds): ``classification``
+    on in-memory sets (their preprocessing is a fixed intensity transform, one graph), ``segmentation`` on
+    file-based sets; None for the rest (detection)."""
+    if datamodule.task_kind != task.task_kind:
+        return None
+    if task.task_kind == CLASSIFICATION and datamodule.holds_arrays:
         return CLASSIFICATION
-    if isinstance(datamodule, SegmentationDataModule) and isinstance(task, SegmentationTask):
-        return SEGMENTATION
-    return None
-
-
-def is_deployable(datamodule, task) -> bool:
-    """Whether a run's model is the classifier graph (``DeployableClassifier``): classification on in-memory sets."""
-    from medexp.data.inmemory import InMemoryClassificationDataModule
-    from medexp.tasks.classification import ClassificationTask
-
-    return isinstance(datamodule, InMemoryClassificationDataModule) and isinstance(task, ClassificationTask)
+    return SEGMENTATION if task.task_kind == SEGMENTATION else None
 
 
 def deployable(loaded: Loaded) -> nn.Module:
@@ -360,3 +276,11 @@ def write_model_files(ckpt_path: str, folder: Path, example: np.ndarray) -> Path
     np.save(folder / EXAMPLE, example)
     (folder / META).write_text(json.dumps(meta))
     return folder
+
+
+def write_run_model(best: Path, datamodule, task, folder: Path) -> Path | None:
+    """The files of a training run's MLflow model (``write_model_files``) from its best checkpoint, or None where
+    the run's task has no deployed model (detection)."""
+    if model_kind(datamodule, task) is None:
+        return None
+    return write_model_files(str(best), folder, input_example(datamodule, task))

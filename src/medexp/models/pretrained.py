@@ -12,23 +12,21 @@ The network is built from ``cfg.model`` as always (these three keys are not cons
   initialised;
 - names on one side only: left as they are.
 
-One line says what was skipped, adapted or unmatched. Only tensors are read from the source (``weights_only``);
-nothing of its config is built.
+One line says what was skipped, adapted or unmatched. The source is read by ``medexp.checkpoints.read_network``:
+only tensors are taken from it (``weights_only``), nothing of its config is built.
 """
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medexp.errors import ConfigError, DataError
+from medexp.errors import ConfigError
 
 FINETUNE_KEYS = ("pretrained", "freeze", "freeze_epochs")
-NET_PREFIX = "net."  # the task holds the network as ``net``
 SHOWN = 4  # keys named per kind in the report line; the rest are counted
 
 
@@ -80,27 +78,6 @@ class SourceWeights:
     source: str
     state: dict[str, torch.Tensor]
     in_channels: int | None
-
-
-def read_pretrained(source: str) -> SourceWeights:
-    """The network weights of the checkpoint ``source`` names: a path or an MLflow model URI."""
-    from medexp.export.model import MODEL_URI_SCHEMES, resolve_checkpoint
-    from medexp.workflows.checkpoints import load_checkpoint
-
-    source = str(source)
-    if not source.startswith(MODEL_URI_SCHEMES) and not Path(source).is_file():
-        raise DataError(f"model.pretrained={source}: no such file; give a .ckpt written by medexp-train, "
-                        "runs:/<run id>/model or models:/<name>/<version>")
-    try:  # trusted: only tensors are read (torch's weights_only), nothing of its config is instantiated
-        with resolve_checkpoint(source) as local:
-            ckpt = load_checkpoint(local, trust=True)
-    except DataError as exc:
-        raise DataError(f"model.pretrained={source}: {exc}") from None
-    state = {k[len(NET_PREFIX):]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith(NET_PREFIX)}
-    if not state:
-        raise DataError(f"model.pretrained={source}: the checkpoint holds no network weights (no 'net.' keys)")
-    data = ckpt["hyper_parameters"]["config"].get("data") or {}
-    return SourceWeights(source, state, data.get("in_channels"))
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

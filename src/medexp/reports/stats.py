@@ -204,3 +204,13 @@ def mean_interval(mean: float, std: float, n: int, level: float = LEVEL) -> Inte
 
     half = float(t.ppf((1 + level) / 2, n - 1)) * std / np.sqrt(n) if n > 1 else float("nan")
     return Interval(mean, mean - half, mean + half)
+
+
+def with_overall(draws: np.ndarray) -> np.ndarray:
+    """Per-structure bootstrap means with their mean over structures in front: the figure the run logs (MONAI's
+    mean over cases per structure, then over structures)."""
+    import warnings
+
+    with warnings.catch_warnings():  # a resample without any finite HD95 has no mean
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.column_stack([np.nanmean(draws, axis=1), draws])

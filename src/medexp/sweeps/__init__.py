@@ -1,7 +1,7 @@
 """Hyperparameter sweeps: the Optuna sweeper's logic, in-job pruning, per-trial seeds and sweep summaries.
 
 The Hydra plugin in ``hydra_plugins/medexp_optuna_sweeper`` is a thin shell around ``medexp.sweeps.optuna_loop``;
-MLflow parent/child runs of any sweep live in ``medexp.tracking.sweep``. Optuna is imported only where it is used:
+MLflow parent/child runs of any sweep live in ``medexp.tracking.sweep_parent``. Optuna is imported only where it is used:
 ``study``, ``space`` and ``optuna_loop`` import it, this package and ``seeds``/``outcome``/``summary`` do not.
 """
 from __future__ import annotations

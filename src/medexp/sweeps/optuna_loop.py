@@ -18,13 +18,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
+from medexp.redact import redact_text
 from medexp.sweeps import study as studies
 from medexp.sweeps import study_name, workers
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, JobOutcome, job_outcome
 from medexp.sweeps.seeds import sampler_seed, trial_seed
 from medexp.sweeps.space import override_value, search_space
 from medexp.sweeps.summary import fmt
-from medexp.tracking.redact import redact_text
 
 log = logging.getLogger(__name__)
 

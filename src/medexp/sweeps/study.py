@@ -16,9 +16,9 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from medexp.errors import ConfigError
+from medexp.redact import redact_text
 from medexp.sweeps import WHERE_NOT_WHAT
 from medexp.sweeps.space import grid_values
-from medexp.tracking.redact import redact_text
 
 log = logging.getLogger(__name__)
 

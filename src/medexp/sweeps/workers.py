@@ -22,7 +22,7 @@ from collections.abc import Iterable, Iterator
 import optuna
 from optuna.trial import TrialState
 
-from medexp.tracking.redact import redact_text
+from medexp.redact import redact_text
 
 log = logging.getLogger(__name__)
 

@@ -40,14 +40,21 @@ def fused_on_cuda(optimizer_factory: Callable, params: list[torch.Tensor]) -> di
 
 
 class BaseTask(pl.LightningModule):
-    """What the workflows rely on in every task: ``class_names`` (set by the subclass), ``prediction_kind`` (which
+    """What the workflows rely on in every task: ``class_names`` (set by the subclass), ``task_kind`` (the kind of
+    data module it takes: ``medexp.data.base.MedexpDataModule.task_kind``), ``prediction_kind`` (which
     ``medexp-predict`` writer takes its ``predict_step`` outputs), and the report writers below."""
 
+    task_kind: str = ""
     prediction_kind: str = ""
     class_names: list[str]
 
     def write_test_report(self, folder: Path) -> list[Path]:
         """Write the last test run's report files (plots, tables) into ``folder``; return their paths."""
+        return []
+
+    def write_test_page(self, datamodule, folder: Path, title: str) -> list[Path]:
+        """Write the tested run's report page (``index.html``, ``medexp.reports.*_page``) into ``folder`` where the
+        task has one; return its paths."""
         return []
 
     def write_validation_report(self, folder: Path) -> list[Path]:

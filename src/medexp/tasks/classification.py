@@ -73,6 +73,8 @@ class ClassificationTask(BaseTask):
     scored with sigmoids and binary cross-entropy (``loss`` is then e.g. ``BCEWithLogitsLoss``; ``class_weights``
     become its ``pos_weight``); otherwise one class per image, scored with a softmax."""
 
+    task_kind = "classification"
+
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int,
                  loss: Callable[..., nn.Module] = nn.CrossEntropyLoss, scheduler: Callable | None = None,
                  class_weights: Sequence[float] | None = None, monitor: str = "val/auroc",
@@ -185,6 +187,16 @@ class ClassificationTask(BaseTask):
             "roc": [(name, f.cpu().numpy(), t.cpu().numpy()) for name, f, t in curves],
             "confusion_matrix": self.test_curves["confusion_matrix"].compute().cpu().numpy(),
         }
+
+    def write_test_page(self, datamodule, folder: Path, title: str) -> list[Path]:
+        """The classification page (intervals, calibration, cases, Grad-CAM) of a single-label task on an in-memory
+        set (it reads the stored images again)."""
+        from medexp.reports.classification_page import collect_classification, write_classification_page
+
+        if not datamodule.holds_arrays or self.multi_label:
+            return []
+        return [write_classification_page(collect_classification(self, datamodule), folder, title,
+                                          self.run_summary())]
 
     def write_test_report(self, folder: Path) -> list[Path]:
         """ROC curves (one per class or label) and the confusion matrix (one 2x2 per label for a multi-label

@@ -9,7 +9,7 @@ validation and test log MONAI's COCO metrics (``COCOMetric`` over ``matching_bat
 over the range at the most detections), ``mar_det1`` / ... (at fewer detections), ``ar_iou10`` / ...; with several
 classes each also per class (``map_<class>``). ``froc`` is LUNA16's score (mean sensitivity at 1/8 to 8 false
 positives per image); the test report holds the FROC curve, for 2D images the first test images with their
-ground-truth and detected boxes drawn, and report/index.html (``medexp.reports.page``: AP per class at IoU 0.5 with
+ground-truth and detected boxes drawn, and report/index.html (``medexp.reports.detection_page``: AP per class at IoU 0.5 with
 bootstrap intervals over images, a per-image table worst first).
 """
 from __future__ import annotations
@@ -33,7 +33,7 @@ from torch.nn import functional as F
 
 from medexp.data.detection import BOX, IMAGE, LABEL
 from medexp.errors import ConfigError, DataError
-from medexp.reports.page import DetectionReportData, write_detection_page
+from medexp.reports.detection_page import DetectionReportData, write_detection_page
 from medexp.tasks.base import BaseTask
 from medexp.tasks.segmentation import all_ranks, as_tensor
 
@@ -168,6 +168,7 @@ def absent_classes(class_names: Sequence[str], cases: Sequence[Mapping[str, np.n
 
 
 class DetectionTask(BaseTask):
+    task_kind = "detection"
     prediction_kind = "detection"
 
     def __init__(self, net: RetinaNetDetector, optimizer: Callable, num_classes: int,

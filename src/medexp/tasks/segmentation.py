@@ -4,7 +4,7 @@ Metrics are MONAI's: Dice per foreground class (``dice_<class>`` when there are 
 the 95% Hausdorff distance likewise (``hd95_<class>``, ``hd95``; on ``hd95_stages`` only); for a binary task also
 the pixel-level AUROC of the foreground probability. When a batch carries a field-of-view mask
 (``fov``; e.g. the retina in fundus photographs), the metrics count only pixels inside it, as the CHASEDB1/DRIVE
-protocols do. Each case's Dice and HD95 are kept under its id for report/index.html (``medexp.reports.page``), with
+protocols do. Each case's Dice and HD95 are kept under its id for report/index.html (``medexp.reports.segmentation_page``), with
 overlays of only the worst and best few.
 
 Evaluation memory: the metrics read the label maps one class at a time (a boolean mask each), never a one-hot of the
@@ -21,7 +21,7 @@ from torch import nn
 from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
-from medexp.reports.page import SegmentationCases, SegmentationReportData, write_segmentation_page
+from medexp.reports.segmentation_page import SegmentationCases, SegmentationReportData, write_segmentation_page
 from medexp.tasks.base import BaseTask
 
 EVAL_STAGES = ("val", "test")
@@ -59,6 +59,7 @@ def hd95_per_class(predicted: torch.Tensor, labels: torch.Tensor, num_classes: i
 
 class SegmentationTask(BaseTask):
     # what ``predict_step`` returns, per sample: class probabilities per voxel (medexp.workflows.predict writes label maps)
+    task_kind = "segmentation"
     prediction_kind = "segmentation"
 
     def __init__(self, net: nn.Module, optimizer: Callable, num_classes: int, roi_size: Sequence[int],

@@ -12,7 +12,7 @@ import os
 import sys
 import time
 import urllib.parse
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,8 +21,8 @@ from omegaconf import DictConfig, open_dict
 
 from medexp.errors import ConfigError
 from medexp.hydra_setup import in_multirun
+from medexp.redact import redact_file, redact_text
 from medexp.tracking.http import http_unanswered
-from medexp.tracking.redact import redact_file, redact_text
 from medexp.tracking.views import RUNS_QUERY
 
 PROBE_TIMEOUT_S = 5.0
@@ -147,9 +147,11 @@ def ui_base(uri: str) -> str:
     return f"http://{os.environ.get('MLFLOW_HOST', '127.0.0.1')}:{os.environ.get('MLFLOW_PORT', '5000')}"
 
 
-def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule, resumed: bool) -> Tracking:
+def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule, resumed: bool,
+           model_files: Callable[[Path, Any, Any, Path], Path | None] | None = None) -> Tracking:
     """The loggers of the ``logger`` group and, with MLflow, the callback that records the run's params, tags and
-    artifacts. ``config`` is the resolved config with secrets masked (``medexp.tracking.redact``)."""
+    artifacts (and the run's model, from the files ``model_files`` writes: see ``RunRecorder``). ``config`` is the
+    resolved config with secrets masked (``medexp.redact``)."""
     from hydra.utils import instantiate
 
     tracking = Tracking()
@@ -173,7 +175,8 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
             redact_file(copy)
         tracking.callbacks.append(RunRecorder(tracking.mlflow, config, run_dir, tags=run_tags(cfg),
                                               fingerprint=datamodule.fingerprint, resumed=resumed,
-                                              choices=hydra_choices(), overridden=overridden_keys()))
+                                              choices=hydra_choices(), overridden=overridden_keys(),
+                                              model_files=model_files))
     return tracking
 
 
@@ -207,10 +210,10 @@ def overridden_keys() -> list[str]:
 
 
 def sweep_child_context() -> dict | None:
-    """Parent run, name and tags of this job within a sweep (``medexp.tracking.sweep``); None for a single run."""
+    """Parent run, name and tags of this job within a sweep (``medexp.tracking.sweep_parent``); None for a single run."""
     if not in_multirun():
         return None
-    from medexp.tracking.sweep import child_run_context
+    from medexp.tracking.sweep_parent import child_run_context
 
     return child_run_context()
 

@@ -14,7 +14,8 @@ from typing import Any
 
 from medexp.errors import ConfigError
 from medexp.sweeps.summary import Row, is_number, plot_ranked, rank, to_html_table, to_text, write_csv
-from medexp.tracking.sweep import OBJECTIVE_METRIC, PARAM_TAG, param_tag
+from medexp.tracking.artifacts import find_sweep_parent
+from medexp.tracking.sweep_parent import OBJECTIVE_METRIC, PARAM_TAG, param_tag
 
 MAX_PARAM_COLUMNS = 8
 # params that differ between runs without being hyperparameters
@@ -36,7 +37,7 @@ def compare(client: Any, experiment: str | None = None, sweep: str | None = None
     by ``metric``: by default the monitored validation metric's best value (``best/val/...``, the kept
     checkpoint's), never a test metric, which is shown beside it."""
     experiments = _experiments(client, experiment)
-    parent = _find_parent(client, [e.experiment_id for e in experiments], sweep) if sweep else None
+    parent = find_sweep_parent(client, [e.experiment_id for e in experiments], sweep) if sweep else None
     filter_string = f"tags.mlflow.parentRunId = '{parent.info.run_id}'" if parent else ""
     ids = [parent.info.experiment_id] if parent else [e.experiment_id for e in experiments]
     runs = [r for r in client.search_runs(ids, filter_string, max_results=10000)
@@ -89,19 +90,6 @@ def write_report(comparison: Comparison, out_dir: Path) -> tuple[Path, Path]:
 
 def format_table(comparison: Comparison) -> str:
     return comparison.title + "\n\n" + to_text(comparison.rows, [c for c in comparison.columns if c != "run_id"])
-
-
-def _find_parent(client: Any, experiment_ids: list[str], sweep: str):
-    """A sweep's parent run, by run id or by sweep name (the latest of that name; children carry the name too)."""
-    by_name = client.search_runs(experiment_ids, f"tags.`sweep.name` = '{sweep}'", max_results=1000,
-                                 order_by=["attributes.start_time DESC"])
-    parents = [r for r in by_name if "sweep.kind" in r.data.tags]
-    if not parents and len(sweep) == 32 and sweep.isalnum():
-        parents = list(client.search_runs(experiment_ids, f"attributes.run_id = '{sweep}'", max_results=1))
-    if not parents:
-        raise ConfigError(f"no sweep {sweep!r} (a parent run id or sweep name) in "
-                          f"{'this experiment' if len(experiment_ids) == 1 else 'any experiment'}")
-    return parents[0]
 
 
 def _row(run: Any, keys: list[str], metric: str) -> Row:

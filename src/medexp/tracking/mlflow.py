@@ -29,12 +29,12 @@ from pytorch_lightning.loggers.logger import Logger
 from pytorch_lightning.utilities import rank_zero_only
 
 from medexp.errors import MedexpError
+from medexp.redact import redact_text
 from medexp.tracking.orphans import owner_tags
-from medexp.tracking.redact import redact_text
+from medexp.tracking.store import RUN_ID_FILE
 from medexp.tracking.views import key_metrics, runs_view
 from medexp.tracking.writer import writer_process
 
-RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run logs into the same MLflow run
 MAX_PARAM_LENGTH = 500
 OPEN_TIMEOUT_S = 300.0  # a new sqlite store waits for others' migrations; a server fails sooner (tracking.http)
 
@@ -44,11 +44,16 @@ class MlflowRunLogger(Logger):
 
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None = None,
                  tags: Mapping[str, str] | None = None, run_id: str | None = None, step_offset: int = 0,
-                 results_dir: str | None = None, resumed: bool = False):
+                 results_dir: str | None = None, resumed: bool = False, keep_state: bool = False,
+                 metric_prefix: str = ""):
+        """``keep_state``: add to the run ``run_id`` and leave it as it is (status, end time: an evaluation of a
+        finished run); ``metric_prefix`` goes before every metric name, and then Lightning's ``epoch`` counter,
+        which would say 0 at the training run's last step, is not logged."""
         super().__init__()
         self.tracking_uri, self.experiment_name = tracking_uri, experiment_name
         self.step_offset = step_offset  # metrics of a later evaluation land after the training run's last step
         self.results_dir = results_dir  # where the run keeps its results whatever happens to MLflow (run folder)
+        self.metric_prefix = metric_prefix
         self._handle = uuid.uuid4().hex
         self._ended_ids: tuple[str | None, str | None, str | None] = (None, None, None)
         self._said_failure = False
@@ -58,7 +63,7 @@ class MlflowRunLogger(Logger):
         if self._writer is not None:
             self._writer.send("open", self._handle, uri=tracking_uri, experiment=experiment_name, run_name=run_name,
                               tags={str(k): str(v) for k, v in (tags or {}).items()}, run_id=run_id,
-                              owner=owner_tags(), skip_logged_steps=resumed)
+                              owner=owner_tags(), skip_logged_steps=resumed, keep_state=keep_state)
 
     # -- what callers use -------------------------------------------------------------------------------------
     @property
@@ -100,7 +105,8 @@ class MlflowRunLogger(Logger):
             raise MedexpError(self._writer.errors[self._handle])
 
     def end(self, status: str) -> None:
-        """Write everything, then close the run as FINISHED, FAILED or KILLED; raise if MLflow failed the run."""
+        """Write everything, then close the run as FINISHED, FAILED or KILLED (a ``keep_state`` run keeps its
+        own status); raise if MLflow failed the run."""
         if self._writer is None:
             return
         self._send_held_curves()  # Lightning's finalize normally has; a failure outside its loops has not
@@ -161,7 +167,8 @@ class MlflowRunLogger(Logger):
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         stamp = int(time.time() * 1000)
         step = (step or 0) + self.step_offset
-        rows = [(metric_name(k), metric_value(v), stamp, step) for k, v in metrics.items()]
+        rows = [(f"{self.metric_prefix}{metric_name(k)}", metric_value(v), stamp, step) for k, v in metrics.items()
+                if not (self.metric_prefix and k == "epoch")]
         # MLflow lists a run's metrics in the order they were first logged, and its compare view plots the first
         # one the runs share: training curves logged from the first step (the learning rate) wait for the first
         # evaluation, with their own steps and times, and the run's key metrics (``leading_metrics``) go first in
@@ -197,11 +204,13 @@ class MlflowRunLogger(Logger):
 
 def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
                         tags: Mapping[str, str] | None = None, run_id: str | None = None,
-                        step_offset: int = 0, results_dir: str | None = None, resumed: bool = False) -> MlflowRunLogger:
+                        step_offset: int = 0, results_dir: str | None = None, resumed: bool = False,
+                        keep_state: bool = False, metric_prefix: str = "") -> MlflowRunLogger:
     """The logger of the ``logger/mlflow`` config; ``resumed``: a training resumed from a checkpoint into its run,
     whose metrics of the steps it repeats (the learning rate at the step it resumes from) are in the run already."""
     return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id,
-                           step_offset=step_offset, results_dir=results_dir, resumed=resumed)
+                           step_offset=step_offset, results_dir=results_dir, resumed=resumed, keep_state=keep_state,
+                           metric_prefix=metric_prefix)
 
 
 def git_state(path: Path) -> dict[str, str]:
@@ -275,16 +284,19 @@ class RunRecorder(pl.Callback):
     - fit start: flattened resolved config as params; tags (git, overrides, dataset fingerprint); config.yaml
       (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON; the run id into the run
       directory for resume;
-    - fit end: the best checkpoint; the run's MLflow model from it (``medexp.export``: preprocessing, network,
-      probabilities or label maps; registered as a new version of ``tracking.register_as`` if set) where the task has
-      one; the task's validation report where it has one (segmentation overlays);
-    - test end: the task's test report (``task.write_test_report(folder) -> [files]``, declared on ``BaseTask``),
-      and ``report/index.html`` (``medexp.reports.page``: intervals, calibration, cases, Grad-CAM) where there is one.
+    - fit end: the best checkpoint; the run's MLflow model from it where the task has one (the files
+      ``model_files(best checkpoint, data module, task, folder)`` writes, given by the caller: training passes
+      ``medexp.export.model.write_run_model``; registered as a new version of ``tracking.register_as`` if set); the
+      task's validation report where it has one (segmentation overlays);
+    - test end: the task's test report and page (``task.write_test_report(folder)``, ``task.write_test_page(data
+      module, folder, title)``, declared on ``BaseTask``).
     """
 
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
                  fingerprint: Callable[[], Mapping[str, Any]], resumed: bool = False,
-                 choices: Mapping[str, str] | None = None, overridden: Sequence[str] = ()):
+                 choices: Mapping[str, str] | None = None, overridden: Sequence[str] = (),
+                 model_files: Callable[[Path, Any, Any, Path], Path | None] | None = None):
+        self.model_files = model_files
         self.logger, self.config, self.run_dir = logger, config, Path(run_dir)
         self.tags, self.fingerprint = dict(tags), fingerprint
         self.resumed = resumed
@@ -325,20 +337,15 @@ class RunRecorder(pl.Callback):
         self._log_report(pl_module.write_validation_report)
 
     def _log_model(self, best: Path, datamodule, task) -> None:
-        from medexp.export.model import input_example, model_kind, write_model_files
-
-        if model_kind(datamodule, task) is None:
-            return
-        folder = write_model_files(str(best), self.run_dir / "model", input_example(datamodule, task))
-        self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
+        folder = self.model_files(best, datamodule, task, self.run_dir / "model") if self.model_files else None
+        if folder is not None:
+            self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
-        from medexp.reports.page import write_test_page
-
         self._log_report(pl_module.write_test_report)
-        self._log_report(lambda folder: write_test_page(pl_module, trainer.datamodule, folder,
-                                                        f"Test report: {self.run_dir.name}"))
+        self._log_report(lambda folder: pl_module.write_test_page(trainer.datamodule, folder,
+                                                                  f"Test report: {self.run_dir.name}"))
 
     def _log_report(self, write: Callable[[Path], list[Path]]) -> None:
         folder = self.run_dir / "report"

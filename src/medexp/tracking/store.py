@@ -7,6 +7,7 @@ from pathlib import Path
 # MLflow 3's UI opens an experiment without this tag in its GenAI view (traces, tokens); this value is what its
 # own "Model training" toggle writes, and opens the runs table
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+RUN_ID_FILE = "mlflow_run_id"  # in the run directory: a resumed run logs into the same MLflow run
 
 
 def local_store_path(tracking_uri: str) -> Path | None:

@@ -25,10 +25,10 @@ import sys
 import threading
 from typing import Any
 
+from medexp.quiet import quiet_libraries
+from medexp.redact import redact_text
 from medexp.tracking.http import bound_mlflow_http
 from medexp.tracking.orphans import ENDED_BY_TAG, close_orphans, reopen_run
-from medexp.tracking.redact import redact_text
-from medexp.workflows.quiet import quiet_libraries
 
 MAX_PARAMS_PER_BATCH = 100  # MLflow's limits per log_batch call
 MAX_METRICS_PER_BATCH = 1000
@@ -180,6 +180,7 @@ class _Run:
         # a resumed training's run: the last step MLflow holds for each metric (looked up when first logged again);
         # None for any other run
         self.logged_steps: dict[str, int] | None = None
+        self.keep_state = False  # an existing run written to without reopening it (``MlflowRunLogger``)
 
 
 class _Writer:
@@ -249,9 +250,11 @@ class _Writer:
 
         run.client = self.client(run.uri)
         owner = message.get("owner", {})  # the trainer's process: if it dies with us, the next run closes this one
+        run.keep_state = bool(message.get("keep_state"))
         if message.get("run_id"):  # a resumed run: open again, and no longer "ended by" whatever stopped it
             run.run_id = message["run_id"]
-            stored = reopen_run(run.client, run.run_id, owner)
+            # an evaluation of a finished run (keep_state) adds to it and leaves its status and owner alone
+            stored = run.client.get_run(run.run_id) if run.keep_state else reopen_run(run.client, run.run_id, owner)
             experiment_id, name = stored.info.experiment_id, stored.info.run_name
             run.logged_steps = {} if message.get("skip_logged_steps") else None
         else:
@@ -340,7 +343,7 @@ class _Writer:
         self._tags(run, handle, {"tags": tags})
 
     def _end(self, run: _Run, status: str) -> None:
-        if run.run_id is None or run.server_gone:  # left RUNNING: an orphan, closed once the server is back
+        if run.run_id is None or run.server_gone or run.keep_state:  # server gone: an orphan, closed once back
             return
         try:
             run.client.set_terminated(run.run_id, status)
@@ -350,7 +353,7 @@ class _Writer:
     def abandon_open_runs(self) -> None:
         """The trainer went away without ending these runs: close them FAILED, saying why."""
         for run in self.runs.values():
-            if run.run_id is None:
+            if run.run_id is None or run.keep_state:  # not this process's run to close
                 continue
             try:
                 run.client.set_tag(run.run_id, ENDED_BY_TAG, "writer: the training process exited without "

@@ -1,80 +1,15 @@
-"""A run's beginning and end: config values checked before anything opens, and a signal turned into a saved
-checkpoint and a non-zero exit.
-
-Schedulers stop jobs with SIGTERM (Slurm, Kubernetes, ``docker stop``), wait a grace period, then SIGKILL; Slurm can
-warn with SIGUSR1 before a time limit (``--signal=USR1@90``); a closed terminal or SSH session sends SIGHUP.
-Lightning notices SIGTERM only at batch boundaries and then ends the process with exit code 0. ``SaveOnSignal``
-makes these signals stop the loops at the next batch boundary (within one step), saves ``last.ckpt`` there so
-``ckpt_path=last`` resumes, and the training flow exits with ``128 + signal`` (143 for SIGTERM, 129 for SIGHUP), as
-a killed process does, after the tracking closer ended the run KILLED.
-"""
+"""A run's beginning: config values checked before anything opens (a signal turned into a saved checkpoint and a
+non-zero exit at its end is ``medexp.callbacks.signals``)."""
 from __future__ import annotations
 
 import math
 import re
-import signal
 from collections.abc import Mapping
 from numbers import Integral, Real
-from pathlib import Path
 from typing import Any
 
-import pytorch_lightning as pl
-
-from medexp.distributed import requeue_slurm_job, slurm_job_id
 from medexp.errors import ConfigError
-
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGHUP)
-
-
-class RunSignalled(SystemExit):
-    """The run stopped on a signal: ``code`` is the exit status a process killed by it reports."""
-
-    def __init__(self, signum: int):
-        super().__init__(128 + signum)
-        self.signum = signum
-
-
-class SaveOnSignal(pl.Callback):
-    """Stop at the next batch boundary on SIGTERM/SIGUSR1/SIGHUP and save ``<dirpath>/last.ckpt`` there (see
-    module)."""
-
-    def __init__(self, dirpath: Path):
-        self.dirpath = Path(dirpath)
-        self.signum: int | None = None
-        self._previous: dict[int, Any] = {}
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        def handle(signum, frame):
-            self.signum = signum
-            # Lightning's own flag: its training and evaluation loops raise SIGTERMException at the next boundary
-            trainer._signal_connector.received_sigterm = True
-
-        for signum in HANDLED_SIGNALS:
-            self._previous[signum] = signal.signal(signum, handle)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        self._previous = {}
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        from pytorch_lightning.trainer.states import TrainerFn
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-        # while fitting (its validation included); a stop during the final test leaves the checkpoints as they are
-        fitting = trainer.state.fn == TrainerFn.FITTING
-        if self.signum is not None and isinstance(exception, SIGTERMException) and fitting:
-            trainer.save_checkpoint(self.dirpath / "last.ckpt")
-            if self.signum == signal.SIGUSR1 and trainer.is_global_zero and slurm_job_id() is not None:
-                requeue_slurm_job()  # Slurm's pre-timeout warning: back in the queue, to resume from last.ckpt
-
-    def exit_status(self, exception: BaseException) -> RunSignalled | None:
-        """What the flow should raise instead of Lightning's ``SIGTERMException`` (which exits 0)."""
-        from pytorch_lightning.utilities.exceptions import SIGTERMException
-
-        if isinstance(exception, SIGTERMException):
-            return RunSignalled(self.signum or signal.SIGTERM)
-        return None
+from medexp.hydra_setup import chosen_option
 
 
 # -- config values ------------------------------------------------------------------------------------------------
@@ -135,39 +70,23 @@ def check_run_mode(cfg: Mapping) -> None:
                           "hparams_search=optuna ...)")
 
 
+TASK_CHOICES = {  # what to add to the command line for a data set of each kind
+    "detection": "task=detection model=retinanet",
+    "segmentation": "task=segmentation model=unet (or another segmentation model)",
+    "classification": "task=classification model=cnn (or resnet18, ...)",
+}
+
+
 def check_task_fits_data(cfg) -> None:
     """A data set of one kind (classification, segmentation, detection) with a task of another fails deep inside
-    the model or the loss; name the task (and a model) to pick instead."""
+    the model or the loss; name the task (and a model) to pick instead. Both declare their kind (``task_kind``)."""
     from hydra.utils import get_class
 
-    from medexp.data.detection import DetectionDataModule
-    from medexp.data.inmemory import InMemoryClassificationDataModule
-    from medexp.data.segmentation import SegmentationDataModule
-    from medexp.tasks.classification import ClassificationTask
-    from medexp.tasks.detection import DetectionTask
-    from medexp.tasks.segmentation import SegmentationTask
-
-    kinds = [  # (data base class, task class, what to choose), the most specific data class first
-        (DetectionDataModule, DetectionTask, "task=detection model=retinanet"),
-        (SegmentationDataModule, SegmentationTask, "task=segmentation model=unet (or another segmentation model)"),
-        (InMemoryClassificationDataModule, ClassificationTask, "task=classification model=cnn (or resnet18, ...)"),
-    ]
     try:
         data, task = get_class(str(cfg.data._target_)), get_class(str(cfg.task._target_))
     except Exception:  # a target of the user's own: nothing to compare it with
         return
-    for data_class, task_class, choice in kinds:
-        if issubclass(data, data_class):
-            if not issubclass(task, task_class):
-                raise ConfigError(f"data={_choice('data', cfg.data.get('name'))} is a {task_class.prediction_kind} data "
-                                  f"set but the task is {task.__name__}: add {choice}")
-            return
-
-
-def _choice(group: str, default) -> str:
-    """The option of ``group`` on the command line (``data=chasedb1``), as the user wrote it."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized():
-        return str(HydraConfig.get().runtime.choices.get(group, default))
-    return str(default)
+    kind = getattr(data, "task_kind", "")
+    if kind in TASK_CHOICES and getattr(task, "task_kind", "") != kind:
+        raise ConfigError(f"data={chosen_option('data', cfg.data.get('name'))} is a {kind} data set but the task is "
+                          f"{task.__name__}: add {TASK_CHOICES[kind]}")

@@ -295,13 +295,13 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
     and detection predictions are also drawn on their images (PNG)."""
     import pytorch_lightning as pl
 
-    from medexp.export.ensemble import Ensemble, check_same_preprocessing, ensemble_members
-    from medexp.export.model import MODEL_URI_SCHEMES, load_for_inference
-    from medexp.workflows.checkpoints import run_folder_checkpoint
-    from medexp.workflows.quiet import quiet_libraries
+    from medexp import checkpoints
+    from medexp.export.ensemble import Ensemble, check_same_preprocessing
+    from medexp.factory import load_for_inference
+    from medexp.quiet import quiet_libraries
 
     quiet_libraries()
-    members = [run_folder_checkpoint(member) for member in ensemble_members(ckpt_path)]
+    members = [checkpoints.run_folder_checkpoint(member) for member in checkpoints.members(ckpt_path)]
     loaded = [load_for_inference(member, trusted_targets, trust=trust_checkpoint, data_root=data_root)
               for member in members]
     images = find_inputs(inputs, npz_key, getattr(loaded[0].datamodule, "spatial_dims", 2))
@@ -338,8 +338,9 @@ def predict(ckpt_path: str | Sequence[str], inputs: str, output_dir: str | Path,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     with unwrapped_user_errors():
         trainer.predict(model, dataloaders=loader, return_predictions=False)
-    checkpoints = [member if member.startswith(MODEL_URI_SCHEMES) else str(Path(member).resolve()) for member in members]
-    summary = {"checkpoint": checkpoints[0] if len(checkpoints) == 1 else checkpoints, "inputs": str(inputs),
+    sources = [member if member.startswith(checkpoints.MODEL_URI_SCHEMES) else str(Path(member).resolve())
+               for member in members]
+    summary = {"checkpoint": sources[0] if len(sources) == 1 else sources, "inputs": str(inputs),
                "prediction_kind": kind, "cases": writer.cases,
                "skipped": [{"input": label, "reason": reason} for label, reason in skipped.items()]}
     (output_dir / "predictions.json").write_text(json.dumps(summary, indent=2))

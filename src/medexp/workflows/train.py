@@ -15,17 +15,17 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from medexp.hydra_setup import in_multirun
+from medexp.redact import redact
 from medexp.tracking import attach as tracking_seam
-from medexp.tracking.redact import redact
 
 METRICS_FILE = "metrics.json"
 
 
 def run_experiment(cfg: DictConfig, launched_at: float | None = None) -> dict[str, float]:
     """Fit on train (checkpoints chosen on val), test the best checkpoint, return the final metrics."""
-    from medexp.workflows.build import check_accelerator, check_network_fits_task
+    from medexp.factory import check_accelerator, check_network_fits_task
+    from medexp.quiet import quiet_libraries
     from medexp.workflows.lifecycle import check_config_values, check_run_mode, check_task_fits_data
-    from medexp.workflows.quiet import quiet_libraries
 
     launched_at = launched_at if launched_at is not None else time.time()
     quiet_libraries()
@@ -50,19 +50,19 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     import pytorch_lightning as pl
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
-    from medexp.sweeps.pruning import raise_if_pruned
-    from medexp.tracking.timing import RunTimer
-    from medexp.workflows.build import (
+    from medexp.callbacks.pruning import raise_if_pruned
+    from medexp.callbacks.signals import SaveOnSignal
+    from medexp.callbacks.timing import RunTimer
+    from medexp.checkpoints import check_resumable, resolve_resume
+    from medexp.export.model import write_run_model
+    from medexp.factory import (
         best_checkpoint,
         build_callbacks,
         build_datamodule,
         build_task,
         build_trainer,
         build_trial_callbacks,
-        check_resumable,
-        resolve_ckpt_path,
     )
-    from medexp.workflows.lifecycle import SaveOnSignal
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = build_datamodule(cfg)  # first: it fills in data facts left null (num_classes, ...)
@@ -71,10 +71,11 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     if cfg.test and cfg.train:
         datamodule.test_dataloader()  # a split without test cases stops the run now, not after the training
     task = build_task(cfg, datamodule, config)
-    ckpt_path = resolve_ckpt_path(cfg.ckpt_path, run_dir)
+    ckpt_path = resolve_resume(cfg.ckpt_path, run_dir)
     if ckpt_path is not None:
         check_resumable(ckpt_path, task)
-    tracking = tracking_seam.attach(cfg, config, run_dir, datamodule, resumed=ckpt_path is not None)
+    tracking = tracking_seam.attach(cfg, config, run_dir, datamodule, resumed=ckpt_path is not None,
+                                    model_files=write_run_model)
     on_signal = SaveOnSignal(run_dir / "checkpoints")
     trial_callbacks = build_trial_callbacks(cfg)
     callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), RunTimer(run_dir, launched_at),

@@ -9,7 +9,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from medexp.workflows.build import build_network, build_trainer
+from medexp.factory import build_network, build_trainer
 from tests.conftest import REPO
 
 CONF = REPO / "conf"

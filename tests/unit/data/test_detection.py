@@ -185,7 +185,7 @@ def test_unknown_box_mode_is_a_config_error(tmp_path):
 
 def test_3d_retinanet_detects_on_a_volume(make_cfg):
     """The model config builds a 3D detector too (spatial_dims from the data); evaluation returns boxes."""
-    from medexp.workflows.build import build_network
+    from medexp.factory import build_network
 
     cfg = make_cfg(*RETINANET_3D)
     detector = build_network(cfg).eval()
@@ -198,7 +198,7 @@ def test_3d_retinanet_detects_on_a_volume(make_cfg):
 def test_no_max_pool_makes_the_finest_pyramid_level_finer(make_cfg, no_max_pool, finest_stride):
     """ResNet's no_max_pool switch must hold inside the feature pyramid too (it calls the backbone's children in
     order, max-pool included): finer anchors are what place boxes to within a pixel or two."""
-    from medexp.workflows.build import build_network
+    from medexp.factory import build_network
 
     cfg = make_cfg("experiment=synthetic_detection", f"model.backbone.no_max_pool={no_max_pool}")
     detector = build_network(cfg).eval()
@@ -295,7 +295,7 @@ def test_bad_patch_settings_are_config_errors(tmp_path):
 def test_sliding_windows_off_the_feature_grid_are_config_errors(make_cfg, windows):
     """MONAI places a window's feature maps at its start divided by their stride: off the coarsest grid, boxes
     would shift or the maps fail to stitch."""
-    from medexp.workflows.build import build_network
+    from medexp.factory import build_network
 
     net = build_network(make_cfg(*RETINANET_3D))
     with pytest.raises(ConfigError, match=r"sw_roi_size=\[.*(size_divisible \[16, 16, 16\]|one size per)") as error:

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from medexp import checkpoints
 from medexp.errors import ConfigError
-from medexp.export.ensemble import Ensemble, ensemble_members
+from medexp.export.ensemble import Ensemble
 from medexp.workflows.predict import predict
 from tests.unit.workflows.test_predict import train
 
@@ -72,7 +73,7 @@ def test_members_that_preprocess_differently_are_refused(trained, tmp_path):
 
 def test_what_cannot_be_averaged_is_one_line():
     with pytest.raises(ConfigError, match="ckpt_path=\\[\\] names no checkpoint"):
-        ensemble_members([])
+        checkpoints.members([])
 
     class Detector(torch.nn.Module):
         prediction_kind, class_names = "detection", ["lesion"]
@@ -97,8 +98,8 @@ def test_a_sweep_ensembles_its_finished_children_best_checkpoints(trained, tmp_p
         client.set_terminated(child.info.run_id, status)
     np.savez(tmp_path / "cases.npz", test_images=np.zeros((2, 32, 32), np.uint8))
     for sweep in ("seeds", parent.info.run_id):
-        assert len(ensemble_members(f"sweep:{sweep}")) == 2
+        assert len(checkpoints.members(f"sweep:{sweep}")) == 2
         predict(f"sweep:{sweep}", str(tmp_path / "cases.npz"), tmp_path / sweep)
         np.testing.assert_allclose(probabilities(tmp_path / sweep)[0], [[0.55, 0.45]] * 2, atol=1e-6)
     with pytest.raises(ConfigError, match="no sweep 'nope'"):
-        ensemble_members("sweep:nope")
+        checkpoints.members("sweep:nope")

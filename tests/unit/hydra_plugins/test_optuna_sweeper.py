@@ -7,7 +7,7 @@ import optuna
 from optuna.trial import TrialState
 
 from medexp.sweeps.seeds import trial_seed
-from medexp.tracking.sweep import close_unfinished_sweeps
+from medexp.tracking.sweep_parent import close_unfinished_sweeps
 from tests.e2e.test_sweep_app import mlflow_store, run_toy, sweep_runs  # noqa: F401  (mlflow_store is a fixture)
 
 

@@ -9,9 +9,10 @@ import torch
 from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
+from medexp.checkpoints import read_network
 from medexp.errors import ConfigError
-from medexp.models.pretrained import check_finetuning, load_pretrained, read_pretrained
-from medexp.workflows.build import build_callbacks, build_datamodule, build_network, build_task, build_trainer
+from medexp.factory import build_callbacks, build_datamodule, build_network, build_task, build_trainer
+from medexp.models.pretrained import check_finetuning, load_pretrained
 from tests.conftest import compose_config
 from tests.unit.cli.test_train import assert_clear_error, medexp
 from tests.unit.workflows.test_predict import QUICK, train
@@ -87,7 +88,7 @@ def test_one_channel_run_drives_a_three_channel_model(make_cfg, synthetic_ckpt):
     source.load_state_dict(network_state(synthetic_ckpt))
     cfg = make_cfg("data.in_channels=3")
     net = build_network(cfg)
-    transfer = load_pretrained(net, read_pretrained(str(synthetic_ckpt)), cfg.data.in_channels)
+    transfer = load_pretrained(net, read_network(str(synthetic_ckpt)), cfg.data.in_channels)
     assert torch.equal(net.features[0].weight, source.features[0].weight.repeat(1, 3, 1, 1) / 3)
     gray = torch.rand(4, 1, 32, 32, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -109,7 +110,7 @@ def test_input_adaptation_keeps_a_batchnorm_resnet_s_output_on_gray_images(make_
             module.running_var.uniform_(0.5, 2.0)
     path = save_source(source, channels_there, tmp_path / "source.ckpt")
     net = build_network(make_cfg(*TINY_RESNET, f"data.in_channels={channels_here}"))
-    transfer = load_pretrained(net, read_pretrained(str(path)), channels_here)
+    transfer = load_pretrained(net, read_network(str(path)), channels_here)
     assert [key for key, _, _ in transfer.adapted] == ["conv1.weight"]
     gray = torch.rand(2, 1, 16, 16)
     with torch.no_grad():
@@ -121,7 +122,7 @@ def test_a_head_for_other_classes_is_skipped_and_reported(make_cfg, tmp_path):
     source = build_network(make_cfg(*TINY_RESNET))
     path = save_source(source, 1, tmp_path / "source.ckpt")
     net = build_network(make_cfg(*TINY_RESNET, "data.num_classes=5"))
-    transfer = load_pretrained(net, read_pretrained(str(path)), 1)
+    transfer = load_pretrained(net, read_network(str(path)), 1)
     assert [key for key, _, _ in transfer.skipped] == ["fc.weight", "fc.bias"]
     for key, value in net.state_dict().items():
         assert key.startswith("fc.") or torch.equal(value, source.state_dict()[key]), key

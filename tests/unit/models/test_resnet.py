@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 from medexp.errors import ConfigError, unwrapped_user_errors
-from medexp.workflows.build import build_network
+from medexp.factory import build_network
 
 
 def parameters(net: torch.nn.Module) -> int:

@@ -12,16 +12,11 @@ import pytest
 import torch
 
 from medexp.reports import stats
-from medexp.reports.page import (
-    ClassificationReportData,
-    DetectionReportData,
-    SegmentationCases,
-    write_classification_page,
-    write_detection_page,
-    write_segmentation_page,
-    write_sweep_page,
-)
+from medexp.reports.classification_page import ClassificationReportData, write_classification_page
+from medexp.reports.detection_page import DetectionReportData, write_detection_page
 from medexp.reports.plots import foreground_slice
+from medexp.reports.segmentation_page import SegmentationCases, write_segmentation_page
+from medexp.reports.sweep_page import write_sweep_page
 from medexp.workflows.train import run_experiment
 from tests.fixtures_data import write_chase_like, write_decathlon_like
 
@@ -233,7 +228,7 @@ def test_per_image_counts_of_hand_made_boxes():
     from monai.apps.detection.metrics.matching import matching_batch
     from monai.data.box_utils import box_iou
 
-    from medexp.reports.page import detection_image_rows
+    from medexp.reports.detection_page import detection_image_rows
 
     truth = np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float)
     found = np.array([[0, 0, 10, 10], [40, 40, 50, 50], [20, 20, 30, 30], [1, 1, 10, 10]], float)
@@ -287,7 +282,7 @@ def test_sweep_page_shows_each_run_the_mean_std_and_the_t_interval_of_the_mean(t
 def test_only_a_sweep_over_seeds_or_folds_gets_a_report(tracking_uri, tmp_path, keys, reported):
     from mlflow.tracking import MlflowClient
 
-    from medexp.tracking.sweep import OBJECTIVE_METRIC, SweepRecord, close_parent_run
+    from medexp.tracking.sweep_parent import OBJECTIVE_METRIC, SweepRecord, close_parent_run
 
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("repeats")

@@ -77,7 +77,7 @@ def test_the_study_lock_excludes_other_holders(tmp_path):
 def test_the_parent_stays_running_while_another_worker_runs_a_trial(tracking_uri):
     from mlflow.tracking import MlflowClient
 
-    from medexp.tracking.sweep import SweepRecord, close_parent_run
+    from medexp.tracking.sweep_parent import SweepRecord, close_parent_run
 
     client = MlflowClient(tracking_uri)
     experiment = client.create_experiment("workers")

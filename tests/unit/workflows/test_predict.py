@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from medexp.errors import DataError
-from medexp.workflows.build import build_datamodule, build_task
+from medexp.factory import build_datamodule, build_task
 from medexp.workflows.predict import predict
 from medexp.workflows.train import run_experiment
 from tests.conftest import compose_config

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from medexp.tracking.timing import RunTimer
+from medexp.callbacks.timing import RunTimer
 
 
 def epoch_with_validation(device: str, monkeypatch, tmp_path) -> list[str]:

@@ -8,8 +8,8 @@ from torch import nn
 
 from medexp.callbacks.compile import CompileNetwork
 from medexp.errors import ConfigError
+from medexp.factory import build_trainer, sync_batchnorm
 from medexp.tasks.base import BaseTask
-from medexp.workflows.build import build_trainer, sync_batchnorm
 from medexp.workflows.lifecycle import check_config_values
 
 

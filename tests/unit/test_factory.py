@@ -1,7 +1,7 @@
 """What the build layer adds to Hydra's instantiation: class weights from the training labels, the callbacks a run
 without a logger can use, and checkpoints to resume from that must fit the model.
 
-Config checks of ``medexp.workflows.build`` that run before training: a class count the data does not have, a
+Config checks of ``medexp.factory`` that run before training: a class count the data does not have, a
 network of another task, a GPU trainer without a GPU; each one line naming the fix."""
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ import torch
 from pytorch_lightning.callbacks import LearningRateMonitor
 from torch import nn
 
+from medexp.checkpoints import check_resumable
 from medexp.data.medmnist import MedMNISTDataModule
 from medexp.errors import ConfigError, DataError
-from medexp.workflows.build import (
+from medexp.factory import (
     build_callbacks,
     build_datamodule,
     check_accelerator,
     check_network_fits_task,
-    check_resumable,
     class_weights,
 )
 

@@ -1,17 +1,20 @@
-"""From a config to the objects a run uses: data module, task, callbacks, trainer.
+"""From a config to the objects a run uses: data module, task, callbacks, trainer; and from a checkpoint to the
+data module and task it was trained with (``load_for_inference``).
 
 Every object comes from ``hydra.utils.instantiate`` on its config group; this module only adds what needs two
-groups at once (class weights need the data, the task needs the network and the optimizer). Training, evaluation
-and prediction all build through here; nothing here trains or tracks.
+groups at once (class weights need the data, the task needs the network and the optimizer). Training, evaluation,
+prediction, export and the served models all build through here; nothing here trains or tracks.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from medexp.errors import ConfigError, DataError
+from medexp.errors import ConfigError
 
 
 def build_datamodule(cfg: DictConfig):
@@ -74,23 +77,18 @@ def check_network_fits_task(cfg: DictConfig) -> None:
     unexpected argument; name the models that fit instead."""
     from hydra.utils import get_class
 
-    from medexp.tasks.classification import ClassificationTask
-    from medexp.tasks.detection import DetectionTask
-    from medexp.tasks.segmentation import SegmentationTask
+    from medexp.hydra_setup import chosen_option
 
     try:
         task = get_class(str(cfg.task._target_))
     except Exception:  # a task of the user's own
         return
-    wanted = next((kind for kind, base in (("classification", ClassificationTask), ("segmentation", SegmentationTask),
-                                           ("detection", DetectionTask)) if issubclass(task, base)), None)
+    wanted = getattr(task, "task_kind", "") or None
     target = str(cfg.model.get("_target_", ""))
     actual = next((kind for kind, targets in NETWORK_KINDS.items() if target in targets), None)
     if wanted is not None and actual is not None and actual != wanted:
-        from medexp.workflows.lifecycle import _choice
-
-        raise ConfigError(f"model={_choice('model', target.rsplit('.', 1)[-1])} is a {actual} network but the task "
-                          f"is {wanted}: add {NETWORK_CHOICES[wanted]}")
+        raise ConfigError(f"model={chosen_option('model', target.rsplit('.', 1)[-1])} is a {actual} network but the "
+                          f"task is {wanted}: add {NETWORK_CHOICES[wanted]}")
 
 
 def check_accelerator(cfg: DictConfig) -> None:
@@ -183,7 +181,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
     from hydra.utils import instantiate
 
     from medexp.callbacks.compile import CompileNetwork
-    from medexp.workflows.checkpoints import AtomicCheckpointIO
+    from medexp.checkpoints import AtomicCheckpointIO
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
     compile_network, precision = (trainer_cfg.pop(key, None) for key in TRAINER_OPTIONS)
@@ -214,53 +212,49 @@ def build_trial_callbacks(cfg: DictConfig) -> list:
     """The Optuna pruning callback when this job is a trial of a ``hparams_search=optuna`` sweep."""
     if cfg.get("optuna_trial") is None:
         return []
-    from medexp.sweeps.pruning import make_pruning_callback
+    from medexp.callbacks.pruning import make_pruning_callback
 
     callback = make_pruning_callback(cfg)
     return [callback] if callback is not None else []
-
-
-def resolve_ckpt_path(ckpt_path: str | None, run_dir: Path) -> str | None:
-    """``last`` -> this run directory's last checkpoint; a path must exist. A requeued Slurm job (preempted, or
-    signalled before its time limit) resumes from its own ``last.ckpt`` when it saved one."""
-    if ckpt_path is None:
-        from medexp.distributed import slurm_requeued
-
-        last = run_dir / "checkpoints" / "last.ckpt"
-        return str(last) if slurm_requeued() and last.is_file() else None
-    if ckpt_path == "last":
-        last = run_dir / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            raise DataError(f"ckpt_path=last but {last} does not exist: resume with hydra.run.dir=<the old run's folder>")
-        return str(last)
-    if not Path(ckpt_path).is_file():
-        raise DataError(f"checkpoint {ckpt_path} does not exist: give ckpt_path=<path to a .ckpt> or ckpt_path=last")
-    return str(ckpt_path)
-
-
-def check_resumable(ckpt_path: str, task) -> None:
-    """A checkpoint to resume from must hold this task's weights with the same shapes: one line naming the first
-    difference, not Lightning's page of missing and unexpected keys."""
-    import torch
-
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True).get("state_dict", {})
-    except Exception as exc:
-        raise DataError(f"cannot read checkpoint {ckpt_path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    own = task.state_dict()
-    missing = [key for key in own if key not in state]
-    shapes = [(key, tuple(state[key].shape), tuple(value.shape)) for key, value in own.items()
-              if key in state and tuple(state[key].shape) != tuple(value.shape)]
-    if shapes:
-        key, theirs, ours = shapes[0]
-        raise DataError(f"checkpoint {ckpt_path} does not fit this model: {key} is {list(theirs)} there but "
-                        f"{list(ours)} here ({len(shapes)} such weights): resume with the config it was trained with")
-    if missing:
-        raise DataError(f"checkpoint {ckpt_path} lacks {len(missing)} weights of this model (first: {missing[0]}): "
-                        "resume with the config it was trained with")
 
 
 def best_checkpoint(trainer) -> str | None:
     callback = trainer.checkpoint_callback
     path = getattr(callback, "best_model_path", "") if callback is not None else ""
     return path if path and Path(path).is_file() else None
+
+
+# -- from a checkpoint -------------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """What a checkpoint rebuilds: its config, the data module (preprocessing state loaded) and the task."""
+
+    cfg: DictConfig
+    datamodule: Any
+    task: Any
+    checkpoint: dict
+
+
+def load_for_inference(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
+                       data_root: str | None = None, store: str | None = None) -> Loaded:
+    """Rebuild a checkpoint's data module (its test-time preprocessing; the training data is not read when the
+    checkpoint carries its statistics) and task, weights loaded, in eval mode. ``ckpt_path`` is anything
+    ``medexp.checkpoints.resolve`` takes (MLflow URIs fetched from ``store``); its config is checked there before
+    anything is built."""
+    from hydra.utils import instantiate
+
+    from medexp.checkpoints import load_checkpoint
+
+    ckpt = load_checkpoint(ckpt_path, trusted_targets, trust=trust, store=store)
+    config = ckpt["hyper_parameters"]["config"]
+    cfg = OmegaConf.create(config)
+    if data_root is not None:  # only for checkpoints without the data module's state (see below)
+        cfg.data.root = data_root
+    datamodule = instantiate(cfg.data, augmentation=None, seed=cfg.seed)
+    # what preprocessing learnt from the training set (e.g. its mean/std), saved by Lightning with the data module
+    if type(datamodule).__qualname__ in ckpt:
+        datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])
+    task = build_task(cfg, datamodule, config)
+    task.load_state_dict(ckpt["state_dict"])
+    task.eval()
+    return Loaded(cfg, datamodule, task, ckpt)

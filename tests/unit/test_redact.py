@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from omegaconf import OmegaConf
 
-from medexp.tracking.redact import redact_file, redact_text
+from medexp.redact import redact_file, redact_text
 
 
 def test_storage_passwords_stay_out_of_logs_and_tags():

@@ -8,11 +8,11 @@ import warnings
 
 import torch
 
-from medexp.workflows.quiet import quiet_libraries
+from medexp.quiet import quiet_libraries
 
 
 def test_library_noise_is_silenced_and_only_that(caplog):
-    from medexp.workflows.quiet import quiet_libraries
+    from medexp.quiet import quiet_libraries
 
     quiet_libraries()
     with warnings.catch_warnings(record=True) as caught:

@@ -4,7 +4,7 @@ from __future__ import annotations
 from mlflow.tracking import MlflowClient
 
 from medexp.tracking.orphans import ENDED_BY_TAG, PID_TAG
-from medexp.tracking.sweep import run_name, swept_values
+from medexp.tracking.sweep_parent import run_name, swept_values
 
 
 def test_run_names_hold_only_swept_keys():
@@ -19,7 +19,7 @@ def test_run_names_hold_only_swept_keys():
 def test_a_resumed_optuna_parent_drops_the_stale_ended_by_tag(tracking_uri):
     import os
 
-    from medexp.tracking.sweep import _open_study_parent
+    from medexp.tracking.sweep_parent import _open_study_parent
 
     client = MlflowClient(tracking_uri)
     experiment_id = client.create_experiment("medexp")

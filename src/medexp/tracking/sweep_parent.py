@@ -27,6 +27,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from medexp.quiet import quiet_libraries
+from medexp.redact import redact_text
 from medexp.sweeps import OPTUNA_SWEEPER_TARGET, study_name
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
 from medexp.sweeps.summary import (
@@ -43,10 +45,8 @@ from medexp.sweeps.summary import (
 )
 from medexp.tracking.http import bound_mlflow_http
 from medexp.tracking.orphans import owner_tags, reopen_run
-from medexp.tracking.redact import redact_text
 from medexp.tracking.store import get_or_create_experiment
 from medexp.tracking.writer import unwatch_run, watch_run
-from medexp.workflows.quiet import quiet_libraries
 
 log = logging.getLogger(__name__)
 
@@ -278,7 +278,7 @@ def close_parent_run(record: SweepRecord, interrupted: bool = False) -> None:
         plot_objective(rows, "trial", objective, "state", record.maximize, record.name, out / "objective.png")
         client.log_artifacts(record.parent_run_id, tmp, "summary")
         if spread:
-            from medexp.reports.page import write_sweep_page
+            from medexp.reports.sweep_page import write_sweep_page
 
             page = write_sweep_page(complete, spread, out / "report", f"Sweep report: {record.name}",
                                     f"{len(complete)} complete run(s) over {', '.join(record.keys)}.")
