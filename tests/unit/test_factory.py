@@ -59,18 +59,21 @@ def test_the_lr_monitor_is_only_built_where_a_logger_receives_it(make_cfg):
     assert not any(isinstance(c, LearningRateMonitor) for c in build_callbacks(cfg, has_logger=False))
 
 
+MEDEXP_CONFIG = {"hyper_parameters": {"config": {"seed": 0}}}  # a checkpoint is medexp's when it carries its config
+
+
 def test_a_checkpoint_to_resume_from_must_hold_this_models_weights(tmp_path):
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     fits = tmp_path / "fits.ckpt"
-    torch.save({"state_dict": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict()}, fits)
+    torch.save({**MEDEXP_CONFIG, "state_dict": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict()}, fits)
     check_resumable(str(fits), model)
     other = tmp_path / "other.ckpt"
-    torch.save({"state_dict": nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)).state_dict()}, other)
+    torch.save({**MEDEXP_CONFIG, "state_dict": nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)).state_dict()}, other)
     with pytest.raises(DataError, match=r"does not fit this model: 0.weight is \[5, 4\] there but \[3, 4\] here "
                                         r"\(3 such weights\)"):
         check_resumable(str(other), model)
     partial = tmp_path / "partial.ckpt"
-    torch.save({"state_dict": nn.Sequential(nn.Linear(4, 3)).state_dict()}, partial)
+    torch.save({**MEDEXP_CONFIG, "state_dict": nn.Sequential(nn.Linear(4, 3)).state_dict()}, partial)
     with pytest.raises(DataError, match=r"lacks 2 weights of this model \(first: 1.weight\)"):
         check_resumable(str(partial), model)
     broken = tmp_path / "broken.ckpt"
