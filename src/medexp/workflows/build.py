@@ -85,14 +85,29 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
-    """Lightning's trainer from the ``trainer`` group, writing checkpoints atomically."""
+    """Lightning's trainer from the ``trainer`` group (less medexp's own ``budget``), writing checkpoints atomically."""
     from hydra.utils import instantiate
 
     from medexp.workflows.checkpoints import AtomicCheckpointIO
 
     plugins = list(cfg.trainer.get("plugins") or [])
-    return instantiate(cfg.trainer, logger=loggers or False, callbacks=callbacks,
+    arguments = OmegaConf.to_container(cfg.trainer, resolve=True)
+    arguments.pop("budget", None)
+    return instantiate(arguments, logger=loggers or False, callbacks=callbacks,
                        plugins=[*plugins, AtomicCheckpointIO()])
+
+
+def budget_callbacks(cfg: DictConfig, launched_at: float) -> list:
+    """``trainer.budget``: the callback that fits training into it, counting from the process's launch."""
+    budget = cfg.trainer.get("budget")
+    if budget is None:
+        return []
+    from medexp.callbacks.budget import TimeBudget, parse_duration
+
+    if cfg.get("scheduler") and cfg.scheduler.get("_target_"):
+        raise ConfigError("trainer.budget sets its own learning-rate schedule (a cosine over the budget): "
+                          "add scheduler=none")
+    return [TimeBudget(parse_duration(budget), started_at=launched_at)]
 
 
 def build_trial_callbacks(cfg: DictConfig) -> list:

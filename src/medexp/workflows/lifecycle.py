@@ -91,6 +91,16 @@ def _number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
 
 
+def _duration(value: Any) -> bool:
+    from medexp.callbacks.budget import parse_duration
+
+    try:
+        parse_duration(value)
+    except ConfigError:
+        return False
+    return True
+
+
 # (key, test, what it must be); a key the config does not have is not checked
 VALUE_RULES = (
     ("trainer.max_epochs", lambda v: _integer(v) and (v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
@@ -102,6 +112,7 @@ VALUE_RULES = (
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("seed", _integer, "a whole number"),
+    ("trainer.budget", _duration, "a duration such as 20m, 1.5h, 1h30m or 900 (seconds)"),
 )
 
 

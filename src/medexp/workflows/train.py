@@ -54,12 +54,17 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
         build_task,
         build_trainer,
         build_trial_callbacks,
+        budget_callbacks,
         check_resumable,
         resolve_ckpt_path,
     )
     from medexp.workflows.lifecycle import SaveOnSignal
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what checkpoints and the tracking store keep
     run_dir = Path(cfg.paths.output_dir)
     datamodule = build_datamodule(cfg)
@@ -72,8 +77,8 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     tracking = tracking_seam.attach(cfg, config, run_dir, datamodule, resumed=ckpt_path is not None)
     on_signal = SaveOnSignal(run_dir / "checkpoints")
     trial_callbacks = build_trial_callbacks(cfg)
-    callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), RunTimer(run_dir, launched_at),
-                 on_signal, *tracking.callbacks, *trial_callbacks]
+    callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), *budget_callbacks(cfg, launched_at),
+                 RunTimer(run_dir, launched_at), on_signal, *tracking.callbacks, *trial_callbacks]
     trainer = build_trainer(cfg, tracking.loggers, callbacks)
     try:
         with tracking.closing():
