@@ -79,8 +79,21 @@ def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spati
         whole = torch.randn(1, in_channels, *size, device=target)
         infer_s = _timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
             step_s / batch * math.prod(size) / math.prod(train_size) / 2)  # windows: about a third of a step each
+    infer_s += metric_seconds(value, size, num_classes)
     return Throughput(step_s, augment_seconds(value, spatial_dims, in_channels, train_size), infer_s,
                       value["data.batch_size"], tuple(size))
+
+
+def metric_seconds(value: Mapping[str, Any], size: Sequence[int], num_classes: int) -> float:
+    """Seconds the evaluation metrics take per whole image beyond the network: the binned pixel AUROC (binary)."""
+    if num_classes != 2:
+        return 0.0
+    import torch
+    from torchmetrics.classification import BinaryAUROC
+
+    auroc = BinaryAUROC(thresholds=value.get("task.auroc_thresholds", 1000))
+    scores, truth = torch.rand(math.prod(size)), torch.randint(0, 2, (math.prod(size),))
+    return _timed(lambda: auroc.update(scores, truth), 2, torch.device("cpu"))
 
 
 def _timed(action, repeats: int, device) -> float:

@@ -26,6 +26,7 @@ MEMORY_BYTES = {"gpu": 8e9, "cpu": 4e9}  # activation memory a batch may use (nn
 MAX_CPU_BATCH = 8  # a CPU's time per sample barely falls beyond this; smaller batches give more steps per budget
 MAX_WHOLE_IMAGE_VOXELS = {2: 512 * 512, 3: 128 ** 3}  # larger planned images train on patches of this size
 LONGEST_SIDES = (1024, 768, 512, 384, 320, 256, 224, 192, 160, 128, 96, 64)  # 2D resize candidates
+AUROC_THRESHOLDS = 100  # pixel AUROC to two decimals
 MIN_EPOCHS = 40  # the plan lowers the resolution (above the detail floor) until the budget fits this many
 
 
@@ -274,6 +275,9 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     plan.update(augmentation(fp))
     plan.update(loss_and_optimiser(fp))
     plan.update(sliding_window(size, planned_patch.value, plan["data.batch_size"].value))
+    if len(fp["classes"]["voxel_fraction"]) == 2:
+        plan["task.auroc_thresholds"] = Planned(AUROC_THRESHOLDS, "binned pixel AUROC: its time per image grows "
+                                                                  "with the bins (1000 cost more than the network)")
     plan["task.tta_flips"] = Planned([], "no mirrored copies in validation: they would triple its time, which the "
                                          "budget spends on training")
     return plan
