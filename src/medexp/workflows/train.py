@@ -67,6 +67,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
         torch.set_num_threads(int(cfg.threads))
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what checkpoints and the tracking store keep
     run_dir = Path(cfg.paths.output_dir)
+    on_budget = budget_callbacks(cfg, launched_at)  # before the data: a config it refuses costs no loading
     datamodule = build_datamodule(cfg)
     if cfg.test and cfg.train:
         datamodule.test_dataloader()  # a split without test cases stops the run now, not after the training
@@ -77,7 +78,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     tracking = tracking_seam.attach(cfg, config, run_dir, datamodule, resumed=ckpt_path is not None)
     on_signal = SaveOnSignal(run_dir / "checkpoints")
     trial_callbacks = build_trial_callbacks(cfg)
-    callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), *budget_callbacks(cfg, launched_at),
+    callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), *on_budget,
                  RunTimer(run_dir, launched_at), on_signal, *tracking.callbacks, *trial_callbacks]
     trainer = build_trainer(cfg, tracking.loggers, callbacks)
     try:

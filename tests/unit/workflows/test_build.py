@@ -68,3 +68,22 @@ def test_a_checkpoint_to_resume_from_must_hold_this_models_weights(tmp_path):
     with pytest.raises(DataError, match=r"cannot read checkpoint .*broken.ckpt: ") as error:
         check_resumable(str(broken), model)
     assert "\n" not in str(error.value)
+
+
+def test_trainer_budget_is_medexps_option_not_lightnings(make_cfg):
+    from omegaconf import OmegaConf
+
+    from medexp.callbacks.budget import TimeBudget
+    from medexp.workflows.build import budget_callbacks, build_trainer
+    from medexp.workflows.lifecycle import check_config_values
+
+    cfg = make_cfg("trainer.budget=2m", "scheduler=none")
+    trainer = build_trainer(cfg, [], [])  # Lightning's Trainer would reject a `budget` argument
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    [callback] = budget_callbacks(cfg, launched_at=100.0)
+    assert isinstance(callback, TimeBudget) and callback.deadline == 220.0
+    assert budget_callbacks(make_cfg("scheduler=none"), launched_at=0.0) == []
+    with pytest.raises(ConfigError, match="scheduler=none"):
+        budget_callbacks(make_cfg("trainer.budget=2m", "scheduler=cosine"), launched_at=0.0)
+    with pytest.raises(ConfigError, match="trainer.budget='soon' is not valid"):
+        check_config_values(OmegaConf.to_container(make_cfg("trainer.budget=soon"), resolve=True))
