@@ -74,8 +74,8 @@ class TimeBudget(Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         factor = cosine_factor(self.progress(trainer))
-        for optimizer, bases in zip(trainer.optimizers, self.base_lrs):
-            for group, base in zip(optimizer.param_groups, bases):
+        for optimizer, bases in zip(trainer.optimizers, self.base_lrs, strict=True):
+            for group, base in zip(optimizer.param_groups, bases, strict=True):
                 group["lr"] = base * factor
 
     # ------------------------------------------------------------------------------------------- stopping

@@ -175,7 +175,7 @@ def _thumbnail(image: np.ndarray) -> np.ndarray:
     cells = THUMBNAIL_CELLS[image.ndim]
     block = [max(1, n // cells) for n in image.shape]
     cropped = image[tuple(slice(0, b * cells) for b in block)]
-    shape = [v for b, n in zip(block, cropped.shape) for v in (n // b, b)]
+    shape = [v for b, n in zip(block, cropped.shape, strict=True) for v in (n // b, b)]
     return cropped.reshape(shape).mean(axis=tuple(range(1, 2 * image.ndim, 2))).astype(np.float32)
 
 
@@ -195,8 +195,7 @@ def summarise(cases: Sequence[CaseFigures], kind: str, spatial_dims: int, num_cl
     fg_parts = [c.foreground_sample for c in cases if c.foreground_sample.size]
     foreground = np.concatenate(fg_parts, axis=1) if fg_parts else image[:, :0]
     with_fg = [c for c in cases if c.class_counts[1:].sum() > 0]
-    voxels = shapes.prod(1)
-    fg_fraction = np.array([c.class_counts[1:].sum() / v for c, v in zip(with_fg, voxels)]) if with_fg else np.zeros(1)
+    fg_fraction = np.array([c.class_counts[1:].sum() / np.prod(c.shape) for c in with_fg] or [0.0])
     median_spacing = np.median(spacings, 0)
     return {
         "version": FINGERPRINT_VERSION,

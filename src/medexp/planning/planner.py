@@ -142,7 +142,7 @@ def _predicted_epochs(fp: Mapping[str, Any], size, base: int, speed: Throughput,
 def resampled_shape(fp: Mapping[str, Any]) -> list[int]:
     """The median shape at the planned target spacing (3D)."""
     target = rules.target_spacing(fp).value
-    shape = [s * m / t for s, m, t in zip(fp["shape"]["median"], fp["spacing"]["median"], target)]
+    shape = [s * m / t for s, m, t in zip(fp["shape"]["median"], fp["spacing"]["median"], target, strict=True)]
     return rules.divisible_shape(shape, target)
 
 

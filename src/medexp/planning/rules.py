@@ -65,7 +65,7 @@ def candidate_sizes(fp: Mapping[str, Any], floor: float) -> list[list[int]]:
 def divisible_shape(shape: Sequence[float], spacing: Sequence[float] | None = None) -> list[int]:
     """Round a shape to the nearest multiple of what its pooling needs on each axis (at least one multiple)."""
     pools = pools_per_axis(shape, spacing)
-    return [max(2 ** p, round(s / 2 ** p) * 2 ** p) for s, p in zip(shape, pools)]
+    return [max(2 ** p, round(s / 2 ** p) * 2 ** p) for s, p in zip(shape, pools, strict=True)]
 
 
 def target_spacing(fp: Mapping[str, Any]) -> Planned:

@@ -49,12 +49,12 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     from medexp.tracking.timing import RunTimer
     from medexp.workflows.build import (
         best_checkpoint,
+        budget_callbacks,
         build_callbacks,
         build_datamodule,
         build_task,
         build_trainer,
         build_trial_callbacks,
-        budget_callbacks,
         check_resumable,
         resolve_ckpt_path,
     )

@@ -72,7 +72,9 @@ def test_a_patient_in_two_splits_and_a_duplicated_image_are_reported():
 
 def test_one_orientation_against_mirrored_cases():
     left = [disk_case(f"l{i}", "train", 8 + i % 3, seed=i) for i in range(10)]
-    either = [disk_case(f"m{i}", "train", (8 if i % 2 else 24) + i % 3, seed=i) for i in range(10)]
+    # the same disks, every other one mirrored (column c -> 31 - c): orientation varies
+    either = [disk_case(f"m{i}", "train", 31 - (8 + i // 2 % 3) if i % 2 else 8 + i // 2 % 3, seed=i)
+              for i in range(10)]
     one_way = orientation(left, 2)
     assert one_way["one_orientation"] == [False, True]  # rows: centred; columns: always on the left
     assert one_way["agreeing_cases"][1] == 1.0
@@ -90,3 +92,11 @@ def test_summary_counts_classes_per_split():
 def test_classification_data_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="plans segmentation data so far"):
         fingerprint_data({"_target_": "medexp.data.synthetic.SyntheticLesionDataModule", "name": "synthetic"})
+
+
+def test_foreground_fraction_counts_only_cases_with_foreground():
+    empty = case_figures({"case_id": "e", "split": "train"}, np.zeros((1, 32, 32), np.float32),
+                         np.zeros((32, 32), np.int64), (1.0, 1.0))
+    cases = [empty, disk_case("a", "train", 10), disk_case("b", "val", 16)]
+    fractions = summarise(cases, "segmentation", 2, 2)["structures"]["foreground_fraction"]
+    assert fractions["min"] == fractions["max"] > 0.05  # the empty case is left out, not counted as 0

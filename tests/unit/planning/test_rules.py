@@ -37,7 +37,7 @@ def test_candidate_sizes_shrink_from_the_stored_size_to_the_floor_and_divide_by_
     assert longest == sorted(longest, reverse=True) and longest[0] == 768 and min(longest) >= 128
     for size in sizes:
         pools = rules.pools_per_axis(size)
-        assert all(edge % 2 ** p == 0 for edge, p in zip(size, pools)), size
+        assert all(edge % 2 ** p == 0 for edge, p in zip(size, pools, strict=True)), size
         assert abs(size[0] / size[1] - 540 / 800) < 0.1  # proportions kept
 
 
