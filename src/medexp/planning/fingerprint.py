@@ -27,6 +27,7 @@ from medexp.errors import ConfigError, DataError
 FINGERPRINT_VERSION = 1
 ORIENTATION_GRID = 32  # masks are compared with their mirror images on this many cells per axis
 THUMBNAIL_CELLS = {2: 16, 3: 8}  # near-duplicate detection compares images on this coarse grid
+LEAK_ROWS = 1024  # images compared with all others per block
 NEAR_DUPLICATE_CORRELATION = 0.97  # thumbnails (less the dataset's mean thumbnail) this correlated: the same picture
 INTENSITY_SAMPLE = 4000  # voxels kept per case and channel for the intensity statistics
 HU_AIR, HU_BONE = -500.0, 300.0  # stored values below and above these in one image: CT in Hounsfield units
@@ -279,9 +280,11 @@ def leakage(cases: Sequence[CaseFigures]) -> dict[str, Any]:
     thumbs -= thumbs.mean(0)
     thumbs -= thumbs.mean(1, keepdims=True)
     thumbs /= np.maximum(np.linalg.norm(thumbs, axis=1, keepdims=True), 1e-9)
-    correlation = thumbs @ thumbs.T
     names = np.array([c.split for c in cases])
-    close = np.argwhere(np.triu(correlation >= NEAR_DUPLICATE_CORRELATION, k=1) & (names[:, None] != names[None, :]))
-    pairs = [[cases[i].case_id, cases[j].case_id] for i, j in close]
+    pairs = []
+    for start in range(0, len(cases), LEAK_ROWS):  # rows in blocks: memory stays bounded on large datasets
+        rows = slice(start, start + LEAK_ROWS)
+        close = (thumbs[rows] @ thumbs.T >= NEAR_DUPLICATE_CORRELATION) & (names[rows, None] != names[None, :])
+        pairs += [[cases[start + i].case_id, cases[j].case_id] for i, j in np.argwhere(close) if start + i < j]
     return {"patients_in_two_splits": patients, "near_duplicates_across_splits": pairs,
             "leaks": bool(patients or pairs)}
