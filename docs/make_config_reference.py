@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 REFERENCE = ROOT / "docs" / "config-reference.md"
 COMMANDS = {"train.yaml": "medexp-train", "eval.yaml": "medexp-eval", "predict.yaml": "medexp-predict",
-            "export.yaml": "medexp-export"}
+            "export.yaml": "medexp-export", "plan.yaml": "medexp-plan"}
 
 
 def split_header(text: str) -> tuple[str, str]:

@@ -145,3 +145,23 @@ def write_dicom_series(folder: Path, volume: np.ndarray, spacing: Sequence[float
         ds.PixelData = np.ascontiguousarray(volume[:, :, index].T.astype(np.int16)).tobytes()
         ds.save_as(ds.filename, enforce_file_format=True)
     return folder
+
+
+def write_disks_like(root: Path, n_cases: int = 12, size: Sequence[int] = (48, 64), one_side: bool = False,
+                     ) -> Path:
+    """A folder of gray PNGs ``images/case_NN.png`` with one bright disk each and its 0/255 mask
+    ``masks/case_NN.png`` (HC18-like, much smaller). ``one_side``: every disk lies in the left half (one
+    orientation along the columns); else left or right at random."""
+    rng = np.random.default_rng(0)
+    rows, cols = np.mgrid[: size[0], : size[1]]
+    for folder in ("images", "masks"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for case in range(n_cases):
+        radius = rng.uniform(0.18, 0.28) * size[0]
+        centre_col = size[1] * (rng.uniform(0.25, 0.4) if one_side or rng.random() < 0.5 else rng.uniform(0.6, 0.75))
+        centre_row = size[0] * rng.uniform(0.35, 0.65)
+        disk = (rows - centre_row) ** 2 + (cols - centre_col) ** 2 < radius**2
+        image = rng.normal(60, 15, size) + 100 * disk
+        Image.fromarray(np.clip(image, 0, 255).astype(np.uint8)).save(root / "images" / f"case_{case:02d}.png")
+        Image.fromarray((disk * 255).astype(np.uint8)).save(root / "masks" / f"case_{case:02d}.png")
+    return root

@@ -169,13 +169,13 @@ def build_callbacks(cfg: DictConfig, has_logger: bool) -> list:
 
 
 # keys of the ``trainer`` group that are medexp's, not Lightning Trainer arguments (see ``build_trainer``)
-TRAINER_OPTIONS = ("compile", "float32_matmul_precision")
+TRAINER_OPTIONS = ("compile", "float32_matmul_precision", "budget")
 SYNC_BATCHNORM_BELOW = 16  # samples per device and step under which ``sync_batchnorm: auto`` synchronises
 
 
 def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
     """Lightning's trainer from the ``trainer`` group, writing checkpoints atomically, with medexp's options:
-    ``compile`` (``torch.compile`` the network), ``float32_matmul_precision`` (``high``: TF32 matmuls on GPUs that
+    ``budget`` (``budget_callbacks``), ``compile`` (``torch.compile`` the network), ``float32_matmul_precision`` (``high``: TF32 matmuls on GPUs that
     have them; set only where CUDA is), ``sync_batchnorm: auto`` (see ``sync_batchnorm``)."""
     import torch
     from hydra.utils import instantiate
@@ -184,7 +184,7 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
     from medexp.checkpoints import AtomicCheckpointIO
 
     trainer_cfg = OmegaConf.to_container(cfg.trainer, resolve=True)
-    compile_network, precision = (trainer_cfg.pop(key, None) for key in TRAINER_OPTIONS)
+    compile_network, precision, _ = (trainer_cfg.pop(key, None) for key in TRAINER_OPTIONS)  # budget: callbacks
     if precision is not None and torch.cuda.is_available():
         torch.set_float32_matmul_precision(precision)
     if trainer_cfg.get("sync_batchnorm") == "auto":
@@ -194,6 +194,19 @@ def build_trainer(cfg: DictConfig, loggers: list, callbacks: list):
                        callbacks=[*callbacks, *([CompileNetwork()] if compile_network else [])],
                        plugins=[*plugins, AtomicCheckpointIO()])
 
+
+
+def budget_callbacks(cfg: DictConfig, launched_at: float) -> list:
+    """``trainer.budget``: the callback that fits training into it, counting from the process's launch."""
+    budget = cfg.trainer.get("budget")
+    if budget is None:
+        return []
+    from medexp.callbacks.budget import TimeBudget, parse_duration
+
+    if cfg.get("scheduler") and cfg.scheduler.get("_target_"):
+        raise ConfigError("trainer.budget sets its own learning-rate schedule (a cosine over the budget): "
+                          "add scheduler=none")
+    return [TimeBudget(parse_duration(budget), started_at=launched_at)]
 
 def sync_batchnorm(cfg: DictConfig) -> bool:
     """``trainer.sync_batchnorm=auto``: BatchNorm statistics shared across DDP ranks where each device sees fewer

@@ -29,6 +29,31 @@ def prepare_hydra() -> None:
 
     register_optuna_sweeper()
     _report_hydra_errors_in_one_line()
+    sys.argv[1:] = [quote_unparsable_value(arg) for arg in sys.argv[1:]]
+
+
+def quote_unparsable_value(arg: str) -> str:
+    """``key=a/{stem}_mask.png`` or ``key=^(\\d+)_`` -> the value in single quotes. Hydra's override grammar reads
+    ``{`` as a dictionary and rejects ``(``, ``^`` and the like, so datalist patterns and regular expressions
+    would need quoting twice (for the shell and for Hydra); an override Hydra cannot parse, but can once its value
+    is quoted and then reads back unchanged, is quoted. Everything else passes as given."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    key, sep, value = arg.partition("=")
+    if not sep or arg.startswith("-") or "'" in value:
+        return arg
+    parser = OverridesParser.create()
+    try:
+        parser.parse_override(arg)
+        return arg
+    except Exception:  # noqa: BLE001 - Hydra raises several kinds of parse errors
+        pass
+    quoted = f"{key}='{value}'"
+    try:
+        parsed = parser.parse_override(quoted)
+    except Exception:  # noqa: BLE001 - not a quoting problem: Hydra reports it as usual
+        return arg
+    return quoted if parsed.value() == value else arg
 
 
 _new_folders: dict[str, str] = {}  # path asked for -> folder this process created for it

@@ -130,3 +130,22 @@ def test_a_gpu_trainer_without_a_gpu_is_one_line(make_cfg, monkeypatch):
     with pytest.raises(ConfigError, match=r"trainer.devices=2 but this machine has 1 GPU\(s\)"):
         check_accelerator(make_cfg("trainer=gpu", "trainer.devices=2"))
     check_accelerator(make_cfg("trainer=gpu"))
+
+
+def test_trainer_budget_is_medexps_option_not_lightnings(make_cfg):
+    from omegaconf import OmegaConf
+
+    from medexp.callbacks.budget import TimeBudget
+    from medexp.factory import budget_callbacks, build_trainer
+    from medexp.workflows.lifecycle import check_config_values
+
+    cfg = make_cfg("trainer.budget=2m", "scheduler=none")
+    trainer = build_trainer(cfg, [], [])  # Lightning's Trainer would reject a `budget` argument
+    assert trainer.max_epochs == cfg.trainer.max_epochs
+    [callback] = budget_callbacks(cfg, launched_at=100.0)
+    assert isinstance(callback, TimeBudget) and callback.deadline == 220.0
+    assert budget_callbacks(make_cfg("scheduler=none"), launched_at=0.0) == []
+    with pytest.raises(ConfigError, match="scheduler=none"):
+        budget_callbacks(make_cfg("trainer.budget=2m", "scheduler=cosine"), launched_at=0.0)
+    with pytest.raises(ConfigError, match="trainer.budget='soon' is not valid"):
+        check_config_values(OmegaConf.to_container(make_cfg("trainer.budget=soon"), resolve=True))

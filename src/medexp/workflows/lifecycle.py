@@ -31,6 +31,16 @@ def _number(value: Any) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _duration(value: Any) -> bool:
+    from medexp.callbacks.budget import parse_duration
+
+    try:
+        parse_duration(value)
+    except ConfigError:
+        return False
+    return True
+
+
 # (key, test, what it must be); a key the config does not have is not checked
 VALUE_RULES = (
     ("trainer.max_epochs", lambda v: _integer(v) and (v >= 1 or v == -1), "a whole number >= 1 (or -1: no limit)"),
@@ -47,6 +57,7 @@ VALUE_RULES = (
     ("seed", _integer, "a whole number"),
     ("tags", lambda v: isinstance(v, list) and all(isinstance(t, str) and re.fullmatch(r"[\w.\- /]+", t) for t in v),
      "a list of names (letters, digits, _ - . / and spaces), e.g. [baseline,pneumonia]"),
+    ("trainer.budget", _duration, "a duration such as 20m, 1.5h, 1h30m or 900 (seconds)"),
 )
 
 

@@ -57,6 +57,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     from medexp.export.model import write_run_model
     from medexp.factory import (
         best_checkpoint,
+        budget_callbacks,
         build_callbacks,
         build_datamodule,
         build_task,
@@ -65,6 +66,11 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     )
 
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    if cfg.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(cfg.threads))
+    on_budget = budget_callbacks(cfg, launched_at)  # before the data: a config it refuses costs no loading
     datamodule = build_datamodule(cfg)  # first: it fills in data facts left null (num_classes, ...)
     config = redact(OmegaConf.to_container(cfg, resolve=True))  # what checkpoints and the tracking store keep
     run_dir = Path(cfg.paths.output_dir)
@@ -78,8 +84,8 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
                                     model_files=write_run_model)
     on_signal = SaveOnSignal(run_dir / "checkpoints")
     trial_callbacks = build_trial_callbacks(cfg)
-    callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), RunTimer(run_dir, launched_at),
-                 on_signal, *tracking.callbacks, *trial_callbacks]
+    callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), *on_budget,
+                 RunTimer(run_dir, launched_at), on_signal, *tracking.callbacks, *trial_callbacks]
     trainer = build_trainer(cfg, tracking.loggers, callbacks)
     try:
         with tracking.closing():

@@ -86,8 +86,9 @@ def test_optimizers_and_schedulers_instantiate(make_cfg, optimizer, scheduler):
 
 @pytest.mark.parametrize("trainer", ["default", "cpu", "ddp_cpu"])
 def test_cpu_trainers_instantiate(make_cfg, trainer):
+
     cfg = make_cfg(f"trainer={trainer}")
-    t = build_trainer(cfg, loggers=[], callbacks=[])
+    t = build_trainer(cfg, loggers=[], callbacks=[])  # as runs build it: less medexp's own trainer.budget
     assert t.max_epochs == cfg.trainer.max_epochs
 
 

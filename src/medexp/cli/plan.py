@@ -1,0 +1,39 @@
+"""``medexp-plan``: compose the data config as ``medexp-train`` does (Hydra), fingerprint it and write a planned
+experiment. Only Hydra is imported at module level, so ``--help`` stays fast."""
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from medexp.cli import user_errors
+from medexp.hydra_setup import prepare_hydra
+
+prepare_hydra()
+
+
+@hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="plan")
+def main(cfg: DictConfig) -> None:
+    from medexp.planning.planner import leak_summary, plan_experiment
+
+    with user_errors():
+        data = OmegaConf.to_container(cfg.data, resolve=True)
+        result = plan_experiment(data, cfg.budget, cfg.device, cfg.output, name=cfg.name,
+                                 allow_leaks=cfg.allow_leaks, cache_dir=cfg.fingerprint_cache)
+        fp, timing = result.fingerprint, result.schedule
+        values = {key: planned.value for key, planned in result.plan.items()}
+        leaks = leak_summary(fp["leakage"])
+        print("\n".join([
+            f"medexp-plan: {fp['dataset']}: {fp['n_cases']} cases {fp['cases_per_split']}, {fp['spatial_dims']}D, "
+            f"{fp['channels']} channel(s), modality {fp['modality']['kind']}, shape median {fp['shape']['median']}",
+            f"  planned: size {values.get('data.preprocessing.resize') or values.get('data.preprocessing.spacing')}, "
+            f"patch {values['data.patch_size']}, batch {values['data.batch_size']}, filters {values['model.filters']}, "
+            f"mirror axes {values['augmentation.flip_axes']}, ~{timing.epochs} epochs of ~{timing.epoch_s:.0f} s "
+            f"in {cfg.budget}",
+            *([f"  leakage: {leaks}"] if leaks else []),
+            f"  train it: medexp-train --config-dir {result.experiment.parent.parent} experiment={result.name}",
+            f"Experiment: {result.experiment}",
+        ]), flush=True)
+
+
+if __name__ == "__main__":
+    main()

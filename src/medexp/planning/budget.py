@@ -1,0 +1,146 @@
+"""The throughput probe and the epoch count: a few training steps of the planned network timed on this machine,
+and as many epochs as the budget holds after loading the data and before testing the best checkpoint."""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from medexp.planning.rules import Planned
+
+STARTUP_S = 30.0  # a training process's imports, store checks and loader start, before its data is read
+PROBE_STEPS = 3
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Seconds per training step (one batch, forward + backward + update), per augmented sample, and per
+    inference of one whole planned image, on this machine."""
+
+    step_s: float
+    augment_s: float
+    infer_s: float
+    batch: int
+    size: tuple[int, ...]
+
+    def scaled(self, size: Sequence[int], batch: int) -> Throughput:
+        """The figures for another training size and batch, in proportion to the voxels (convolutions cost that)."""
+        ratio = math.prod(size) / math.prod(self.size)
+        return Throughput(self.step_s * ratio * batch / self.batch, self.augment_s * ratio, self.infer_s * ratio,
+                          batch, tuple(size))
+
+
+def fastest_threads(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int,
+                    size: Sequence[int], cores: int) -> tuple[Planned, Throughput]:
+    """CPU threads for training: the probe with one thread and with one per core, the faster one kept. On a machine
+    other jobs share, threads that wait on each other can make several threads slower than one."""
+    import torch
+
+    timed = {}
+    for threads in sorted({1, cores}):
+        torch.set_num_threads(threads)
+        timed[threads] = probe(plan, in_channels, num_classes, spatial_dims, "cpu", size)
+    best = min(timed, key=lambda t: timed[t].step_s)
+    torch.set_num_threads(best)
+    measured = ", ".join(f"{t} thread(s) {speed.step_s:.3g} s/step" for t, speed in timed.items())
+    return Planned(best, f"the faster in the probe ({measured})"), timed[best]
+
+
+def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int, device: str,
+          size: Sequence[int]) -> Throughput:
+    """Time PROBE_STEPS training steps of the planned network, loss and optimiser on random batches of the planned
+    shape (after one warm-up step), one whole-image inference, and the planned augmentation of one sample."""
+    import torch
+    from monai.losses import DiceCELoss
+    from monai.networks.nets import DynUNet
+
+    value = {key: planned.value for key, planned in plan.items()}
+    train_size = value["data.patch_size"] or list(size)
+    batch = value["data.batch_size"] * value["data.samples_per_image"]
+    target = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
+    net = DynUNet(spatial_dims, in_channels, num_classes, value["model.kernel_size"], value["model.strides"],
+                  value["model.upsample_kernel_size"], filters=value["model.filters"], norm_name="instance").to(target)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=value["optimizer.lr"])
+    images = torch.randn(batch, in_channels, *train_size, device=target)
+    labels = torch.randint(0, num_classes, (batch, 1, *train_size), device=target)
+
+    def step() -> None:
+        optimiser.zero_grad()
+        loss(net(images), labels).backward()
+        optimiser.step()
+
+    step()
+    step_s = _timed(step, PROBE_STEPS, target)
+    net.eval()
+    with torch.no_grad():
+        whole = torch.randn(1, in_channels, *size, device=target)
+        infer_s = _timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
+            step_s / batch * math.prod(size) / math.prod(train_size) / 2)  # windows: about a third of a step each
+    infer_s += metric_seconds(value, size, num_classes)
+    return Throughput(step_s, augment_seconds(value, spatial_dims, in_channels, train_size), infer_s,
+                      value["data.batch_size"], tuple(size))
+
+
+def metric_seconds(value: Mapping[str, Any], size: Sequence[int], num_classes: int) -> float:
+    """Seconds the evaluation metrics take per whole image beyond the network: the binned pixel AUROC (binary)."""
+    if num_classes != 2:
+        return 0.0
+    import torch
+    from torchmetrics.classification import BinaryAUROC
+
+    auroc = BinaryAUROC(thresholds=value.get("task.auroc_thresholds", 1000))
+    scores, truth = torch.rand(math.prod(size)), torch.randint(0, 2, (math.prod(size),))
+    return _timed(lambda: auroc.update(scores, truth), 2, torch.device("cpu"))
+
+
+def _timed(action, repeats: int, device) -> float:
+    import torch
+
+    started = time.perf_counter()
+    for _ in range(repeats):
+        action()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - started) / repeats
+
+
+def augment_seconds(value: Mapping[str, Any], spatial_dims: int, in_channels: int, size: Sequence[int]) -> float:
+    """Seconds to augment one sample with the planned recipe (MONAI, as the training loader does)."""
+    import torch
+    from monai.transforms import Compose
+
+    from medexp.data.augmentation import AugmentationRecipe
+    from medexp.data.transforms import monai_augmentation
+
+    recipe = AugmentationRecipe.from_config({key.split(".", 1)[1]: v for key, v in value.items()
+                                             if key.startswith("augmentation.")})
+    pipeline = Compose(monai_augmentation(recipe, ("image", "label"), spatial_dims))
+    sample = {"image": torch.randn(in_channels, *size), "label": torch.zeros(1, *size)}
+    return _timed(lambda: pipeline(dict(sample)), 4, torch.device("cpu"))
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    epoch_s: float
+    setup_s: float
+    test_s: float
+    val_every: int
+
+
+def schedule(budget_s: float, speed: Throughput, cases: Mapping[str, int], read_s: float) -> Schedule:
+    """Epochs that fill the budget: the budget less the start-up and data loading (the fingerprint's read time of
+    all cases), less the test, divided by an epoch's training and validation time. Validation runs every epoch
+    unless it would take over a fifth of the epoch."""
+    steps = math.ceil(cases["train"] / speed.batch)
+    train_s = steps * speed.step_s + cases["train"] * speed.augment_s
+    val_s = cases["val"] * speed.infer_s
+    val_every = max(1, math.ceil(val_s / (0.2 * train_s))) if train_s > 0 else 1
+    epoch_s = train_s + val_s / val_every
+    setup_s = STARTUP_S + read_s
+    test_s = cases["test"] * speed.infer_s
+    epochs = max(1, int((budget_s - setup_s - test_s) // epoch_s))
+    return Schedule(epochs, epoch_s, setup_s, test_s, val_every)

@@ -1,0 +1,45 @@
+"""``medexp-plan`` as a user meets it: a light --help, one-line errors, and overrides Hydra could not parse (datalist
+patterns with braces, regular expressions) arriving as typed."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medexp.hydra_setup import quote_unparsable_value
+from tests.unit.cli.test_train import HEAVY, assert_clear_error
+
+BIN = Path(sys.executable).parent
+
+
+def plan(*args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "medexp-plan"), *args], cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, **(env or {})})
+
+
+def test_help_imports_nothing_heavy(tmp_path):
+    done = plan("--help", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert done.returncode == 0, done.stderr
+    assert not HEAVY.findall(done.stderr), sorted(set(HEAVY.findall(done.stderr)))
+    assert "budget" in done.stdout and "data:" in done.stdout
+
+
+def test_classification_data_and_a_bad_budget_are_one_line(tmp_path):
+    assert_clear_error(plan("data=synthetic", f"output={tmp_path / 'p'}", cwd=tmp_path), "segmentation data")
+    assert_clear_error(plan("data=folder_photos", f"data.root={tmp_path}", "budget=soon", cwd=tmp_path), "20m")
+
+
+@pytest.mark.parametrize("arg, expected", [
+    ("data.datalist.label_pattern=training_set/{stem}_Annotation.png",
+     "data.datalist.label_pattern='training_set/{stem}_Annotation.png'"),
+    ("data.datalist.patient_regex=^(\\d+)_", "data.datalist.patient_regex='^(\\d+)_'"),
+    ("optimizer.lr=1e-3,3e-3", "optimizer.lr=1e-3,3e-3"),  # a sweep parses: left alone
+    ("data.preprocessing={normalize: zscore}", "data.preprocessing={normalize: zscore}"),  # a dictionary
+    ("data.root=${oc.env:HOME}", "data.root=${oc.env:HOME}"),
+    ("--config-dir", "--config-dir"),
+])
+def test_overrides_hydra_cannot_parse_are_quoted_and_others_left_alone(arg, expected):
+    assert quote_unparsable_value(arg) == expected
