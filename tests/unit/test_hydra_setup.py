@@ -1,25 +1,37 @@
 """What Hydra is given before it composes: a run or sweep folder of each process's own."""
 from __future__ import annotations
 
-import multiprocessing
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from medexp.hydra_setup import new_folder
 
 
-def _claim(path: str, start) -> str:
-    start.wait()  # every process asks at the same moment
-    return new_folder(path)
+# Separate interpreters, not forked workers: forking a test process that already runs torch/MLflow threads can
+# deadlock on a lock held at the fork (it hung CI for an hour)
+_CLAIM = """
+import sys, time
+from pathlib import Path
+from medexp.hydra_setup import new_folder
+while not Path(sys.argv[2]).exists():  # every process asks at the same moment
+    time.sleep(0.001)
+print(new_folder(sys.argv[1]))
+"""
 
 
 def test_processes_asking_for_one_folder_at_once_get_one_each(tmp_path, monkeypatch):
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     monkeypatch.delenv("SLURM_NTASKS", raising=False)
     base = tmp_path / "runs" / "2026-01-01" / "12-00-00_medexp"
-    context = multiprocessing.get_context("fork")
-    start = context.Manager().Barrier(6)
-    with context.Pool(6) as pool:
-        folders = pool.starmap(_claim, [(str(base), start)] * 6)
+    start = tmp_path / "start"
+    claims = [subprocess.Popen([sys.executable, "-c", _CLAIM, str(base), str(start)], stdout=subprocess.PIPE,
+                               text=True) for _ in range(6)]
+    time.sleep(2)  # let every interpreter reach its wait
+    start.touch()
+    folders = [claim.communicate(timeout=60)[0].strip() for claim in claims]
+    assert all(claim.returncode == 0 for claim in claims)
     assert len(set(folders)) == 6
     assert sorted(Path(f).name for f in folders) == sorted(
         ["12-00-00_medexp", *(f"12-00-00_medexp-{n}" for n in range(2, 7))])
