@@ -2,13 +2,15 @@
 
 The recipe (``conf/augmentation/*.yaml``) states what a methods section would: rotation, scaling, translation,
 flips, intensity shift/contrast/gamma, Gaussian noise, elastic deformation, each with its probability.
-In-memory datasets apply it batched on the device (``BatchAugmentation``); file-based datasets apply it per sample
-with MONAI dictionary transforms (``medexp.data.transforms.monai_augmentation``), image and mask together.
+In-memory datasets apply it batched on the device (``BatchAugmentation``); file-based segmentation does too by
+default (``data.augment_on: device``), image and mask together, keeping only an elastic deformation per sample in
+the loader; ``data.augment_on: loader`` (and detection, whose boxes follow MONAI's box transforms) applies it per
+sample with MONAI dictionary transforms (``medexp.data.transforms.monai_augmentation``).
 """
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 
@@ -60,3 +62,13 @@ class AugmentationRecipe:
                 self.noise_prob > 0 and self.noise_std > 0,
             )
         )
+
+    @property
+    def elastic_only(self) -> AugmentationRecipe:
+        """The elastic deformation alone (per sample: the batched engine has none)."""
+        return replace(self, affine_prob=0.0, flip_prob=0.0, intensity_prob=0.0, noise_prob=0.0)
+
+    @property
+    def without_elastic(self) -> AugmentationRecipe:
+        """Everything but the elastic deformation (what the batched engine applies)."""
+        return replace(self, elastic_prob=0.0)

@@ -1,7 +1,9 @@
-"""The batched engine of an ``AugmentationRecipe``: per-sample random parameters, one kernel call per batch.
+"""The batched engine of an ``AugmentationRecipe``: per-sample random parameters from one random draw per batch,
+one kernel call per step for the whole batch.
 
-For data that sits in memory (MedMNIST-size sets), augmenting the whole batch on its device after transfer is far
-cheaper than per-sample Python transforms in worker processes, and it runs on the GPU when there is one.
+For data that sits in memory (MedMNIST-size sets) and for file-based segmentation patches (2D and 3D, masks
+following the image), augmenting the whole batch on its device after transfer is far cheaper than per-sample
+Python transforms in worker processes, and it runs on the GPU when there is one.
 Semantics follow the per-sample MONAI engine (``medexp.data.transforms``) so one recipe means the same thing on both
 (``tests/unit/data/test_augmentation.py`` compares them): a zoom factor above 1 enlarges the content, translations are
 fractions of the image extent, the intensity steps (shift, contrast, gamma) fire independently in that order, all
@@ -18,12 +20,17 @@ from torch import nn
 from medexp.data.augmentation import AugmentationRecipe
 
 
-def _uniform(n: int, low: float, high: float, device) -> torch.Tensor:
-    return torch.rand(n, device=device) * (high - low) + low
+# Every random number a batch needs comes from one draw, ``torch.rand(B, DRAWS)``: one kernel per batch, not one per
+# parameter. Columns: affine hit, 3 angles (2D uses the first), zoom, 3 shifts, a flip per spatial axis, then a hit
+# and a value for each intensity step (shift, contrast, gamma), and the noise hit.
+AFFINE_HIT, ANGLES, ZOOM, SHIFTS, FLIPS = 0, 1, 4, 5, 8
+INTENSITY_SHIFT, CONTRAST, GAMMA, NOISE_HIT = 11, 13, 15, 17
+DRAWS = 18
 
 
-def _chance(n: int, p: float, device) -> torch.Tensor:
-    return torch.rand(n, device=device) < p
+def _scaled(column: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """Uniform draws in [0, 1) mapped onto [low, high)."""
+    return column * (high - low) + low
 
 
 def _rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -54,7 +61,8 @@ class BatchAugmentation(nn.Module):
             raise ValueError(f"BatchAugmentation takes 2D or 3D batches (B, C, *spatial), got shape "
                              f"{tuple(images.shape)}")
         r = self.recipe
-        theta = self._random_affine(images.shape[0], images.ndim - 2, images.device)
+        draws = torch.rand(images.shape[0], DRAWS, device=images.device)
+        theta = self._random_affine(draws, images.ndim - 2)
         if theta is not None:
             grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -62,13 +70,13 @@ class BatchAugmentation(nn.Module):
                 masks = F.grid_sample(masks.to(grid.dtype), grid, mode="nearest", padding_mode="zeros",
                                       align_corners=False).to(masks.dtype)
         if r.intensity_prob > 0:
-            images = self._random_intensity(images)
+            images = self._random_intensity(images, draws)
         if r.noise_prob > 0 and r.noise_std > 0:
-            hit = _chance(images.shape[0], r.noise_prob, images.device).view(_per_sample(images))
+            hit = (draws[:, NOISE_HIT] < r.noise_prob).view(_per_sample(images))
             images = images + hit * torch.randn_like(images) * r.noise_std
         return images if masks is None else (images, masks)
 
-    def _random_affine(self, n: int, dims: int, device) -> torch.Tensor | None:
+    def _random_affine(self, draws: torch.Tensor, dims: int) -> torch.Tensor | None:
         """Per-sample ``dims x (dims + 1)`` matrices (output -> input; affine_grid's coordinate 0 is the last
         spatial axis, columns), or None if all are the identity."""
         r = self.recipe
@@ -76,48 +84,48 @@ class BatchAugmentation(nn.Module):
         use_flip = r.flip_prob > 0 and len(r.flip_axes) > 0
         if not (use_affine or use_flip):
             return None
+        n, device = draws.shape[0], draws.device
         theta = torch.zeros(n, dims, dims + 1, device=device)
         theta[:, :, :dims] = torch.eye(dims, device=device)
         if use_affine:
-            hit = _chance(n, r.affine_prob, device)
-            angles = _uniform(n if dims == 2 else 3 * n, -r.rotate_deg, r.rotate_deg, device) * (math.pi / 180)
-            angles = angles * hit if dims == 2 else angles.view(n, 3) * hit[:, None]
-            zoom = torch.where(hit, _uniform(n, r.scale[0], r.scale[1], device), torch.ones(n, device=device))
+            hit = draws[:, AFFINE_HIT] < r.affine_prob
+            angles = _scaled(draws[:, ANGLES : ANGLES + (1 if dims == 2 else 3)], -r.rotate_deg, r.rotate_deg)
+            angles = angles * (math.pi / 180) * hit[:, None]
+            zoom = torch.where(hit, _scaled(draws[:, ZOOM], r.scale[0], r.scale[1]), 1.0)
             # theta maps output to input coordinates: content zoomed by f means coordinates scaled by 1/f
-            theta[:, :, :dims] = _rotation(angles) / zoom[:, None, None]
+            theta[:, :, :dims] = _rotation(angles[:, 0] if dims == 2 else angles) / zoom[:, None, None]
             # affine_grid spans [-1, 1]: a shift by a fraction f of the extent is 2f
-            theta[:, :, dims] = _uniform(dims * n, -2 * r.translate, 2 * r.translate, device).view(n, dims) * hit[:, None]
+            theta[:, :, dims] = _scaled(draws[:, SHIFTS : SHIFTS + dims], -2 * r.translate, 2 * r.translate) * hit[:, None]
         if use_flip:
             for axis in r.flip_axes:  # spatial axis a (0 = first after channels) is affine_grid's dims - 1 - a
                 if axis >= dims:
                     continue  # a depth flip (axis 2) means nothing to a 2D image
-                flip = 1.0 - 2.0 * _chance(n, r.flip_prob, device).to(theta.dtype)
+                flip = 1.0 - 2.0 * (draws[:, FLIPS + axis] < r.flip_prob).to(theta.dtype)
                 theta[:, :, dims - 1 - axis] *= flip[:, None]
         return theta
 
-    def _random_intensity(self, images: torch.Tensor) -> torch.Tensor:
+    def _random_intensity(self, images: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
         """Shift, contrast around the mean, gamma: each applied to a sample with ``intensity_prob``."""
         r = self.recipe
-        n, device = images.shape[0], images.device
         shape, reduce = _per_sample(images), tuple(range(1, images.ndim))
 
-        def where_hit(changed: torch.Tensor, unchanged: torch.Tensor) -> torch.Tensor:
-            return torch.where(_chance(n, r.intensity_prob, device).view(shape), changed, unchanged)
+        def where_hit(column: int, changed: torch.Tensor, unchanged: torch.Tensor) -> torch.Tensor:
+            return torch.where((draws[:, column] < r.intensity_prob).view(shape), changed, unchanged)
+
+        def value(column: int, low: float, high: float) -> torch.Tensor:
+            return _scaled(draws[:, column + 1], low, high).view(shape)
 
         out = images
         if r.intensity_shift:
-            shift = _uniform(n, -r.intensity_shift, r.intensity_shift, device).view(shape)
-            out = where_hit(out + shift, out)
+            out = where_hit(INTENSITY_SHIFT, out + value(INTENSITY_SHIFT, -r.intensity_shift, r.intensity_shift), out)
         if tuple(r.contrast) != (1.0, 1.0):
             mean = out.mean(dim=reduce, keepdim=True)
-            factor = _uniform(n, r.contrast[0], r.contrast[1], device).view(shape)
-            out = where_hit((out - mean) * factor + mean, out)
+            out = where_hit(CONTRAST, (out - mean) * value(CONTRAST, *r.contrast) + mean, out)
         if tuple(r.gamma) != (1.0, 1.0):
             # as MONAI's RandAdjustContrast: rescale to [0, 1], raise to gamma, rescale back
             low = out.amin(dim=reduce, keepdim=True)
             span = (out.amax(dim=reduce, keepdim=True) - low).clamp_min(1e-7)
-            gamma = _uniform(n, r.gamma[0], r.gamma[1], device).view(shape)
-            out = where_hit(((out - low) / span).clamp(0, 1).pow(gamma) * span + low, out)
+            out = where_hit(GAMMA, ((out - low) / span).clamp(0, 1).pow(value(GAMMA, *r.gamma)) * span + low, out)
         return out
 
 

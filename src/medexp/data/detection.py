@@ -27,6 +27,7 @@ import hashlib
 import json
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -41,7 +42,7 @@ from monai.apps.detection.transforms.dictionary import (
     RandRotateBox90d,
     RandZoomBoxd,
 )
-from monai.data import DataLoader, MetaTensor
+from monai.data import CacheDataset, DataLoader, Dataset, MetaTensor, PersistentDataset
 from monai.data.box_utils import StandardMode, convert_box_mode, get_boxmode
 from monai.data.utils import orientation_ras_lps
 from monai.transforms import Compose, DeleteItemsd, EnsureTyped, MapTransform, SelectItemsd
@@ -267,12 +268,17 @@ class DetectionDataModule(SegmentationDataModule):
     """
 
     task_kind = "detection"
+    stores_cases = False
 
     def __init__(self, datalist: Mapping[str, Any] | Sequence[Mapping[str, Any]], box_mode: str | None = None,
                  box_axes: str | None = None, box_coordinates: str = "image", affine_lps_to_ras: bool = False,
                  rotate90_prob: float = 0.0, num_classes: int = 1, class_names: Sequence[str] | None = None,
                  **kwargs: Any) -> None:
-        super().__init__(datalist=datalist, num_classes=num_classes, class_names=class_names, **kwargs)
+        if kwargs.pop("augment_on", "loader") != "loader":
+            raise ConfigError("data.augment_on=device is for segmentation: detection augments each case with its "
+                              "boxes in the loader; set data.augment_on=loader")
+        super().__init__(datalist=datalist, num_classes=num_classes, class_names=class_names, augment_on="loader",
+                         **kwargs)
         self.given_class_names = list(class_names) if class_names else None
         box_mode, box_axes = _box_convention(self.datalist_spec, box_mode, box_axes)
         self.box_settings = {"box_mode": box_mode, "box_axes": box_axes, "box_coordinates": box_coordinates,
@@ -333,10 +339,22 @@ class DetectionDataModule(SegmentationDataModule):
     def _dataloader(self, name: str, batch_size: int, shuffle: bool, **kwargs):
         return super()._dataloader(name, batch_size, shuffle, collate_fn=collate_cases, **kwargs)
 
+    def _cached(self, items: list[dict], transform: Compose, name: str):
+        """The deterministic prefix of ``transform`` kept in memory (deep-copied per sample: MONAI's box transforms
+        record on the image what they did) or on disk (``PersistentDataset``: detection trains on whole images or
+        box-centred crops of them, read whole)."""
+        if self.cache == "memory":
+            return CacheDataset(items, transform, num_workers=max(1, self.num_workers), progress=False)
+        if self.cache == "disk":
+            return PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / self._cache_key(name))
+        return Dataset(items, transform)
+
     def _cache_key(self, name: str) -> str:
-        """The segmentation key plus the box settings: a changed box mode must not reuse cached boxes."""
-        boxes = hashlib.sha1(json.dumps(self.box_settings, sort_keys=True).encode()).hexdigest()[:8]
-        return f"{super()._cache_key(name)}-{boxes}"
+        """Cache folder per pipeline and settings (boxes included), so a changed setting never reuses stale files."""
+        settings = [name == "train", self.preparation_settings(), self.box_settings]
+        return ("train-" if name == "train" else "eval-") + hashlib.sha1(
+            json.dumps(settings, sort_keys=True).encode()
+        ).hexdigest()[:12]
 
     def prediction_loader(self, images: Sequence[str], batch_size: int = 1) -> DataLoader:
         """New image files preprocessed as the test split (keeping their affines, for ``boxes_on_input``), one per

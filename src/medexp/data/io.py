@@ -195,10 +195,22 @@ class LoadCased(MapTransform):
         self.num_classes = num_classes
         self.label_values = None if label_values is None else [float(v) for v in label_values]
         self.mask_threshold = mask_threshold
+        self._per_file_binary = num_classes == 2 and label_values is None and mask_threshold is None
+        self._open_readers()
+
+    def _open_readers(self) -> None:
         self._image_loader = _make_loader("image")
         self._mask_loader = _make_loader("mask")
         self._binary_loader = _make_loader("binary_mask")
-        self._per_file_binary = num_classes == 2 and label_values is None and mask_threshold is None
+
+    def __getstate__(self) -> dict:
+        """Settings only: loader workers start from a fresh interpreter (``medexp.data.workers``) and build their
+        own readers (the PIL converters are closures, which do not pickle)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("_image_loader", "_mask_loader", "_binary_loader")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._open_readers()
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict:
         case = dict(data)
@@ -272,6 +284,44 @@ class CaseSummary:
     class_counts: np.ndarray  # voxels per class index
 
 
+def summarise_case(record: Mapping[str, Any], case: Mapping[str, Any], loader: LoadCased,
+                   sample_size: int = 20000) -> CaseSummary:
+    """What the validation pass keeps of a case as ``loader`` read it (before preprocessing)."""
+    image = case[loader.image_key]
+    flat = image.numpy().reshape(image.shape[0], -1)
+    label = case.get(loader.label_key)
+    counts = (
+        np.bincount(label.numpy().astype(np.int64).ravel())
+        if isinstance(label, MetaTensor)
+        else np.zeros(0, np.int64)
+    )
+    return CaseSummary(
+        case_id=str(record.get("case_id", record[loader.image_key])),
+        shape=tuple(int(s) for s in image.shape[1:]),
+        spacing=tuple(float(s) for s in image.pixdim),
+        channels=int(image.shape[0]),
+        intensity_sample=flat[:, :: max(1, flat.shape[1] // sample_size)],
+        class_counts=counts,
+    )
+
+
+def check_case_layout(summary: CaseSummary, where: str, in_channels: int, spatial_dims: int,
+                      channels: Sequence[int] | None = None) -> None:
+    """A case's dimensions and channels against the config, one DataError line naming the fix."""
+    if len(summary.shape) != spatial_dims:
+        raise DataError(
+            f"{where} has {len(summary.shape)} spatial dims but data.spatial_dims={spatial_dims}: fix spatial_dims"
+        )
+    if channels and max(channels) >= summary.channels:
+        raise DataError(
+            f"{where} has {summary.channels} channels; data.preprocessing.channels={list(channels)} asks for more"
+        )
+    if not channels and summary.channels != in_channels:
+        raise DataError(
+            f"{where} has {summary.channels} channels but data.in_channels={in_channels}: fix in_channels"
+        )
+
+
 def inspect_cases(
     records: Sequence[Mapping[str, Any]],
     loader: LoadCased,
@@ -286,36 +336,9 @@ def inspect_cases(
     ``channels``: the stored channels preprocessing keeps; the model then sees ``len(channels)`` of them."""
 
     def inspect(record: Mapping[str, Any]) -> CaseSummary:
-        case = loader(record)
-        image = case[loader.image_key]
-        where = f"image {record[loader.image_key]}"
-        if image.ndim - 1 != spatial_dims:
-            raise DataError(
-                f"{where} has {image.ndim - 1} spatial dims but data.spatial_dims={spatial_dims}: fix spatial_dims"
-            )
-        if channels and max(channels) >= image.shape[0]:
-            raise DataError(
-                f"{where} has {image.shape[0]} channels; data.preprocessing.channels={list(channels)} asks for more"
-            )
-        if not channels and image.shape[0] != in_channels:
-            raise DataError(
-                f"{where} has {image.shape[0]} channels but data.in_channels={in_channels}: fix in_channels"
-            )
-        flat = image.numpy().reshape(image.shape[0], -1)
-        label = case.get(loader.label_key)
-        counts = (
-            np.bincount(label.numpy().astype(np.int64).ravel())
-            if isinstance(label, MetaTensor)
-            else np.zeros(0, np.int64)
-        )
-        return CaseSummary(
-            case_id=str(record.get("case_id", record[loader.image_key])),
-            shape=tuple(int(s) for s in image.shape[1:]),
-            spacing=tuple(float(s) for s in image.pixdim),
-            channels=int(image.shape[0]),
-            intensity_sample=flat[:, :: max(1, flat.shape[1] // sample_size)],
-            class_counts=counts,
-        )
+        summary = summarise_case(record, loader(record), loader, sample_size)
+        check_case_layout(summary, f"image {record[loader.image_key]}", in_channels, spatial_dims, channels)
+        return summary
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         return list(pool.map(inspect, records))

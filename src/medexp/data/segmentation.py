@@ -2,8 +2,14 @@
 split and MONAI pipelines, all described by config (``conf/data/*.yaml``, instantiated by Hydra).
 
 Train batches: ``{"image": (B, C, *patch) float32, "label": (B, 1, *patch) int64}`` with B = batch_size ×
-samples_per_image. Val/test batches: one whole image each, in datalist order, ``{"image", "label", "fov"
-(1, 1, *spatial) bool when known, "case_id", "patient_id"}``.
+samples_per_image, augmented on the device after transfer (``augment_on: device``) or per sample in the loader.
+Val/test batches: one whole image each, in datalist order, ``{"image", "label", "fov" (1, 1, *spatial) bool when
+known, "case_id", "patient_id"}``.
+
+Each case is read and preprocessed once and kept compact (``medexp.data.transforms.CompactCased``): in memory
+(``cache: memory``, shared with loader workers, never deep-copied per sample: the patch sampler copies only the
+patch) or on disk, memory-mapped (``cache: disk``, ``medexp.data.case_store``), where every fold, sweep job and DDP
+rank finds it prepared.
 """
 
 from __future__ import annotations
@@ -15,18 +21,29 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from monai.data import CacheDataset, DataLoader, Dataset, PersistentDataset
+from monai.data import CacheDataset, DataLoader, Dataset
+from monai.transforms import Compose
 
 from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.base import MedexpDataModule
+from medexp.data.case_store import CaseStore, OpenStoredCased, read_summary
 from medexp.data.datalist import build_datalist
-from medexp.data.io import CaseSummary, LoadCased, dataset_fingerprint, inspect_cases
+from medexp.data.io import (
+    CaseSummary,
+    LoadCased,
+    check_case_layout,
+    dataset_fingerprint,
+    inspect_cases,
+    summarise_case,
+)
 from medexp.data.sharding import evaluation_sampler, rank_seed
 from medexp.data.splits import Split, split_from_config
-from medexp.data.transforms import eval_pipeline, prediction_pipeline, train_pipeline
+from medexp.data.transforms import case_preparation, output_transforms, prediction_pipeline, training_steps
+from medexp.data.workers import WORKER_START_METHOD, available_cores, loader_workers
 from medexp.errors import ConfigError, DataError
 
 CACHE_MODES = ("none", "memory", "disk")
+AUGMENT_ON = ("device", "loader")
 _ITEM_KEYS = ("image", "label", "fov", "case_id", "patient_id")
 
 
@@ -50,7 +67,12 @@ class SegmentationDataModule(MedexpDataModule):
         preprocessing: options of ``medexp.data.transforms.preprocessing_transforms``.
         patch_size / samples_per_image / pos_neg_ratio / sampler: training patches (None = whole images).
         augmentation: an ``AugmentationRecipe`` mapping (None = no augmentation).
-        cache: "none", "memory" (CacheDataset) or "disk" (PersistentDataset under ``cache_dir``).
+        augment_on: ``device``: batched on the training device after transfer (``BatchAugmentation``, one random
+            draw per batch; an elastic deformation stays per sample in the loader); ``loader``: per sample in the
+            loader (MONAI transforms).
+        num_workers: loader processes per training process, or ``auto`` (``medexp.data.workers.loader_workers``).
+        cache: "none", "memory" (CacheDataset) or "disk" (memory-mapped case folders under ``cache_dir``,
+            ``medexp.data.case_store``).
         label_values: stored mask value of each class, when masks do not hold 0..K-1 (0/255 masks need none).
         mask_threshold: binarise every mask: foreground where a channel exceeds this stored value; None: each
             mask's encoding is found per file (``medexp.data.io.LoadCased``).
@@ -67,6 +89,7 @@ class SegmentationDataModule(MedexpDataModule):
     """
 
     task_kind = "segmentation"
+    stores_cases = True  # cache=disk keeps prepared cases in a ``CaseStore`` (detection keeps its own cache)
 
     def __init__(
         self,
@@ -79,8 +102,9 @@ class SegmentationDataModule(MedexpDataModule):
         pos_neg_ratio: float = 1.0,
         sampler: str = "posneg",
         augmentation: Mapping[str, Any] | None = None,
+        augment_on: str = "device",
         batch_size: int = 2,
-        num_workers: int = 0,
+        num_workers: int | str = 0,
         cache: str = "none",
         cache_dir: str | None = None,
         num_classes: int = 2,
@@ -101,6 +125,9 @@ class SegmentationDataModule(MedexpDataModule):
             raise ConfigError(f"data.cache={cache!r} is unknown: use one of {list(CACHE_MODES)}")
         if cache == "disk" and not cache_dir:
             raise ConfigError("data.cache=disk needs data.cache_dir (a folder for the cached preprocessed cases)")
+        if augment_on not in AUGMENT_ON:
+            raise ConfigError(f"data.augment_on={augment_on!r} is unknown: use one of {list(AUGMENT_ON)}")
+        loader_workers(num_workers)  # a bad value fails now, not when the first loader starts
         self.datalist_spec, self.root = _plain(datalist), root
         self.split_config, self.preprocessing = _plain(split) or {}, _plain(preprocessing) or {}
         channels = self.preprocessing.get("channels")
@@ -112,7 +139,8 @@ class SegmentationDataModule(MedexpDataModule):
         self.patch_size = None if patch_size is None else [int(s) for s in patch_size]
         self.samples_per_image, self.pos_neg_ratio, self.sampler = samples_per_image, pos_neg_ratio, sampler
         self.recipe = AugmentationRecipe.from_config(_plain(augmentation))
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.augment_on = augment_on
+        self.batch_size, self.num_workers_setting = batch_size, num_workers
         self.cache, self.cache_dir = cache, cache_dir
         self.num_classes, self.in_channels, self.spatial_dims = num_classes, in_channels, spatial_dims
         self.label_values, self.mask_threshold = _plain(label_values), mask_threshold
@@ -122,6 +150,8 @@ class SegmentationDataModule(MedexpDataModule):
         self._split: Split | None = None
         self._summaries: dict[str, CaseSummary] | None = None
         self._datasets: dict[str, Dataset] = {}
+        self._stored: dict[str, Path] = {}  # case id -> its folder in the disk cache
+        self._augment = None
 
     # ----------------------------------------------------------------------------------------------- setup
     def _loader(self) -> LoadCased:
@@ -142,13 +172,26 @@ class SegmentationDataModule(MedexpDataModule):
         if self.validate:
             self._inspect()
 
+    @property
+    def num_workers(self) -> int:
+        """Loader processes per training process (``auto`` sized to the cores each process of the trainer gets)."""
+        processes = self.trainer.num_devices if self.trainer is not None else 1
+        return loader_workers(self.num_workers_setting, processes)
+
     def _inspect(self) -> None:
         split = self.split
         records = split.train + split.val + split.test
-        summaries = inspect_cases(
-            records, self._loader(), self.in_channels, self.spatial_dims, workers=max(1, self.num_workers),
-            channels=self.preprocessing.get("channels"),
-        )
+        if self.cache == "disk" and self.stores_cases:  # the store keeps each case's summary: a run that finds them all reads no image
+            entries = self._store_entries(records)
+            summaries = [read_summary(entries[r["case_id"]], r["case_id"]) for r in records]
+            for record, summary in zip(records, summaries, strict=True):
+                check_case_layout(summary, f"image {record['image']}", self.in_channels, self.spatial_dims,
+                                  self.preprocessing.get("channels"))
+        else:
+            summaries = inspect_cases(
+                records, self._loader(), self.in_channels, self.spatial_dims, workers=max(1, self.num_workers),
+                channels=self.preprocessing.get("channels"),
+            )
         self._summaries = {summary.case_id: summary for summary in summaries}
         for name in ("train", "val", "test"):
             cases = [summary for summary in self._summaries_of(name) if summary.class_counts.size]  # with masks
@@ -166,54 +209,104 @@ class SegmentationDataModule(MedexpDataModule):
 
     # ------------------------------------------------------------------------------------------ datasets
     def _dataset(self, name: str) -> Dataset:
+        """The split's cases: prepared once (``case_preparation``, kept as ``cache`` says), then each epoch's random
+        steps (training) or the conversion to tensors (evaluation) on every access."""
         if name not in self._datasets:
             records = getattr(self.split, name)
-            items = [{k: r[k] for k in _ITEM_KEYS if k in r} for r in records]
             loader = self._loader()
             if name == "train":
-                transform = train_pipeline(
-                    loader,
-                    self.preprocessing,
-                    self.recipe,
-                    self.spatial_dims,
-                    self.patch_size,
-                    self.samples_per_image,
-                    self.pos_neg_ratio,
-                    self.sampler,
-                )
+                keys = (loader.image_key, loader.label_key)
+                recipe = self.recipe.elastic_only if self.augment_on == "device" else self.recipe
+                steps = training_steps(keys, recipe, self.spatial_dims, self.patch_size, self.samples_per_image,
+                                       self.pos_neg_ratio, self.sampler)
             else:
-                transform = eval_pipeline(loader, self.preprocessing, self.fov_threshold)
-            self._datasets[name] = self._cached(items, transform, name)
+                keys = (loader.image_key, loader.label_key, *loader.mask_keys)
+                steps = output_transforms(keys)
+            # training reads no field of view: its cases carry none, so their patches collate
+            item_keys = [k for k in _ITEM_KEYS if name != "train" or k not in loader.mask_keys]
+            items = [{k: r[k] for k in item_keys if k in r} for r in records]
+            if self.cache == "disk":
+                entries = self._store_entries(records)
+                stored = [{"stored": str(entries[item["case_id"]]), **{k: item[k] for k in ("case_id", "patient_id")
+                                                                       if k in item}} for item in items]
+                dataset = Dataset(stored, Compose([OpenStoredCased(keys, mapped=name == "train"), *steps]))
+            else:
+                prepared = Compose(case_preparation(loader, self.preprocessing,
+                                                    None if name == "train" else self.fov_threshold))
+                # the patch sampler copies only the patch (and evaluation converts to new tensors): nothing that
+                # follows the cache changes a cached case, so MONAI's per-sample deep copy of it is not needed
+                cases = (CacheDataset(items, prepared, num_workers=max(1, self.num_workers), progress=False,
+                                      copy_cache=False)
+                         if self.cache == "memory" else Dataset(items, prepared))
+                dataset = Dataset(cases, Compose(steps))
+            self._datasets[name] = dataset
         return self._datasets[name]
 
-    def _cached(self, items: list[dict], transform, name: str) -> Dataset:
-        if self.cache == "memory":
-            return CacheDataset(items, transform, num_workers=max(1, self.num_workers), progress=False)
-        if self.cache == "disk":
-            return PersistentDataset(items, transform, cache_dir=Path(self.cache_dir) / self._cache_key(name))
-        return Dataset(items, transform)
+    def preparation_settings(self) -> dict[str, Any]:
+        """What changes a prepared case: cached cases are found again under these settings only."""
+        return {"preprocessing": self.preprocessing, "num_classes": self.num_classes,
+                "label_values": self.label_values, "mask_threshold": self.mask_threshold,
+                "fov_threshold": self.fov_threshold}
 
-    def _cache_key(self, name: str) -> str:
-        """Cache folder per pipeline and settings, so a changed preprocessing never reuses stale files."""
-        settings = [name == "train", self.preprocessing, self.num_classes, self.label_values, self.mask_threshold,
-                    self.fov_threshold]
-        return ("train-" if name == "train" else "eval-") + hashlib.sha1(
-            json.dumps(settings, sort_keys=True).encode()
-        ).hexdigest()[:12]
+    def _store_entries(self, records: Sequence[Mapping[str, Any]]) -> dict[str, Path]:
+        """Each record's case folder in the disk cache, preparing (in parallel) the cases not stored yet."""
+        missing = [r for r in records if r["case_id"] not in self._stored]
+        if missing:
+            loader = self._loader()
+            _, *after_loading = case_preparation(loader, self.preprocessing, self.fov_threshold)
+            prepare = Compose(after_loading)
+
+            def prepare_case(record: Mapping[str, Any]):
+                raw = loader(record)  # read once: summarised as stored, then prepared
+                case = prepare(raw)
+                arrays = {key: case[key].numpy() for key in ("image", "label", *loader.mask_keys, "fg_indices")
+                          if key in case}
+                return arrays, summarise_case(record, raw, loader)
+
+            trainer = self.trainer
+            entries = CaseStore(self.cache_dir, self.preparation_settings()).build(
+                missing, prepare_case, workers=available_cores(),  # nothing else runs before the first step
+                rank=trainer.global_rank if trainer is not None else 0,
+                world_size=trainer.world_size if trainer is not None else 1)
+            self._stored.update({r["case_id"]: entry for r, entry in zip(missing, entries, strict=True)})
+        return {r["case_id"]: self._stored[r["case_id"]] for r in records}
 
     def _dataloader(self, name: str, batch_size: int, shuffle: bool, **kwargs) -> DataLoader:
         dataset = self._dataset(name)
         if name != "train":  # under DDP each rank evaluates its share, each case once
             kwargs.setdefault("sampler", evaluation_sampler(dataset, self.trainer, name))
+        workers = self.num_workers
+        on_gpu = (self.trainer.strategy.root_device.type == "cuda" if self.trainer is not None
+                  else torch.cuda.is_available())
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            multiprocessing_context=WORKER_START_METHOD if workers > 0 else None,
+            pin_memory=on_gpu,
             **kwargs,
         )
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """Training batches augmented on their device, all samples at once (``augment_on: device``)."""
+        if self.augment_on != "device" or self.trainer is None or not self.trainer.training:
+            return batch
+        return self.augment_batch(batch)
+
+    def augment_batch(self, batch: dict) -> dict:
+        """The recipe (but an elastic deformation, done per sample in the loader) on a training batch: image
+        bilinear, label nearest, one random draw for the whole batch."""
+        recipe = self.recipe.without_elastic
+        if recipe.is_identity:
+            return batch
+        if self._augment is None:
+            from medexp.data.batch_augment import BatchAugmentation
+
+            self._augment = BatchAugmentation(recipe)
+        images, labels = self._augment(batch["image"], batch["label"])
+        return {**batch, "image": images, "label": labels}
 
     def train_dataloader(self) -> DataLoader:
         rank = self.trainer.global_rank if self.trainer is not None else 0

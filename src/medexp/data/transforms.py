@@ -12,31 +12,27 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from monai.transforms import (
     Affine,
     ClipIntensityPercentilesd,
     Compose,
-    DeleteItemsd,
     EnsureTyped,
-    FgBgToIndicesd,
     MapTransform,
     NormalizeIntensityd,
     Rand2DElasticd,
     Rand3DElasticd,
     RandAdjustContrastd,
-    RandCropByPosNegLabeld,
     RandFlipd,
     RandGaussianNoised,
     RandomizableTransform,
     RandScaleIntensityFixedMeand,
     RandShiftIntensityd,
-    RandSpatialCropSamplesd,
     Resized,
     ScaleIntensityd,
     ScaleIntensityRanged,
     Spacingd,
-    SpatialPadd,
 )
 
 from medexp.data.augmentation import AugmentationRecipe
@@ -123,6 +119,118 @@ class ThresholdFOVd(MapTransform):
         return case
 
 
+FG_INDICES = "fg_indices"
+MAX_FG_INDICES = 200_000  # a sample of the foreground is as good a set of patch centres, at a bounded size
+HALF_PRECISION_LIMIT = 60_000.0  # float16 holds up to 65504: larger (unnormalised) intensities stay float32
+
+
+def half_precision_allowed(preprocessing: Mapping[str, Any] | None) -> bool:
+    """Whether preprocessed images may be kept as float16: when the preprocessing brings intensities to a unit scale
+    (z-score, min-max, a CT window), where float16's 3 significant digits lose nothing a network learns from."""
+    options = {"normalize": "zscore", **dict(preprocessing or {})}
+    return options["normalize"] != "none" or bool(options.get("window"))
+
+
+def foreground_indices(label: np.ndarray | torch.Tensor, seed: int = 0) -> np.ndarray:
+    """Flat indices of a label's foreground voxels (``(1, *spatial)``), at most ``MAX_FG_INDICES`` of them (an even
+    random sample, sorted), int32 unless the image has 2**31 voxels or more."""
+    flat = np.asarray(label).reshape(-1)
+    indices = np.flatnonzero(flat)
+    if len(indices) > MAX_FG_INDICES:
+        indices = np.sort(np.random.default_rng(seed).choice(indices, MAX_FG_INDICES, replace=False))
+    return indices.astype(np.int32 if flat.size < 2**31 else np.int64)
+
+
+class CompactCased(MapTransform):
+    """A preprocessed case as it is kept (in memory or on disk) between epochs: plain contiguous tensors without
+    MONAI metadata, the image float16 where ``half`` allows and its values fit, masks uint8, and the foreground's
+    flat indices (``fg_indices``, or a sample of them) for patch sampling: 2 + 1 bytes a voxel instead of 16."""
+
+    def __init__(self, keys: Sequence[str], half: bool) -> None:
+        super().__init__(keys, allow_missing_keys=True)
+        self.half = half
+
+    def __call__(self, data: Mapping) -> dict:
+        case = dict(data)
+        image_key, label_key, *mask_keys = self.keys
+        image = torch.as_tensor(case[image_key]).as_subclass(torch.Tensor)
+        if self.half and image.numel() and float(image.abs().max()) < HALF_PRECISION_LIMIT:
+            image = image.to(torch.float16)
+        case[image_key] = image.contiguous()
+        if label_key in case:
+            label = torch.as_tensor(case[label_key]).as_subclass(torch.Tensor)
+            case[label_key] = label.to(torch.uint8).contiguous()  # class indices < 256 (LoadCased checked them)
+            case[FG_INDICES] = torch.from_numpy(foreground_indices(case[label_key].numpy()))
+        for key in mask_keys:
+            if key in case:
+                case[key] = (torch.as_tensor(case[key]).as_subclass(torch.Tensor) != 0).to(torch.uint8).contiguous()
+        return case
+
+
+def _read_patch(array: np.ndarray | torch.Tensor, starts: Sequence[int], size: Sequence[int]) -> torch.Tensor:
+    """``array[:, starts:starts+size]`` as a new float32 tensor, zero-padded evenly on each side where the array is
+    smaller than ``size``. On a memory-mapped array only the patch's pages are read; the result never shares memory
+    with ``array``, so whatever follows may change it in place without touching a cached case."""
+    region = array[(slice(None), *(slice(s, s + n) for s, n in zip(starts, size, strict=True)))]
+    patch = (torch.from_numpy(np.array(region, dtype=np.float32)) if isinstance(region, np.ndarray)
+             else region.to(torch.float32, copy=True))
+    short = [n - have for n, have in zip(size, patch.shape[1:], strict=True)]
+    if any(short):
+        pad = [amount for gap in reversed(short) for amount in (gap // 2, gap - gap // 2)]
+        patch = torch.nn.functional.pad(patch, pad)
+    return patch
+
+
+class RandPatchesd(RandomizableTransform, MapTransform):
+    """Training patches from a compact case (``CompactCased``: tensors in memory, or memory-mapped arrays of the disk
+    cache), reading only the patch. ``posneg``: with probability ``pos_neg_ratio / (pos_neg_ratio + 1)`` a patch is
+    centred on a random foreground voxel (from ``fg_indices``), otherwise placed uniformly anywhere in the image, as
+    nnU-Net places its patches that are not oversampled; ``uniform``: always anywhere. Patches keep inside the image where it is larger and
+    are zero-padded where it is smaller. Returns a list of ``samples`` cases; image and masks float32."""
+
+    def __init__(self, keys: Sequence[str], patch_size: Sequence[int], samples: int = 1, pos_neg_ratio: float = 1.0,
+                 sampler: str = "posneg") -> None:
+        RandomizableTransform.__init__(self, prob=1.0)
+        MapTransform.__init__(self, keys, allow_missing_keys=True)
+        self.size, self.samples = [int(s) for s in patch_size], int(samples)
+        self.foreground_chance = pos_neg_ratio / (pos_neg_ratio + 1.0) if sampler == "posneg" else 0.0
+
+    def _starts(self, shape: Sequence[int], foreground: np.ndarray) -> list[int]:
+        room = [max(extent - n, 0) for extent, n in zip(shape, self.size, strict=True)]
+        if len(foreground) and self.R.rand() < self.foreground_chance:
+            centre = np.unravel_index(int(foreground[self.R.randint(len(foreground))]), shape)
+            return [int(min(max(c - n // 2, 0), r)) for c, n, r in zip(centre, self.size, room, strict=True)]
+        return [int(self.R.randint(r + 1)) for r in room]
+
+    def __call__(self, data: Mapping) -> list[dict]:
+        case = dict(data)
+        shape = tuple(case[self.keys[0]].shape[1:])
+        foreground = case.pop(FG_INDICES, None)
+        if foreground is None:
+            foreground = foreground_indices(case[self.keys[1]]) if self.keys[1] in case else np.zeros(0, np.int64)
+        foreground = np.asarray(foreground)
+        patches = []
+        for _ in range(self.samples):
+            starts = self._starts(shape, foreground)
+            patch = dict(case)
+            for key in self.key_iterator(case):
+                patch[key] = _read_patch(case[key], starts, self.size)
+            patches.append(patch)
+        return patches
+
+
+class WholeCased(MapTransform):
+    """A compact case whole for training without patches: float32 copies (never the cached arrays themselves)."""
+
+    def __call__(self, data: Mapping) -> dict:
+        case = dict(data)
+        case.pop(FG_INDICES, None)
+        for key in self.key_iterator(case):
+            value = case[key]
+            case[key] = _read_patch(value, [0] * (value.ndim - 1), value.shape[1:])
+        return case
+
+
 def sampling_transforms(
     keys: Sequence[str],
     patch_size: Sequence[int] | None,
@@ -130,31 +238,16 @@ def sampling_transforms(
     pos_neg_ratio: float = 1.0,
     sampler: str = "posneg",
 ) -> list:
-    """Training patches: ``posneg`` centres ``pos_neg_ratio`` foreground patches per background one on the label
-    (``RandCropByPosNegLabeld``), ``uniform`` crops anywhere; images smaller than a patch are zero-padded first.
-    No ``patch_size`` means whole images."""
+    """Training patches (``RandPatchesd``): ``posneg`` centres ``pos_neg_ratio`` foreground patches per patch
+    centred anywhere, ``uniform`` crops anywhere; images smaller than a patch are zero-padded. No ``patch_size``
+    means whole images."""
     if patch_size is None:
-        return []
+        return [WholeCased(keys, allow_missing_keys=True)]
     if sampler not in SAMPLERS:
         raise ConfigError(f"data.sampler={sampler!r} is unknown: use one of {list(SAMPLERS)}")
-    size = list(patch_size)
-    pad = SpatialPadd(keys, spatial_size=size)
-    if sampler == "uniform":
-        return [pad, RandSpatialCropSamplesd(keys, roi_size=size, num_samples=samples_per_image, random_size=False)]
     if pos_neg_ratio < 0:
         raise ConfigError(f"data.pos_neg_ratio={pos_neg_ratio} must be >= 0 (foreground patches per background patch)")
-    # foreground/background voxel indices computed once (and cached with the preprocessed case): otherwise every
-    # crop scans the whole label again, which dominates an iteration on megapixel images
-    fg, bg = f"{keys[1]}_fg_indices", f"{keys[1]}_bg_indices"
-    return [
-        pad,
-        FgBgToIndicesd(keys[1], fg_postfix="_fg_indices", bg_postfix="_bg_indices"),
-        RandCropByPosNegLabeld(
-            keys, label_key=keys[1], spatial_size=size, pos=pos_neg_ratio, neg=1.0, num_samples=samples_per_image,
-            fg_indices_key=fg, bg_indices_key=bg,
-        ),
-        DeleteItemsd([fg, bg]),
-    ]
+    return [RandPatchesd(keys, patch_size, samples_per_image, pos_neg_ratio, sampler)]
 
 
 class RandRecipeAffined(RandomizableTransform, MapTransform):
@@ -247,6 +340,31 @@ def output_transforms(keys: Sequence[str]) -> list:
     return steps
 
 
+def case_preparation(
+    loader: LoadCased, preprocessing: Mapping[str, Any] | None, fov_threshold: float | None = None
+) -> list:
+    """The deterministic steps, whose result is kept between epochs: load → field of view → preprocess → compact
+    (``CompactCased``). Keys: the loader's image, label and masks (those a case has)."""
+    keys = (loader.image_key, loader.label_key, *loader.mask_keys)
+    fov = [ThresholdFOVd(loader.image_key, loader.mask_keys[0], fov_threshold)] if fov_threshold is not None else []
+    return [loader, *fov, *preprocessing_transforms(preprocessing, keys),
+            CompactCased(keys, half_precision_allowed(preprocessing))]
+
+
+def training_steps(
+    keys: Sequence[str],
+    recipe: AugmentationRecipe,
+    spatial_dims: int,
+    patch_size: Sequence[int] | None = None,
+    samples_per_image: int = 1,
+    pos_neg_ratio: float = 1.0,
+    sampler: str = "posneg",
+) -> list:
+    """The random steps of every epoch on a compact case: sample patches → augment (per sample) → tensors."""
+    return (sampling_transforms(keys, patch_size, samples_per_image, pos_neg_ratio, sampler)
+            + monai_augmentation(recipe, keys, spatial_dims) + output_transforms(keys))
+
+
 def train_pipeline(
     loader: LoadCased,
     preprocessing: Mapping[str, Any] | None,
@@ -257,23 +375,19 @@ def train_pipeline(
     pos_neg_ratio: float = 1.0,
     sampler: str = "posneg",
 ) -> Compose:
-    """Load → preprocess (cached) → sample patches → augment → tensors."""
+    """Load → preprocess → compact (cached) → sample patches → augment → tensors."""
     keys = (loader.image_key, loader.label_key)
-    return Compose(
-        [loader, *preprocessing_transforms(preprocessing, keys)]
-        + sampling_transforms(keys, patch_size, samples_per_image, pos_neg_ratio, sampler)
-        + monai_augmentation(recipe, keys, spatial_dims)
-        + output_transforms(keys)
-    )
+    return Compose(case_preparation(loader, preprocessing)
+                   + training_steps(keys, recipe, spatial_dims, patch_size, samples_per_image, pos_neg_ratio, sampler))
 
 
 def eval_pipeline(
     loader: LoadCased, preprocessing: Mapping[str, Any] | None, fov_threshold: float | None = None
 ) -> Compose:
-    """Whole images for validation and test: load → field of view → preprocess → tensors; no randomness."""
+    """Whole images for validation and test: load → field of view → preprocess → compact → tensors; no
+    randomness."""
     keys = (loader.image_key, loader.label_key, *loader.mask_keys)
-    fov = [ThresholdFOVd(loader.image_key, loader.mask_keys[0], fov_threshold)] if fov_threshold is not None else []
-    return Compose([loader, *fov, *preprocessing_transforms(preprocessing, keys), *output_transforms(keys)])
+    return Compose(case_preparation(loader, preprocessing, fov_threshold) + output_transforms(keys))
 
 
 class CheckImageLayoutd(MapTransform):

@@ -51,7 +51,7 @@ VALUE_RULES = (
     ("trainer.float32_matmul_precision", lambda v: v in ("highest", "high", "medium"), "highest, high or medium"),
     ("trainer.sync_batchnorm", lambda v: v in (True, False, "auto"), "true, false or auto"),
     ("data.batch_size", lambda v: _integer(v) and v >= 1, "a whole number >= 1"),
-    ("data.num_workers", lambda v: _integer(v) and v >= 0, "a whole number >= 0"),
+    ("data.num_workers", lambda v: v == "auto" or (_integer(v) and v >= 0), "a whole number >= 0, or auto"),
     ("optimizer.lr", lambda v: _number(v) and v > 0, "a number > 0, e.g. 1e-3"),
     ("optimizer.weight_decay", lambda v: _number(v) and v >= 0, "a number >= 0"),
     ("seed", _integer, "a whole number"),
