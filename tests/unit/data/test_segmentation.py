@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -406,3 +407,29 @@ def test_data_folder_photos_reads_0_1_class_index_masks_as_classes(tmp_path, mak
     data = instantiate(cfg.data)
     data.setup()
     assert data.class_counts("train")[1] == 144 * len(data.split.train)
+
+
+def test_training_batches_are_augmented_on_their_device_with_one_draw(chase_root, monkeypatch):
+    module = chase_module(chase_root, augmentation={"flip_axes": [1], "flip_prob": 1.0, "rotate_deg": 10,
+                                                    "affine_prob": 0.0})
+    assert not any("Flip" in type(t).__name__ for t in module._dataset("train").transform.transforms)  # not per sample
+    batch = next(iter(module.train_dataloader()))
+    draws = []
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: draws.append(a) or real_rand(*a, **k))
+    module.trainer = SimpleNamespace(training=True)
+    out = module.on_after_batch_transfer(batch, 0)
+    assert len(draws) == 1  # every sample's every parameter from one draw
+    assert torch.allclose(out["image"], batch["image"].flip(-1), atol=1e-5)
+    assert out["label"].dtype == torch.long and torch.equal(out["label"], batch["label"].flip(-1))
+    module.trainer = SimpleNamespace(training=False)  # validation and test batches are never augmented
+    assert module.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_an_elastic_deformation_stays_per_sample_in_the_loader(chase_root):
+    module = chase_module(chase_root, augmentation={"elastic_sigma": [9, 13], "elastic_magnitude": [0, 1],
+                                                    "elastic_prob": 0.5, "flip_axes": [1], "flip_prob": 0.5})
+    names = [type(t).__name__ for t in module._dataset("train").transform.transforms]
+    assert "Rand2DElasticd" in names and "RandFlipd" not in names
+    assert chase_module(chase_root, augment_on="loader")._dataset("train").transform.transforms[1].__class__.__name__ \
+        == "RandRecipeAffined"

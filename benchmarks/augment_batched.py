@@ -1,0 +1,73 @@
+"""Per-sample MONAI augmentation (``data.augment_on=loader``) against the batched engine (``augment_on=device``)
+on segmentation patches with their masks, 2D and 3D, timed in the same process one after the other.
+
+    .venv/bin/python benchmarks/augment_batched.py [--recipe light] [--repeats 5] [--device cpu|cuda]
+
+Per sample: each patch of the batch through ``monai_augmentation`` (what a loader worker does). Batched: the whole
+batch through ``BatchAugmentation`` (one random draw, one kernel per step), after a warm-up call. The elastic
+deformation is left out of both (it stays per sample either way). Prints one JSON line per case.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+import yaml
+from monai.transforms import Compose
+
+from medexp.data.augmentation import AugmentationRecipe
+from medexp.data.batch_augment import BatchAugmentation
+from medexp.data.transforms import monai_augmentation
+
+CASES = {  # name: (batch, channels, patch) as the recipes train them
+    "2d_chasedb1": (32, 3, (128, 128)),
+    "3d_hippocampus": (8, 1, (40, 56, 40)),
+    "3d_ct_patch": (2, 1, (96, 96, 96)),
+}
+
+
+def seconds(run, repeats: int) -> float:
+    run()  # warm-up (allocations, first kernel launches)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        run()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipe", default="light", help="a conf/augmentation name")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    config = yaml.safe_load((Path(__file__).parents[1] / "conf" / "augmentation" / f"{args.recipe}.yaml").read_text())
+    recipe = AugmentationRecipe.from_config(config or {}).without_elastic
+    torch.manual_seed(0)
+    for name, (batch, channels, patch) in CASES.items():
+        images = torch.randn(batch, channels, *patch)
+        labels = (torch.rand(batch, 1, *patch) > 0.8).long()
+        per_sample = Compose(monai_augmentation(recipe, ("image", "label"), len(patch)))
+        per_sample.set_random_state(0)
+
+        def loader_path():
+            return [per_sample({"image": images[i], "label": labels[i].float()}) for i in range(batch)]
+
+        engine = BatchAugmentation(recipe)
+        on_device_images, on_device_labels = images.to(args.device), labels.to(args.device)
+
+        def device_path():
+            return engine(on_device_images, on_device_labels)
+
+        loader_s, device_s = seconds(loader_path, args.repeats), seconds(device_path, args.repeats)
+        print(json.dumps({"case": name, "recipe": args.recipe, "batch": batch, "patch": list(patch),
+                          "device": args.device, "per_sample_ms": round(1000 * loader_s, 2),
+                          "batched_ms": round(1000 * device_s, 2), "speedup": round(loader_s / device_s, 2)}))
+
+
+if __name__ == "__main__":
+    main()
