@@ -39,7 +39,7 @@ from medexp.data.io import (
 from medexp.data.sharding import evaluation_sampler, rank_seed
 from medexp.data.splits import Split, split_from_config
 from medexp.data.transforms import case_preparation, output_transforms, prediction_pipeline, training_steps
-from medexp.data.workers import WORKER_START_METHOD, available_cores, loader_workers
+from medexp.data.workers import available_cores, loader_workers, worker_context
 from medexp.errors import ConfigError, DataError
 
 CACHE_MODES = ("none", "memory", "disk")
@@ -284,7 +284,7 @@ class SegmentationDataModule(MedexpDataModule):
             shuffle=shuffle,
             num_workers=workers,
             persistent_workers=workers > 0,
-            multiprocessing_context=WORKER_START_METHOD if workers > 0 else None,
+            multiprocessing_context=worker_context() if workers > 0 else None,
             pin_memory=on_gpu,
             **kwargs,
         )

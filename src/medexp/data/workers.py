@@ -9,15 +9,24 @@ Workers start with ``forkserver``, never ``fork``: by the time a loader starts, 
 and MLflow's threads, and a child forked from a process with threads can inherit a lock held by one of them and hang
 (as a test of the folder claim once did in CI). The server starts from a fresh interpreter and forks each worker from
 there; datasets and transforms therefore travel by pickle (tensors by shared memory, memory-mapped arrays by path).
+The server imports medexp's data modules (torch, MONAI) once, so the workers of every loader start without
+importing them again.
 """
 from __future__ import annotations
 
+import multiprocessing
 import os
 
 from medexp.errors import ConfigError
 
-WORKER_START_METHOD = "forkserver"
 MAX_AUTO_WORKERS = 4
+_SERVER_PRELOAD = ["__main__", "medexp.data.segmentation", "medexp.data.detection"]
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The ``forkserver`` start method, its server preloading the data modules (set before it first starts)."""
+    multiprocessing.set_forkserver_preload(_SERVER_PRELOAD)
+    return multiprocessing.get_context("forkserver")
 
 
 def available_cores() -> int:
