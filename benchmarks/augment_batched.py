@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -27,6 +28,11 @@ CASES = {  # name: (batch, channels, patch) as the recipes train them
     "3d_hippocampus": (8, 1, (40, 56, 40)),
     "3d_ct_patch": (2, 1, (96, 96, 96)),
 }
+
+
+def augment_each(per_sample: Compose, images: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    """What loader workers do: each patch with its mask through the per-sample MONAI transforms."""
+    return [per_sample({"image": images[i], "label": labels[i].float()}) for i in range(len(images))]
 
 
 def seconds(run, repeats: int) -> float:
@@ -53,16 +59,10 @@ def main() -> None:
         labels = (torch.rand(batch, 1, *patch) > 0.8).long()
         per_sample = Compose(monai_augmentation(recipe, ("image", "label"), len(patch)))
         per_sample.set_random_state(0)
-
-        def loader_path():
-            return [per_sample({"image": images[i], "label": labels[i].float()}) for i in range(batch)]
-
         engine = BatchAugmentation(recipe)
-        on_device_images, on_device_labels = images.to(args.device), labels.to(args.device)
-
-        def device_path():
-            return engine(on_device_images, on_device_labels)
-
+        on_device = images.to(args.device), labels.to(args.device)
+        loader_path = partial(augment_each, per_sample, images, labels)
+        device_path = partial(engine, *on_device)
         loader_s, device_s = seconds(loader_path, args.repeats), seconds(device_path, args.repeats)
         print(json.dumps({"case": name, "recipe": args.recipe, "batch": batch, "patch": list(patch),
                           "device": args.device, "per_sample_ms": round(1000 * loader_s, 2),

@@ -19,7 +19,6 @@ from torch import nn
 
 from medexp.data.augmentation import AugmentationRecipe
 
-
 # Every random number a batch needs comes from one draw, ``torch.rand(B, DRAWS)``: one kernel per batch, not one per
 # parameter. Columns: affine hit, 3 angles (2D uses the first), zoom, 3 shifts, a flip per spatial axis, then a hit
 # and a value for each intensity step (shift, contrast, gamma), and the noise hit.

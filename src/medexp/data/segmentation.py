@@ -181,7 +181,7 @@ class SegmentationDataModule(MedexpDataModule):
     def _inspect(self) -> None:
         split = self.split
         records = split.train + split.val + split.test
-        if self.cache == "disk" and self.stores_cases:  # the store keeps each case's summary: a run that finds them all reads no image
+        if self.cache == "disk" and self.stores_cases:  # summaries kept in the store: no image read when all are there
             entries = self._store_entries(records)
             summaries = [read_summary(entries[r["case_id"]], r["case_id"]) for r in records]
             for record, summary in zip(records, summaries, strict=True):
@@ -257,11 +257,14 @@ class SegmentationDataModule(MedexpDataModule):
             prepare = Compose(after_loading)
 
             def prepare_case(record: Mapping[str, Any]):
-                raw = loader(record)  # read once: summarised as stored, then prepared
+                raw = loader(record)  # read once: summarised and checked as stored, then prepared
+                summary = summarise_case(record, raw, loader)
+                check_case_layout(summary, f"image {record['image']}", self.in_channels, self.spatial_dims,
+                                  self.preprocessing.get("channels"))
                 case = prepare(raw)
                 arrays = {key: case[key].numpy() for key in ("image", "label", *loader.mask_keys, "fg_indices")
                           if key in case}
-                return arrays, summarise_case(record, raw, loader)
+                return arrays, summary
 
             trainer = self.trainer
             entries = CaseStore(self.cache_dir, self.preparation_settings()).build(
