@@ -20,7 +20,7 @@ import os
 from medexp.errors import ConfigError
 
 MAX_AUTO_WORKERS = 4
-_SERVER_PRELOAD = ["__main__", "medexp.data.segmentation", "medexp.data.detection"]
+_SERVER_PRELOAD = ["__main__", "medexp.data.segmentation"]  # torch and MONAI with it
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
