@@ -279,8 +279,6 @@ class SegmentationDataModule(MedexpDataModule):
         if name != "train":  # under DDP each rank evaluates its share, each case once
             kwargs.setdefault("sampler", evaluation_sampler(dataset, self.trainer, name))
         workers = self.num_workers
-        on_gpu = (self.trainer.strategy.root_device.type == "cuda" if self.trainer is not None
-                  else torch.cuda.is_available())
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -288,7 +286,7 @@ class SegmentationDataModule(MedexpDataModule):
             num_workers=workers,
             persistent_workers=workers > 0,
             multiprocessing_context=worker_context() if workers > 0 else None,
-            pin_memory=on_gpu,
+            pin_memory=torch.cuda.is_available(),
             **kwargs,
         )
 

@@ -13,7 +13,8 @@ from tests.fixtures_data import CHASE_DATALIST, write_chase_like
 
 
 def ddp_trainer(rank: int, ranks: int = 2) -> SimpleNamespace:
-    return SimpleNamespace(global_rank=rank, distributed_sampler_kwargs={"num_replicas": ranks, "rank": rank})
+    return SimpleNamespace(global_rank=rank, distributed_sampler_kwargs={"num_replicas": ranks, "rank": rank},
+                           num_devices=ranks)  # all ranks on one machine
 
 
 def test_seven_cases_on_two_ranks_are_each_evaluated_once():
