@@ -1,8 +1,8 @@
 """MONAI dictionary-transform pipelines for file-based segmentation, built from config.
 
-Each pipeline lists its deterministic steps (load, resample, intensity standardisation) before the first random
-one, because ``CacheDataset``/``PersistentDataset`` cache exactly that prefix; the random tail (patch sampling,
-augmentation) runs every epoch. The first key of every key list is the image; the others are masks (label,
+Each pipeline lists its deterministic steps (load, resample, intensity standardisation, ``CompactCased``) before
+the first random one: that prefix runs once per case and its result is kept (``CacheDataset``, or the disk cache
+of ``medexp.data.case_store``); the random tail (patch sampling, augmentation) runs every epoch. The first key of every key list is the image; the others are masks (label,
 field of view) that follow the image through every spatial step with nearest-neighbour sampling.
 """
 
