@@ -148,7 +148,8 @@ def test_2d_masks_match_the_test_path_resized_back_to_each_image(segmenter_2d, t
         back_to_input = torch.nn.functional.interpolate(test_path, size=(40, 48), mode="bilinear")[0]
         name = batch["case_id"][0]
         probabilities = np.moveaxis(nib.load(tmp_path / f"{name}_probabilities.nii.gz").get_fdata(), -1, 0)
-        np.testing.assert_allclose(probabilities, back_to_input.numpy(), atol=1e-5)
+        # the test split reads its cached image as float16 (docs/file-data.md), prediction preprocesses in float32
+        np.testing.assert_allclose(probabilities, back_to_input.numpy(), atol=2e-4)
         mask = np.asarray(Image.open(tmp_path / f"{name}_mask.png"))
         assert mask.dtype == np.uint8 and mask.shape == (40, 48)
         np.testing.assert_array_equal(mask, probabilities.argmax(0) * 255)  # binary: 0/255, as the data's own masks
