@@ -46,7 +46,9 @@ class MlflowRunLogger(Logger):
                  tags: Mapping[str, str] | None = None, run_id: str | None = None, step_offset: int = 0,
                  results_dir: str | None = None, resumed: bool = False, keep_state: bool = False,
                  metric_prefix: str = ""):
-        """``keep_state``: add to the run ``run_id`` and leave it as it is (status, end time: an evaluation of a
+        """The logger of the ``logger/mlflow`` config. ``resumed``: a training resumed from a checkpoint into its
+        run, whose metrics of the steps it repeats (the learning rate at the step it resumes from) are in the run
+        already. ``keep_state``: add to the run ``run_id`` and leave it as it is (status, end time: an evaluation of a
         finished run); ``metric_prefix`` goes before every metric name, and then Lightning's ``epoch`` counter,
         which would say 0 at the training run's last step, is not logged."""
         super().__init__()
@@ -200,17 +202,6 @@ class MlflowRunLogger(Logger):
         self._send_held_curves()
         if self._writer is not None:
             self._failed()
-
-
-def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                        tags: Mapping[str, str] | None = None, run_id: str | None = None,
-                        step_offset: int = 0, results_dir: str | None = None, resumed: bool = False,
-                        keep_state: bool = False, metric_prefix: str = "") -> MlflowRunLogger:
-    """The logger of the ``logger/mlflow`` config; ``resumed``: a training resumed from a checkpoint into its run,
-    whose metrics of the steps it repeats (the learning rate at the step it resumes from) are in the run already."""
-    return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id,
-                           step_offset=step_offset, results_dir=results_dir, resumed=resumed, keep_state=keep_state,
-                           metric_prefix=metric_prefix)
 
 
 def git_state(path: Path) -> dict[str, str]:
