@@ -139,11 +139,20 @@ class Tracking:
         return lines
 
 
+UI_ADDRESS_FILE = "mlflow-ui.url"  # written beside a local store by `make ui`: the address it serves the store on
+
+
 def ui_base(uri: str) -> str:
-    """Where the UI for ``uri`` is: the server itself, or ``make ui``'s address for a local store."""
+    """Where the UI for ``uri`` is: the server itself; for a local store, ``MLFLOW_HOST``/``MLFLOW_PORT`` where
+    set, else the address ``make ui`` last served this store on (a run started outside make, in another terminal
+    than ``make ui MLFLOW_PORT=5001``), else ``make ui``'s default."""
     if uri.startswith(("http://", "https://")):
         parsed = urllib.parse.urlsplit(uri)
         return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}{parsed.path.rstrip('/')}"
+    if not {"MLFLOW_HOST", "MLFLOW_PORT"} & set(os.environ) and uri.startswith("sqlite:///"):
+        recorded = Path(uri.removeprefix("sqlite:///")).parent / UI_ADDRESS_FILE
+        if recorded.is_file() and recorded.read_text().strip():
+            return recorded.read_text().strip()
     return f"http://{os.environ.get('MLFLOW_HOST', '127.0.0.1')}:{os.environ.get('MLFLOW_PORT', '5000')}"
 
 
