@@ -21,6 +21,7 @@ def test_library_noise_is_silenced_and_only_that(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=2)
         warnings.warn("The number of training batches (4) is smaller than the logging interval", UserWarning, stacklevel=2)
         warnings.warn("inverse has been called but no invertible transforms have been supplied", stacklevel=2)
+        warnings.warn("Checkpoint directory /runs/x/checkpoints exists and is not empty.", UserWarning, stacklevel=2)
         warnings.warn("something a user should see", UserWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something a user should see"]
     with caplog.at_level(logging.INFO):
