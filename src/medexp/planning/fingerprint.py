@@ -6,7 +6,8 @@ the thinnest foreground is), whether the anatomy has one orientation (mirroring 
 that never occur), and a leakage report (patients, or near-identical images, in two splits).
 
 Every case is read once, in parallel threads (image decoding releases the GIL), with the data module's own loader,
-so the fingerprint sees exactly what training will read. Only file-based segmentation data is fingerprinted so far.
+so the fingerprint sees exactly what training will read. Classification and detection data are fingerprinted by
+``medexp.planning.image_fingerprint``.
 """
 from __future__ import annotations
 
@@ -75,8 +76,9 @@ def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = Non
 
     kind = task_kind(str(data.get("_target_", "")))
     if kind != "segmentation":
-        raise ConfigError(f"medexp-plan plans segmentation data so far; data={data.get('name')} is {kind} data: "
-                          "train it with medexp-train and a recipe")
+        from medexp.planning.image_fingerprint import fingerprint_images
+
+        return fingerprint_images(data, kind, cache_dir, workers)
     split_options = dict(data.get("split") or {})
     if data.get("fold") is not None:
         split_options.update(kind="kfold", fold=data["fold"], num_folds=data.get("num_folds", 5))

@@ -275,6 +275,8 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     plan.update(augmentation(fp))
     plan.update(loss_and_optimiser(fp))
     plan.update(sliding_window(size, planned_patch.value, plan["data.batch_size"].value))
+    if dims == 2 and planned_patch.value is None:  # follows the resize when a sweep changes it
+        plan["task.roi_size"] = Planned("${data.preprocessing.resize}", "the whole planned image in one window")
     if len(fp["classes"]["voxel_fraction"]) == 2:
         plan["task.auroc_thresholds"] = Planned(AUROC_THRESHOLDS, "binned pixel AUROC: its time per image grows "
                                                                   "with the bins (1000 cost more than the network)")

@@ -27,9 +27,10 @@ def test_help_imports_nothing_heavy(tmp_path):
     assert "budget" in done.stdout and "data:" in done.stdout
 
 
-def test_classification_data_and_a_bad_budget_are_one_line(tmp_path):
-    assert_clear_error(plan("data=synthetic", f"output={tmp_path / 'p'}", cwd=tmp_path), "segmentation data")
+def test_a_bad_budget_and_an_unplannable_data_module_are_one_line(tmp_path):
     assert_clear_error(plan("data=folder_photos", f"data.root={tmp_path}", "budget=soon", cwd=tmp_path), "20m")
+    assert_clear_error(plan("data=synthetic", "data._target_=medexp.data.base.MedexpDataModule",
+                            f"output={tmp_path / 'p'}", cwd=tmp_path), "neither")
 
 
 @pytest.mark.parametrize("arg, expected", [
