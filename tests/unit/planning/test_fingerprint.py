@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
 from medexp.planning.fingerprint import case_figures, fingerprint_data, leakage, orientation, summarise
 from tests.fixtures_data import write_decathlon_like, write_disks_like
