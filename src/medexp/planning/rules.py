@@ -174,7 +174,8 @@ def mirroring(fp: Mapping[str, Any]) -> Planned:
     orient = fp["orientation"]
     axes = [a for a, one in enumerate(orient["one_orientation"]) if not one]
     kept = [a for a, one in enumerate(orient["one_orientation"]) if one]
-    why = f"mean foreground asymmetry {orient['asymmetry']} per axis, cases agreeing {orient['agreeing_cases']}"
+    why = (f"asymmetry of the mean (foreground, image or boxes) {orient['asymmetry']} per axis, cases agreeing "
+           f"{orient['agreeing_cases']}")
     if kept:
         return Planned(axes, f"axes {kept} have one orientation ({why}): not mirrored there")
     return Planned(axes, f"orientation varies on every axis ({why}): mirror all (nnU-Net)")
