@@ -35,22 +35,29 @@ HU_AIR, HU_BONE = -500.0, 300.0  # stored values below and above these in one im
 
 
 @dataclass(frozen=True)
-class CaseFigures:
-    """What one case contributes to the fingerprint."""
+class SampledCase:
+    """What every case contributes, whatever the task: who and where it is, its size, a sample of its voxels and a
+    thumbnail for near-duplicates."""
 
     case_id: str
     patient_id: str
     split: str
     shape: tuple[int, ...]
-    spacing: tuple[float, ...]
     channels: int
     image_sample: np.ndarray  # (channels, n) strided sample of all voxels
-    foreground_sample: np.ndarray  # (channels, m) strided sample of foreground voxels
-    class_counts: np.ndarray  # voxels per class index
-    components: int  # connected foreground structures
-    half_thickness: float  # foreground voxels per boundary voxel: half the width of a strip, the radius/2 of a disk
-    mask_grid: np.ndarray  # foreground resampled to ORIENTATION_GRID cells per axis (bool)
     thumbnail: np.ndarray  # the image (channel mean) on THUMBNAIL_CELLS cells per axis
+
+
+@dataclass(frozen=True)
+class CaseFigures(SampledCase):
+    """What one segmentation case contributes to the fingerprint."""
+
+    spacing: tuple[float, ...] = ()
+    foreground_sample: np.ndarray | None = None  # (channels, m) strided sample of foreground voxels
+    class_counts: np.ndarray | None = None  # voxels per class index
+    components: int = 0  # connected foreground structures
+    half_thickness: float = 0.0  # foreground voxels per boundary voxel: half the width of a strip, the radius/2 of a disk
+    mask_grid: np.ndarray | None = None  # foreground resampled to ORIENTATION_GRID cells per axis (bool)
 
 
 def dataset_digest(records: Sequence[Mapping[str, Any]], reading: Mapping[str, Any]) -> str:

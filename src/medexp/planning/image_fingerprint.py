@@ -26,6 +26,7 @@ from medexp.planning.fingerprint import (
     FINGERPRINT_VERSION,
     INTENSITY_SAMPLE,
     ORIENTATION_GRID,
+    SampledCase,
     _grid,
     _intensity,
     _percentiles,
@@ -40,17 +41,10 @@ ONE_ORIENTATION_ASYMMETRY = 0.05  # and the mean image this far from its mirror 
 
 
 @dataclass(frozen=True)
-class ImageFigures:
+class ImageFigures(SampledCase):
     """What one image (classification) or one image with its boxes (detection) contributes."""
 
-    case_id: str
-    patient_id: str
-    split: str
-    shape: tuple[int, ...]
-    channels: int
-    image_sample: np.ndarray  # (channels, n) strided sample of all voxels
-    thumbnail: np.ndarray  # for near-duplicates (``fingerprint.leakage``)
-    grid: np.ndarray  # the image (channel mean) on fingerprint.ORIENTATION_GRID cells per axis, z-scored: for orientation
+    grid: np.ndarray | None = None  # the image (channel mean) on the orientation grid, z-scored
     label: Any = None  # class index, or a list of 0/1 (multi-label)
     boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # (N, 2 * dims) standard mode, voxels
     box_labels: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medexp.planning.rules import Plan, Planned, mirroring, workers
+from medexp.planning.rules import Plan, Planned, mirror_plan, workers
 
 # ----------------------------------------------------------------------------------------- classification
 MIN_CLASSIFICATION_EPOCHS = 30  # image files are planned at the largest size whose epochs reach this in the budget
@@ -121,14 +121,12 @@ def classification_augmentation(fp: Mapping[str, Any]) -> Plan:
     train = fp["cases_per_split"]["train"]
     prob = 0.8 if train < SMALL_SET else 0.5
     size_why = f"{train} training images ({'<' if train < SMALL_SET else '>='} {SMALL_SET})"
-    mirror = mirroring(fp)
     plan = {
         "augmentation.rotate_deg": Planned(15, "small rotations: the anatomy keeps its pose"),
         "augmentation.scale": Planned([0.85, 1.15], "zoom range"),
         "augmentation.translate": Planned(0.1, "shifts of a tenth of the image"),
         "augmentation.affine_prob": Planned(prob, size_why),
-        "augmentation.flip_axes": mirror,
-        "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time"),
+        **mirror_plan(fp),
     }
     if fp["binary_images"]:
         why = "binary shape images: no intensities to vary"
@@ -266,15 +264,14 @@ def detection_heads(fp: Mapping[str, Any]) -> Plan:
 def detection_augmentation(fp: Mapping[str, Any]) -> Plan:
     """BCCD's searched recipe as a rule: mirroring and quarter turns where orientation varies, zoom and contrast
     jitter, no free rotation (a rotated box no longer fits its object)."""
-    mirror = mirroring(fp)
-    free = len(mirror.value) == int(fp["spatial_dims"])
+    mirror = mirror_plan(fp)
+    free = len(mirror["augmentation.flip_axes"].value) == int(fp["spatial_dims"])
     return {
         "augmentation.rotate_deg": Planned(0, "no free rotation: a rotated box is no longer tight"),
         "augmentation.translate": Planned(0, "whole images: the boxes stay inside"),
         "augmentation.scale": Planned([0.8, 1.2], "zoom range (boxes follow)"),
         "augmentation.affine_prob": Planned(0.5, "half the samples zoomed"),
-        "augmentation.flip_axes": mirror,
-        "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time"),
+        **mirror,
         "augmentation.contrast": Planned([0.8, 1.2], "contrast range"),
         "augmentation.intensity_shift": Planned(0.1, "brightness shifts (standardised units)"),
         "augmentation.intensity_prob": Planned(0.5, "half the samples"),
