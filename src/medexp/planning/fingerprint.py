@@ -6,7 +6,8 @@ the thinnest foreground is), whether the anatomy has one orientation (mirroring 
 that never occur), and a leakage report (patients, or near-identical images, in two splits).
 
 Every case is read once, in parallel threads (image decoding releases the GIL), with the data module's own loader,
-so the fingerprint sees exactly what training will read. Only file-based segmentation data is fingerprinted so far.
+so the fingerprint sees exactly what training will read. Classification and detection data are fingerprinted by
+``medexp.planning.image_fingerprint``.
 """
 from __future__ import annotations
 
@@ -34,22 +35,29 @@ HU_AIR, HU_BONE = -500.0, 300.0  # stored values below and above these in one im
 
 
 @dataclass(frozen=True)
-class CaseFigures:
-    """What one case contributes to the fingerprint."""
+class SampledCase:
+    """What every case contributes, whatever the task: who and where it is, its size, a sample of its voxels and a
+    thumbnail for near-duplicates."""
 
     case_id: str
     patient_id: str
     split: str
     shape: tuple[int, ...]
-    spacing: tuple[float, ...]
     channels: int
     image_sample: np.ndarray  # (channels, n) strided sample of all voxels
-    foreground_sample: np.ndarray  # (channels, m) strided sample of foreground voxels
-    class_counts: np.ndarray  # voxels per class index
-    components: int  # connected foreground structures
-    half_thickness: float  # foreground voxels per boundary voxel: half the width of a strip, the radius/2 of a disk
-    mask_grid: np.ndarray  # foreground resampled to ORIENTATION_GRID cells per axis (bool)
     thumbnail: np.ndarray  # the image (channel mean) on THUMBNAIL_CELLS cells per axis
+
+
+@dataclass(frozen=True)
+class CaseFigures(SampledCase):
+    """What one segmentation case contributes to the fingerprint."""
+
+    spacing: tuple[float, ...] = ()
+    foreground_sample: np.ndarray | None = None  # (channels, m) strided sample of foreground voxels
+    class_counts: np.ndarray | None = None  # voxels per class index
+    components: int = 0  # connected foreground structures
+    half_thickness: float = 0.0  # foreground voxels per boundary voxel: half the width of a strip, the radius/2 of a disk
+    mask_grid: np.ndarray | None = None  # foreground resampled to ORIENTATION_GRID cells per axis (bool)
 
 
 def dataset_digest(records: Sequence[Mapping[str, Any]], reading: Mapping[str, Any]) -> str:
@@ -75,8 +83,9 @@ def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = Non
 
     kind = task_kind(str(data.get("_target_", "")))
     if kind != "segmentation":
-        raise ConfigError(f"medexp-plan plans segmentation data so far; data={data.get('name')} is {kind} data: "
-                          "train it with medexp-train and a recipe")
+        from medexp.planning.image_fingerprint import fingerprint_images
+
+        return fingerprint_images(data, kind, cache_dir, workers)
     split_options = dict(data.get("split") or {})
     if data.get("fold") is not None:
         split_options.update(kind="kfold", fold=data["fold"], num_folds=data.get("num_folds", 5))

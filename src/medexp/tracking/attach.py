@@ -23,6 +23,7 @@ from medexp.errors import ConfigError
 from medexp.hydra_setup import in_multirun
 from medexp.redact import redact_file, redact_text
 from medexp.tracking.http import http_unanswered
+from medexp.tracking.plan import ARTIFACT_PATH, plan_files, plan_tags
 from medexp.tracking.views import RUNS_QUERY
 
 PROBE_TIMEOUT_S = 5.0
@@ -185,7 +186,8 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
         tracking.callbacks.append(RunRecorder(tracking.mlflow, config, run_dir, tags=run_tags(cfg),
                                               fingerprint=datamodule.fingerprint, resumed=resumed,
                                               choices=hydra_choices(), overridden=overridden_keys(),
-                                              model_files=model_files))
+                                              model_files=model_files,
+                                              attachments=[(path, ARTIFACT_PATH) for path in plan_files(cfg)]))
     return tracking
 
 
@@ -239,4 +241,5 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         tags["hydra.overrides"] = redact_text(" ".join(HydraConfig.get().overrides.task)) or "(none)"
         tags.update({f"choice.{k}": v for k, v in hydra_choices().items() if not k.startswith("hydra/")})
     tags.update({str(tag): "true" for tag in cfg.get("tags") or []})
+    tags.update(plan_tags(cfg))
     return tags

@@ -231,7 +231,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # config groups that say where and how a run is recorded, not what it is: kept in config.yaml, not as params
-_NOT_COMPARED = ("callbacks", "logger", "paths", "tracking", "hydra")
+_NOT_COMPARED = ("callbacks", "logger", "paths", "tracking", "hydra", "plan")  # plan: tags and artifacts
 _PATH_NAMES = ("dir", "dirpath", "root", "path", "data_dir", "output_dir")
 
 
@@ -273,8 +273,8 @@ class RunRecorder(pl.Callback):
     """Records a run's params, tags and artifacts in its MLflow run (rank zero only, on the logger's queue).
 
     - fit start: flattened resolved config as params; tags (git, overrides, dataset fingerprint); config.yaml
-      (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON; the run id into the run
-      directory for resume;
+      (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON, ``attachments`` (the
+      plan's files, ``medexp.tracking.plan``); the run id into the run directory for resume;
     - fit end: the best checkpoint; the run's MLflow model from it where the task has one (the files
       ``model_files(best checkpoint, data module, task, folder)`` writes, given by the caller: training passes
       ``medexp.export.model.write_run_model``; registered as a new version of ``tracking.register_as`` if set); the
@@ -286,8 +286,10 @@ class RunRecorder(pl.Callback):
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
                  fingerprint: Callable[[], Mapping[str, Any]], resumed: bool = False,
                  choices: Mapping[str, str] | None = None, overridden: Sequence[str] = (),
-                 model_files: Callable[[Path, Any, Any, Path], Path | None] | None = None):
+                 model_files: Callable[[Path, Any, Any, Path], Path | None] | None = None,
+                 attachments: Sequence[tuple[Path, str]] = ()):
         self.model_files = model_files
+        self.attachments = list(attachments)  # (file, artifact folder) logged at the start: the plan's files
         self.logger, self.config, self.run_dir = logger, config, Path(run_dir)
         self.tags, self.fingerprint = dict(tags), fingerprint
         self.resumed = resumed
@@ -318,6 +320,8 @@ class RunRecorder(pl.Callback):
         overrides = self.run_dir / ".hydra" / "overrides.yaml"
         if overrides.is_file():
             self._log_file(overrides, "config")
+        for path, folder in self.attachments:
+            self._log_file(path, folder)
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:

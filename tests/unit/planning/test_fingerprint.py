@@ -5,9 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
-from medexp.errors import ConfigError
 from medexp.planning.fingerprint import case_figures, fingerprint_data, leakage, orientation, summarise
 from tests.fixtures_data import write_decathlon_like, write_disks_like
 
@@ -87,11 +85,6 @@ def test_summary_counts_classes_per_split():
     assert fp["cases_per_split"] == {"train": 1, "val": 1, "test": 1}
     assert fp["classes"]["case_fraction"] == [1.0, 1.0]
     assert 0.05 < fp["classes"]["voxel_fraction"][1] < 0.15  # a disk of radius 6 in 32x32: ~0.1
-
-
-def test_classification_data_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="plans segmentation data so far"):
-        fingerprint_data({"_target_": "medexp.data.synthetic.SyntheticLesionDataModule", "name": "synthetic"})
 
 
 def test_foreground_fraction_counts_only_cases_with_foreground():
