@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 
 from medexp.data.medmnist import MedMNISTDataModule, download, load_medmnist
 from medexp.errors import DataError
@@ -88,7 +89,8 @@ def test_3d_volumes_become_one_channel_volumes(tmp_path):
     dm = module(tmp_path, spatial_dims=3)
     dm.setup()
     images, labels = dm.tensors["train"]
-    assert images.shape == (6, 1, 8, 8, 8) and dm.image_shape == [1, 8, 8, 8]
+    assert images.shape == (6, 1, 8, 8, 8) and dm.image_shape == [1, 8, 8, 8] and images.dtype == torch.uint8
+    images = dm.standardise(images)
     expected = (arrays["train_images"][:, None] / 255.0 - dm.mean[0]) / dm.std[0]
     assert np.allclose(images.numpy(), expected, atol=1e-5)
     (batch, _), *_ = list(dm.train_dataloader())
