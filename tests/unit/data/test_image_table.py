@@ -191,3 +191,19 @@ def test_class_folders_with_png_and_dicom_series_volumes(tmp_path):
     assert sorted(dm.arrays.labels["test"].tolist()) == [0, 1]
     with pytest.raises(DataError, match="has 3 spatial axes .* data.spatial_dims=2"):
         ImageTableDataModule(root=str(root), batch_size=2).setup()
+
+
+def test_enhancement_is_applied_once_at_decode_and_alike_to_new_images(tmp_path):
+    names = gray_pngs(tmp_path / "img", 12, size=24)
+    rows = [{"image": n, "label": i % 2, "split": (["train"] * 8 + ["val"] * 2 + ["test"] * 2)[i]}
+            for i, n in enumerate(names)]
+    table = write_table(tmp_path / "labels.csv", rows)
+    preprocessing = {"clahe": 0.03, "contrast": 1.5}
+    dm = module(table, split_column="split", preprocessing=preprocessing)
+    stored = dm.arrays.images["test"]
+    expected = Preprocessing.from_config(preprocessing)(read_image_file(tmp_path / names[10]))
+    assert stored.dtype == np.uint8 and np.array_equal(stored[0], expected)
+    assert not np.array_equal(stored[0], read_image_file(tmp_path / names[10]))
+    (new,) = next(iter(dm.prediction_loader([str(tmp_path / names[10])], batch_size=1)))
+    batch, _ = next(iter(dm.test_dataloader()))
+    assert np.array_equal(new[0].numpy(), batch[0].numpy())
