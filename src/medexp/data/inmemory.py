@@ -149,6 +149,7 @@ class InMemoryClassificationDataModule(MedexpDataModule):
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean = self.std = None
         self.input_scale: float | None = None  # stored images are divided by it first (integers: 255), see standardise
+        self._statistics: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # mean/std tensors, one device
         self.sample_weights: torch.Tensor | None = None  # data.sampler=balanced: one per training image
         self.image_shape: list[int] | None = None  # (C, H, W) or (C, D, H, W) of the training images
         self._augment = None
@@ -289,10 +290,17 @@ class InMemoryClassificationDataModule(MedexpDataModule):
         per-channel mean/std."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
         scale = self.input_scale if self.input_scale is not None else stored_scale(_numpy_dtype(tensor))
-        shape = (1, -1) + (1,) * (tensor.ndim - 2)
-        mean = torch.tensor(self.mean, device=tensor.device).view(shape)
-        std = torch.tensor(self.std, device=tensor.device).view(shape)
+        mean, std = self._statistics_on(tensor.device, tensor.ndim)
         return (tensor.float() / scale - mean) / std
+
+    def _statistics_on(self, device: torch.device, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std shaped for ``(N, C, *spatial)`` on ``device``, made once: a copy to a GPU on every batch
+        would wait for the work queued before it."""
+        key = (str(device), ndim, tuple(self.mean), tuple(self.std))
+        if key not in self._statistics:
+            shape = (1, -1) + (1,) * (ndim - 2)
+            self._statistics = {key: tuple(torch.tensor(v, device=device).view(shape) for v in (self.mean, self.std))}
+        return self._statistics[key]
 
     # -- checkpoints: what new images need, so medexp-predict works without the training data ------------------
     def state_dict(self) -> dict:
