@@ -2,9 +2,9 @@
 
 No worker processes and no per-sample Python: each batch is one index into a tensor, standardised and augmented in
 one batched call (``BatchAugmentation``) on the device. The images stay resident as stored (8-bit sets as uint8, a
-quarter of float32's bytes): each batch becomes float when it is taken. Under DDP every rank takes its own share of the indices: equal shares of a
-shared permutation for training (ranks must step together), and an unpadded share for evaluation so that metrics,
-gathered by torchmetrics, count every sample exactly once.
+quarter of float32's bytes): each batch becomes float when it is taken. Under DDP every rank takes its own share of
+the indices: equal shares of a shared permutation (or weighted draw) for training (ranks must step together), and
+an unpadded share for evaluation so that metrics, gathered by torchmetrics, count every sample exactly once.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ SPLITS = ("train", "val", "test")
 
 
 INTEGER_SCALE = 255.0  # stored integer images are divided by it before standardising (8-bit to [0, 1])
-STATISTICS_CHUNK = 1024  # images per step when the training set's mean/std are summed (no float copy of the set)
+STATISTICS_CHUNK = 1 << 24  # values per step when the training set's mean/std are summed (no float copy of it)
 
 
 def stored_scale(dtype: np.dtype) -> float:
@@ -289,7 +289,9 @@ class InMemoryClassificationDataModule(MedexpDataModule):
         training images' scale (integer images by 255, float images by 1), then standardised by the training set's
         per-channel mean/std."""
         tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
-        scale = self.input_scale if self.input_scale is not None else stored_scale(_numpy_dtype(tensor))
+        scale = self.input_scale  # from a checkpoint older than it: by the dtype of the images given, as then
+        if scale is None:
+            scale = 1.0 if tensor.is_floating_point() else INTEGER_SCALE
         mean, std = self._statistics_on(tensor.device, tensor.ndim)
         return (tensor.float() / scale - mean) / std
 
@@ -349,7 +351,7 @@ class InMemoryClassificationDataModule(MedexpDataModule):
 def channel_statistics(images: np.ndarray, scale: float) -> tuple[list[float], list[float]]:
     """Per-channel mean and (unbiased) std of ``images / scale``, summed in float64 over chunks of the set: no
     float copy of the whole set exists at any time."""
-    per_chunk = max(1, (1 << 24) // max(1, int(np.prod(images.shape[1:]))))
+    per_chunk = max(1, STATISTICS_CHUNK // max(1, int(np.prod(images.shape[1:]))))
     total = squares = 0.0
     for start in range(0, len(images), per_chunk):
         chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + per_chunk])).double() / scale
@@ -364,7 +366,7 @@ def channel_statistics(images: np.ndarray, scale: float) -> tuple[list[float], l
 
 def resident(images: np.ndarray) -> torch.Tensor:
     """Stored images as a tensor in their own dtype, sharing the array's memory; unsigned types wider than 8 bits
-    (16-bit PNG) widen to int32, which torch indexes on every device (its uint16 lacks GPU kernels)."""
+    (16-bit PNG) widen to int32, which every torch operation and device supports (uint16 has few kernels)."""
     if images.dtype.kind == "u" and images.dtype.itemsize > 1:
         images = images.astype(np.int32)
     return torch.from_numpy(np.ascontiguousarray(images))
@@ -377,10 +379,6 @@ def balanced_weights(labels: np.ndarray) -> torch.Tensor:
                           "image): use task.class_weights=balanced instead")
     counts = np.bincount(labels)
     return torch.from_numpy(1.0 / counts[labels]).double()
-
-
-def _numpy_dtype(tensor: torch.Tensor) -> np.dtype:
-    return np.dtype(str(tensor.dtype).removeprefix("torch."))
 
 
 def fit_to_shape(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:
