@@ -2,7 +2,7 @@
 against PyTorch on the run's real cases (``medexp-export``, ``medexp.workflows.export``, does both).
 
 Both files have one input, ``image``, with a free batch axis. A classifier's takes the MLflow model's input
-(float32 ``(N, C, H, W)`` as stored, 0-255) and gives its output (``probabilities``: ``(N, classes)``); the
+(float32 ``(N, C, H, W)`` as stored: 0-255 for 8-bit data) and gives its output (``probabilities``: ``(N, classes)``); the
 normalisation statistics are constants in the graph. A segmentation model's graph (``DeployableSegmenter``) takes
 float32 ``(N, C, *spatial)`` stored intensities already on the working grid (the recipe's resampling and resizing
 done by the caller) and gives ``probabilities`` ``(N, classes, *spatial)``: the intensity preprocessing (per image

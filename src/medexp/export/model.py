@@ -2,8 +2,8 @@
 
 Classification (``DeployableClassifier``): the data module's test-time intensity preprocessing (8-bit scaling and
 the training set's per-channel mean/std, baked in as constants), the network and the task's probability function,
-one traced graph. Its one input, ``image``, is float32 ``(N, C, H, W)`` in the stored intensity scale (0-255), with
-a dynamic batch axis; its output is ``(N, classes)`` probabilities, what ``medexp-predict`` writes for the same images.
+one traced graph. Its one input, ``image``, is float32 ``(N, C, H, W)`` in the stored intensity scale (0-255 for
+8-bit sets; a set stored as floats, e.g. windowed CT, as its floats), with a dynamic batch axis; its output is ``(N, classes)`` probabilities, what ``medexp-predict`` writes for the same images.
 The MLflow model, ONNX and TorchScript files all hold that graph.
 
 Segmentation (``SegmentationPredictor``, the MLflow model): float32 ``(N, C, *spatial)`` intensities as stored, on
@@ -33,11 +33,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from medexp.data.inmemory import INTEGER_SCALE
 from medexp.errors import ConfigError
 from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, META, SEGMENTATION, TORCHSCRIPT
 from medexp.factory import Loaded, load_for_inference
 
-STORED_SCALE = 255.0  # medexp's in-memory sets (MedMNIST, synthetic) store 8-bit images; _as_float divides by it
 EXAMPLE_SIZE = 2
 
 
@@ -52,9 +52,10 @@ class DeployableClassifier(nn.Module):
     """Stored images -> class (or label) probabilities, the way ``medexp-predict`` computes them."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], multi_label: bool,
-                 spatial_dims: int = 2):
+                 spatial_dims: int = 2, scale: float = INTEGER_SCALE):
         super().__init__()
         self.net = net
+        self.scale = float(scale)  # the training images' (InMemoryClassificationDataModule.input_scale)
         shape = (1, -1) + (1,) * spatial_dims  # per channel, over (N, C, *spatial)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(shape))
@@ -62,7 +63,7 @@ class DeployableClassifier(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # the same operations, in the same order, as InMemoryClassificationDataModule.standardise: bit-identical input
-        x = (image / STORED_SCALE - self.mean) / self.std
+        x = (image / self.scale - self.mean) / self.std
         logits = self.net(x).float()
         return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
@@ -136,8 +137,10 @@ def deployable(loaded: Loaded) -> nn.Module:
                           "classification and segmentation): use medexp-predict for it")
     if datamodule.mean is None:
         datamodule.setup()  # an old checkpoint without its normalisation statistics: read the training set
+    # a checkpoint from before the scale was saved: its sets were 8-bit (the only kind it exported correctly)
+    scale = datamodule.input_scale if datamodule.input_scale is not None else INTEGER_SCALE
     return DeployableClassifier(task.net, datamodule.mean, datamodule.std, task.multi_label,
-                                datamodule.spatial_dims).eval()
+                                datamodule.spatial_dims, scale).eval()
 
 
 def stored_test_images(datamodule, limit: int | None = None) -> np.ndarray:

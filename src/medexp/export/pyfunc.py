@@ -26,7 +26,7 @@ MODEL_ARTIFACT = "model"  # runs:/<run id>/model
 
 
 class MedexpPyfunc(mlflow.pyfunc.PythonModel):
-    """float32 ``(N, C, H, W)`` images as stored (0-255) -> float32 ``(N, classes)`` probabilities."""
+    """float32 ``(N, C, H, W)`` images as stored (0-255 for 8-bit data) -> float32 ``(N, classes)`` probabilities."""
 
     # validated by the model's tensor signature, not by type hints (MLflow warns on every import without either)
     _skip_type_hint_validation = True
@@ -99,7 +99,7 @@ def save_model(folder: Path, path: Path) -> None:
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])), OUTPUT_NAME)]),
         )
-        metadata = {"class_names": meta["class_names"], "input": "float32 (N, C, H, W) as stored (0-255), not "
+        metadata = {"class_names": meta["class_names"], "input": "float32 (N, C, H, W) as stored (0-255 for 8-bit data), not "
                     "normalised", "output": "float32 (N, classes) probabilities"}
     else:  # segmentation: channels fixed, spatial axes free
         python_model, artifacts = MedexpSegmentationPyfunc(), {}

@@ -81,3 +81,24 @@ def test_deployed_standardisation_matches_the_data_module_per_channel_in_3d():
     # sigmoid of the flattened standardised input: compare before the sigmoid
     seen = torch.logit(deployed(torch.from_numpy(stored).float()), eps=0).view(3, 2, 4, 5, 6)
     assert torch.allclose(seen, dm.standardise(stored), atol=1e-4)
+
+
+def test_deployed_classifier_of_float_images_takes_them_as_training_did():
+    """A set stored as floats (CT in Hounsfield units, windowed images) is not divided by 255 in training: the
+    deployed graph must not divide it either (it did, for every set)."""
+    from types import SimpleNamespace
+
+    from medexp.export.model import deployable
+    from tests.unit.data.test_inmemory import Arrays
+
+    rng = np.random.default_rng(0)
+    images = {s: rng.normal(-300, 200, (n, 1, 8, 8)).astype(np.float32) for s, n in
+              [("train", 40), ("val", 8), ("test", 8)]}
+    datamodule = Arrays(images, {s: np.arange(len(x)) % 2 for s, x in images.items()})
+    datamodule.setup()
+    network = Seen(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)))
+    task = SimpleNamespace(task_kind="classification", net=network, multi_label=False)
+    with torch.no_grad():
+        deployable(SimpleNamespace(datamodule=datamodule, task=task))(torch.from_numpy(stored_test_images(datamodule)))
+    batch, _ = next(iter(datamodule.test_dataloader()))
+    assert torch.equal(network.input, batch)
