@@ -20,7 +20,7 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, LABELS_NAME, META, OUTPUT_NAME, TORCHSCRIPT
+from medexp.export import CHECKPOINT, CLASSIFICATION, DETECTION, EXAMPLE, LABELS_NAME, META, OUTPUT_NAME, TORCHSCRIPT
 
 MODEL_ARTIFACT = "model"  # runs:/<run id>/model
 
@@ -62,14 +62,53 @@ class MedexpSegmentationPyfunc(mlflow.pyfunc.PythonModel):
         return self.model(np.asarray(model_input, dtype=np.float32), probabilities=probabilities)
 
 
+class MedexpDetectionPyfunc(mlflow.pyfunc.PythonModel):
+    """float32 ``(N, C, *spatial)`` intensities as stored -> per image ``{"boxes", "scores", "labels", "classes"}``,
+    boxes on the input's own grid in the datalist's box convention (what ``medexp-predict`` writes)."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        from medexp.export.model import DetectionPredictor
+
+        self.model = DetectionPredictor.from_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None) -> list[dict]:
+        return self.model(np.asarray(model_input, dtype=np.float32))
+
+
+def input_grid(meta: dict) -> str:
+    """Which grid a file-based model's input must be on, in words."""
+    grid = (f"already resampled to the training voxel spacing {meta['training_spacing']} (the model cannot resample "
+            "an array: it has no spacing)" if meta["training_spacing"] else "on the stored grid (not resampled)")
+    if meta["resize"]:
+        grid += f"; any size: resized to {meta['resize']} inside the model"
+    return grid
+
+
+def detection_metadata(meta: dict) -> dict:
+    """What a caller must know about a detection model's input and output, in words (the MLmodel's metadata)."""
+    axes = "(N, C, H, W)" if meta["spatial_dims"] == 2 else "(N, C, D, H, W)"
+    windows = f", sliding windows of {meta['sw_roi_size']}" if meta["sw_roi_size"] else ""
+    return {
+        "kind": meta["kind"], "class_names": meta["class_names"], "preprocessing": meta["preprocessing"],
+        "training_spacing": meta["training_spacing"], "box_mode": meta["box_mode"], "box_axes": meta["box_axes"],
+        "input": f"float32 {axes} raw intensities as stored, channels first (no normalisation by the caller), "
+                 f"{input_grid(meta)}",
+        "output": f"per image a dict: boxes (MONAI box mode {meta['box_mode']}, axis order {meta['box_axes']}: "
+                  "the datalist's convention, on the input's own pixel grid), scores, labels (indices into "
+                  "class_names), classes; best first",
+        "inference": f"RetinaNet{windows}; boxes scoring at least {meta['score_thresh']}, NMS at IoU "
+                     f"{meta['nms_thresh']}, at most {meta['detections_per_image']} per image: what medexp-predict "
+                     "writes to detections.json for the same image files",
+    }
+
+
 def segmentation_metadata(meta: dict) -> dict:
     """What a caller must know about a segmentation model's input and output, in words (the MLmodel's metadata)."""
     axes = "(N, C, H, W)" if meta["spatial_dims"] == 2 else "(N, C, D, H, W)"
     spatial = "(N, H, W)" if meta["spatial_dims"] == 2 else "(N, D, H, W)"
-    grid = (f"already resampled to the training voxel spacing {meta['training_spacing']} (the model cannot resample "
-            "an array: it has no spacing)" if meta["training_spacing"] else "on the stored grid (not resampled)")
-    if meta["resize"]:
-        grid += f"; any size: resized to {meta['resize']} inside the model, the label map returned at the input size"
+    grid = input_grid(meta) + (", the label map returned at the input size" if meta["resize"] else "")
     mirroring = f", mirrored along axes {meta['mirrored_axes']} and averaged" if meta["mirrored_axes"] else ""
     return {
         "kind": meta["kind"], "class_names": meta["class_names"], "preprocessing": meta["preprocessing"],
@@ -101,15 +140,19 @@ def save_model(folder: Path, path: Path) -> None:
         )
         metadata = {"class_names": meta["class_names"], "input": "float32 (N, C, H, W) as stored (0-255), not "
                     "normalised", "output": "float32 (N, classes) probabilities"}
-    else:  # segmentation: channels fixed, spatial axes free
-        python_model, artifacts = MedexpSegmentationPyfunc(), {}
+    else:  # segmentation, detection: channels fixed, spatial axes free
         free = (-1,) * meta["spatial_dims"]
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], *free))]),
-            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *free), LABELS_NAME)]),
-            params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
-        )
-        metadata = segmentation_metadata(meta)
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], *free))])
+        if meta["kind"] == DETECTION:  # a list of dicts out, as many boxes as found: no tensor schema describes it
+            python_model, artifacts = MedexpDetectionPyfunc(), {}
+            signature, metadata = ModelSignature(inputs=inputs), detection_metadata(meta)
+        else:
+            python_model, artifacts = MedexpSegmentationPyfunc(), {}
+            signature = ModelSignature(
+                inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *free), LABELS_NAME)]),
+                params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
+            )
+            metadata = segmentation_metadata(meta)
         requirements.append(f"medexp=={version('medexp')}")  # the pipeline is medexp's own code
     # requirements given, not inferred: inferring them loads the model in a subprocess (seconds per run)
     mlflow.pyfunc.save_model(
