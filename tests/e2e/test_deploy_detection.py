@@ -20,7 +20,9 @@ from tests.e2e.test_bccd import BCCD, write_subset
 from tests.e2e.test_deploy_segmentation import tracked_run
 
 REGISTERED = "medexp_test_detector"
-pytestmark = pytest.mark.skipif(not (BCCD / "Annotations").is_dir(), reason=f"BCCD not found at {BCCD}")
+# a short real run and RetinaNet on 480 x 640 photographs: about 5 minutes of one core in all
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(not (BCCD / "Annotations").is_dir(), reason=f"BCCD not found at {BCCD}")]
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +91,6 @@ def test_medexp_predict_takes_a_detection_models_uris(bccd_run, tmp_path):
         assert_same_detections(written_detections(model_uri, files, tmp_path / name)["cases"], expected)
 
 
-@pytest.mark.slow
 def test_registered_detection_model_served_over_http_answers_invocations(bccd_run, tmp_path):
     from tests.e2e.test_deploy import serving
 
