@@ -45,13 +45,15 @@ def test_monai_s_own_deprecated_argument_in_hd95_is_not_shown():
     assert [str(w.message) for w in caught] == ["a deprecation a user should see"]
 
 
-def test_the_detector_s_matcher_line_is_not_logged_and_other_root_lines_are(caplog):
+def test_the_detector_s_matcher_and_sampler_lines_are_not_logged_and_other_root_lines_are(caplog):
     from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
+    from monai.apps.detection.utils.hard_negative_sampler import HardNegativeSampler
     from monai.data.box_utils import box_iou
 
     quiet_libraries()
     with caplog.at_level(logging.INFO):
         ATSSMatcher(num_candidates=4, similarity_fn=box_iou, center_in_gt=False)
+        HardNegativeSampler(batch_size_per_image=64, positive_fraction=0.3)
         logging.info("a line of the user's own")
     assert [record.getMessage() for record in caplog.records] == ["a line of the user's own"]
 

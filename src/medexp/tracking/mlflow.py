@@ -83,10 +83,13 @@ class MlflowRunLogger(Logger):
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
-    def log_model(self, folder: Path, register_as: str | None = None) -> None:
-        """Log the files ``medexp.export.model.write_model_files`` wrote as the run's MLflow model (``model``),
-        registered as a new version of ``register_as`` if given."""
-        self._send("model", folder=str(Path(folder).resolve()), register_as=register_as)
+    def log_model(self, folder: Path, register_as: str | None = None, monitor: str | None = None,
+                  monitor_mode: str = "max") -> None:
+        """Log the files ``medexp.export.model.write_model_files`` wrote as the run's MLflow model (``model``, a
+        LoggedModel linked to the step of the best ``monitor`` value), registered as a new version of
+        ``register_as`` if given."""
+        self._send("model", folder=str(Path(folder).resolve()), register_as=register_as, monitor=monitor,
+                   monitor_mode=monitor_mode)
 
     def set_runs_view(self, state: str) -> None:
         """The experiment's ``medexp`` view of the runs table (``medexp.tracking.views``)."""
@@ -334,7 +337,8 @@ class RunRecorder(pl.Callback):
     def _log_model(self, best: Path, datamodule, task) -> None:
         folder = self.model_files(best, datamodule, task, self.run_dir / "model") if self.model_files else None
         if folder is not None:
-            self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
+            self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"), task.monitor,
+                                  task.monitor_mode)
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:
