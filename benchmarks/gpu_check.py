@@ -79,7 +79,7 @@ def dynunet_3d(work: Path) -> list:
     for workers in (0, WORKERS):
         run_dir = work / f"dynunet-{workers}"
         command = [os.environ.get("MEDEXP_TRAIN", str(Path(sys.executable).parent / "medexp-train")),
-                   "data=decathlon", f"data.root={root}", "data.num_classes=3", "model=dynunet", "logger=csv",
+                   "task=segmentation", "data=decathlon", f"data.root={root}", "data.num_classes=3", "model=dynunet", "logger=csv",
                    "data.preprocessing.spacing=null", f"data.patch_size=[{patch},{patch},{patch}]",
                    "data.split.test_ratio=0", "test=false", f"data.num_workers={workers}",
                    f"trainer.max_epochs={epochs}", "trainer.precision=bf16-mixed",

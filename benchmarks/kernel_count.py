@@ -4,7 +4,7 @@ number of kernels a step launches is what its time follows.
 ``count_step(step, device)`` profiles one call of ``step``; ``KernelCounter`` profiles one training step of a
 ``medexp-train`` run (add it with ``+callbacks.kernels._target_=kernel_count.KernelCounter
 +callbacks.kernels.out=<file>`` and ``benchmarks/`` on PYTHONPATH) and writes ``{"kernels_per_step": n}``.
-On a CPU there are no kernels: the count is of the aten operators the step ran (``unit`` says which).
+On a CPU there are no kernels: the count is of the outermost aten operators the step ran (``unit`` says which).
 """
 from __future__ import annotations
 
@@ -20,9 +20,19 @@ from torch.profiler import ProfilerActivity, profile
 def _count(prof, device: torch.device) -> dict:
     if device.type == "cuda":
         return {"kernels_per_step": sum(e.device_type == torch.autograd.DeviceType.CUDA for e in prof.events()),
-                "unit": "cuda kernels"}
-    return {"kernels_per_step": sum(e.name.startswith("aten::") and e.cpu_parent is None for e in prof.events()),
-            "unit": "top-level aten ops (cpu)"}
+                "unit": "cuda kernels, copies and memsets"}
+    return {"kernels_per_step": sum(e.name.startswith("aten::") and not _inside_aten(e) for e in prof.events()),
+            "unit": "outermost aten ops (cpu)"}
+
+
+def _inside_aten(event) -> bool:
+    """Whether an aten operator encloses this event (its own kernels are not counted apart)."""
+    parent = event.cpu_parent
+    while parent is not None:
+        if parent.name.startswith("aten::"):
+            return True
+        parent = parent.cpu_parent
+    return False
 
 
 def _profiler(device: torch.device):
