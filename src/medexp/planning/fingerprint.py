@@ -74,18 +74,13 @@ def dataset_digest(records: Sequence[Mapping[str, Any]], reading: Mapping[str, A
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = None, workers: int | None = None,
-                     ) -> dict[str, Any]:
-    """The fingerprint of the dataset a resolved data config (``cfg.data`` as a plain dict) describes; read from
-    ``cache_dir/<digest>.json`` when this exact dataset was fingerprinted before."""
+def fingerprint_segmentation(data: Mapping[str, Any], cache_dir: str | Path | None = None,
+                             workers: int | None = None) -> dict[str, Any]:
+    """The fingerprint of the segmentation dataset a resolved data config (``cfg.data`` as a plain dict) describes;
+    read from ``cache_dir/<digest>.json`` when this exact dataset was fingerprinted before."""
     from medexp.data.datalist import build_datalist
     from medexp.data.splits import split_from_config
 
-    kind = task_kind(str(data.get("_target_", "")))
-    if kind != "segmentation":
-        from medexp.planning.image_fingerprint import fingerprint_images
-
-        return fingerprint_images(data, kind, cache_dir, workers)
     split_options = dict(data.get("split") or {})
     if data.get("fold") is not None:
         split_options.update(kind="kfold", fold=data["fold"], num_folds=data.get("num_folds", 5))
@@ -100,7 +95,7 @@ def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = Non
         return json.loads(cached.read_text())
     started = time.perf_counter()
     cases = read_cases(assigned, data, workers)
-    fingerprint = summarise(cases, kind, int(data.get("spatial_dims", 2)), int(data.get("num_classes", 2)))
+    fingerprint = summarise(cases, "segmentation", int(data.get("spatial_dims", 2)), int(data.get("num_classes", 2)))
     fingerprint.update(digest=digest, dataset=data.get("name"), seconds=round(time.perf_counter() - started, 2))
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

@@ -283,7 +283,7 @@ def source_files(records: Sequence[Mapping[str, Any]]) -> list[dict]:
 
 def fingerprint_images(data: Mapping[str, Any], kind: str, cache_dir: str | Path | None, workers: int | None = None,
                        ) -> dict[str, Any]:
-    """The fingerprint of classification or detection data (``fingerprint.fingerprint_data`` dispatches here)."""
+    """The fingerprint of classification or detection data (``planner.fingerprint_data`` dispatches here)."""
     import json
     import time
 

@@ -28,12 +28,24 @@ class PlanResult:
     schedule: Schedule
 
 
+def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = None, workers: int | None = None,
+                     ) -> dict[str, Any]:
+    """The fingerprint of the dataset a resolved data config describes, cached by its digest: segmentation's
+    (``fingerprint``) or classification's and detection's (``image_fingerprint``)."""
+    from medexp.planning.fingerprint import fingerprint_segmentation, task_kind
+    from medexp.planning.image_fingerprint import fingerprint_images
+
+    kind = task_kind(str(data.get("_target_", "")))
+    if kind == "segmentation":
+        return fingerprint_segmentation(data, cache_dir, workers)
+    return fingerprint_images(data, kind, cache_dir, workers)
+
+
 def plan_experiment(data: Mapping[str, Any], budget: str | float, device: str, output: str | Path,
                     name: str | None = None, allow_leaks: bool = False, cache_dir: str | Path | None = None,
                     ) -> PlanResult:
     """Plan and write the experiment for the dataset ``data`` (a resolved data config as a plain dict)."""
     from medexp.callbacks.budget import parse_duration
-    from medexp.planning.fingerprint import fingerprint_data
     from medexp.planning.writer import experiment_name, write_plan
 
     if device not in DEVICES:

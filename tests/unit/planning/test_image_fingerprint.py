@@ -7,13 +7,13 @@ import pytest
 from PIL import Image
 
 from medexp.errors import ConfigError
-from medexp.planning.fingerprint import fingerprint_data
 from medexp.planning.image_fingerprint import (
     classification_summary,
     detection_summary,
     image_figures,
     max_overlap,
 )
+from medexp.planning.planner import fingerprint_data
 
 SYNTHETIC = {"_target_": "medexp.data.synthetic.SyntheticLesionDataModule", "num_train": 40, "num_val": 10,
              "num_test": 10, "image_size": 32, "generator_seed": 1, "batch_size": 8, "num_classes": 2,
