@@ -152,8 +152,9 @@ def ui_base(uri: str) -> str:
         return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}{parsed.path.rstrip('/')}"
     if not {"MLFLOW_HOST", "MLFLOW_PORT"} & set(os.environ) and uri.startswith("sqlite:///"):
         recorded = Path(uri.removeprefix("sqlite:///")).parent / UI_ADDRESS_FILE
-        if recorded.is_file() and recorded.read_text().strip():
-            return recorded.read_text().strip()
+        address = recorded.read_text().strip() if recorded.is_file() else ""
+        if address:
+            return address
     return f"http://{os.environ.get('MLFLOW_HOST', '127.0.0.1')}:{os.environ.get('MLFLOW_PORT', '5000')}"
 
 
