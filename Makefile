@@ -55,6 +55,7 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 
 ui: $(BIN)/medexp-train  ## MLflow UI over outputs/ on http://$(MLFLOW_HOST):$(MLFLOW_PORT) (loopback only by default)
+	mkdir -p $(OUTPUTS) && echo http://$(MLFLOW_HOST):$(MLFLOW_PORT) > $(OUTPUTS)/mlflow-ui.url  # runs started outside make link here
 	$(QUIET_UI) $(BIN)/mlflow ui --backend-store-uri sqlite:///$(OUTPUTS)/mlflow.db --host $(MLFLOW_HOST) --port $(MLFLOW_PORT)
 
 server: $(BIN)/medexp-train  ## a tracking server runs can log to: MLFLOW_TRACKING_URI=http://$(MLFLOW_HOST):$(MLFLOW_PORT) [DB=postgresql://...]

@@ -33,7 +33,7 @@ from typing import Any
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from medexp.errors import ConfigError, DataError, MedexpError
-from medexp.models.pretrained import SourceWeights
+from medexp.models.pretrained import SourceWeights, weights_file
 
 # the groups evaluation and prediction build from a checkpoint's config
 BUILT_GROUPS = ("data", "model", "task", "optimizer", "scheduler")
@@ -139,22 +139,33 @@ def check_data(config: Mapping[str, Any], source: str) -> None:
 def read(ckpt_path: str | Path, trusted_targets: Sequence[str] = (), trust: bool = False) -> dict:
     """A local medexp checkpoint's contents, its config checked as data and (unless ``trust``) its classes
     against the allowlist."""
-    import torch
-
     path = Path(ckpt_path)
     if not path.is_file():
         raise DataError(f"checkpoint {path} does not exist: give ckpt_path=<a .ckpt written by medexp-train>")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
-    config = ckpt.get("hyper_parameters", {}).get("config") if isinstance(ckpt, Mapping) else None
+    ckpt = _torch_load(path)
+    config = _config(ckpt)
     if not isinstance(config, Mapping):
         raise DataError(f"{path} carries no medexp config: it was not written by medexp-train")
     check_data(config, str(path))
     if not trust:
         check_targets(config, str(path), trusted_targets)
     return ckpt
+
+
+def _torch_load(path: Path) -> Any:
+    """A file's tensors and plain containers (``weights_only``: nothing pickled runs)."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise DataError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def _config(ckpt: Any) -> Any:
+    """The medexp config a checkpoint carries (None for other files)."""
+    hyper_parameters = ckpt.get("hyper_parameters") if isinstance(ckpt, Mapping) else None
+    return hyper_parameters.get("config") if isinstance(hyper_parameters, Mapping) else None
 
 
 def load_checkpoint(ckpt_path: str, trusted_targets: Sequence[str] = (), trust: bool = False,
@@ -245,11 +256,19 @@ def members(ckpt_path: str | Sequence[str]) -> list[str]:
 # -- what other code takes from a checkpoint ---------------------------------------------------------------------
 def read_network(source: str) -> SourceWeights:
     """The network weights of the checkpoint ``source`` names (a path or an MLflow model URI), for fine-tuning:
-    only tensors are taken, nothing of its config is built (its config is still checked as data)."""
+    only tensors are taken, nothing of its config is built (its config is still checked as data). A local file
+    without a medexp config is a weights file (``medexp.models.pretrained.weights_file``)."""
     source = str(source)
-    if not source.startswith(MODEL_URI_SCHEMES) and not Path(source).is_file():
-        raise DataError(f"model.pretrained={source}: no such file; give a .ckpt written by medexp-train, "
-                        "runs:/<run id>/model or models:/<name>/<version>")
+    if not source.startswith(MODEL_URI_SCHEMES):
+        if not Path(source).is_file():
+            raise DataError(f"model.pretrained={source}: no such file; give a .ckpt written by medexp-train, "
+                            "runs:/<run id>/model, models:/<name>/<version> or a weights file (a state dict)")
+        try:
+            content = _torch_load(Path(source))
+        except DataError as exc:
+            raise DataError(f"model.pretrained={source}: {exc}") from None
+        if not isinstance(_config(content), Mapping):
+            return weights_file(source, content)
     try:
         ckpt = load_checkpoint(source, trust=True)
     except DataError as exc:

@@ -63,10 +63,30 @@ def end_job_distributed() -> None:
     """Forget this job's process group and DDP variables so the next job of the sweep starts its own ranks."""
     import torch.distributed as dist
 
+    _retire_rank_observers()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     for name in DDP_ENV:
         os.environ.pop(name, None)
+
+
+def _retire_rank_observers(timeout: float = 60.0) -> None:
+    """Wait for this job's other ranks to exit and stop Lightning's observer of them. The observer thread outlives
+    the job, and a rank that exits non-zero after rank 0 has moved on (gloo can abort in a rank's teardown) makes
+    it SIGKILL rank 0, i.e. the whole sweep, leaving the next job's ranks orphaned (seen in CI: a hung test)."""
+    import subprocess
+    import threading
+
+    for observer in threading.enumerate():
+        ranks = getattr(observer, "_child_processes", None)
+        if observer.name != "child-process-observer" or ranks is None:
+            continue
+        observer._child_processes = []  # its next look finds nothing to watch and ends (Lightning's private state)
+        for rank in ranks:
+            try:
+                rank.wait(timeout)
+            except subprocess.TimeoutExpired:
+                rank.kill()
 
 
 # -- Slurm preemption ----------------------------------------------------------------------------------------------

@@ -143,6 +143,9 @@ def class_weights(spec, datamodule, multi_label: bool = False) -> list[float] | 
     negatives per positive, BCE's ``pos_weight``); a list -> as given."""
     if spec is None:
         return None
+    if getattr(datamodule, "sampler", None) == "balanced":
+        raise ConfigError("task.class_weights and data.sampler=balanced both correct the class imbalance, and "
+                          "together over-correct it: keep one (task.class_weights=null or data.sampler=null)")
     if isinstance(spec, str):
         if spec != "balanced":
             raise ConfigError(f"task.class_weights={spec!r} is not understood: use null, balanced or a list")

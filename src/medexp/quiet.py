@@ -4,8 +4,9 @@ by Hydra's job logging), the ``LeafSpec`` deprecation Lightning triggers under n
 ``log_every_n_steps`` warning (medexp logs per epoch, by design), Lightning's "srun is available" hint on hosts with
 Slurm installed, MONAI's nvImageCodec notices (logged and warned), MONAI's warning that an inversion had
 nothing to undo (``medexp-predict`` on a recipe that neither resamples nor resizes), MONAI's deprecation of an
-argument its own surface-distance metrics pass (HD95 in every segmentation test), the "Running ATSS Matching"
-line MONAI's detector logs to the root logger each time one is built, and MLflow's "Creating initial MLflow
+argument its own surface-distance metrics pass (HD95 in every segmentation test), the "Running ATSS Matching" and
+"Sampling hard negatives" lines MONAI's detector logs to the root logger each time one is built,
+Lightning's warning that a resumed run's checkpoints folder is not empty, and MLflow's "Creating initial MLflow
 database tables..." when a new store is opened (by the writer process, or by a sweep's parent run)."""
 from __future__ import annotations
 
@@ -23,11 +24,14 @@ NOISY_WARNINGS = (
     r"inverse has been called but no invertible transforms have been supplied",
     # MONAI 1.5+ passes this deprecated argument itself, inside compute_hausdorff_distance (nothing for us to change)
     r"monai\.metrics\.utils get_mask_edges:always_return_as_numpy: Argument",
+    # a resumed run goes on in its own checkpoints folder (a new run always gets a folder of its own)
+    r"Checkpoint directory .* exists and is not empty",
 )
 # logging filters, not levels: other messages of these loggers still show (the root logger's included)
 NOISY_LOG_LINES = (
     ("monai.data.nvimgcodec_pydicom_plugin", "nvImageCodec is not available"),
     ("", "Running ATSS Matching"),  # monai.apps.detection's ATSSMatcher, through logging.info
+    ("", "Sampling hard negatives on a per batch basis"),  # its HardNegativeSampler, the same way
 )
 
 

@@ -1,6 +1,7 @@
 """Classification from files end to end: PNG files + a CSV train exactly as the ``.npz`` they came from (2D), NIfTI
 volumes + a CSV exactly as the 3D MedMNIST ``.npz`` (AdrenalMNIST3D), class folders train, a 3D classifier predicts
-on a NIfTI file and a folder, and the file-based module runs under DDP on 2 CPU processes."""
+on a NIfTI file and a folder, and the file-based module runs under DDP on 2 CPU processes (with the balanced
+sampler)."""
 from __future__ import annotations
 
 import csv
@@ -124,8 +125,10 @@ def test_file_table_under_ddp_counts_every_test_image_once(tmp_path, tracking_ur
                      {"train": 128, "val": 41, "test": 51})
     table = write_files(npz, tmp_path / "png", ".png")
     out = tmp_path / "ddp"
+    # the balanced sampler's draw, shared out across the two ranks, must give both as many steps (else DDP hangs)
     done = subprocess.run([str(BIN / "medexp-train"), "trainer=ddp_cpu", "data=image_table", f"data.table={table}",
-                           "data.split_column=split", "model=cnn", "data.batch_size=32", "trainer.max_epochs=1",
+                           "data.split_column=split", "data.sampler=balanced", "model=cnn", "data.batch_size=32",
+                           "trainer.max_epochs=1",
                            "callbacks.progress_bar.refresh_rate=0", f"hydra.run.dir={out}"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
@@ -157,3 +160,61 @@ def test_3d_classifier_report_shows_middle_slices_and_grad_cam_and_exports(tmp_p
                               timeout=600, env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
     assert exported.returncode == 0, exported.stderr[-3000:]
     assert "max |difference| from PyTorch" in exported.stdout
+
+
+def write_dicom_set(folder: Path, series: bool) -> Path:
+    """CT-like cases as DICOM (pydicom): 2D files (``series=False``) or series folders (3D volumes), class 1 a
+    brighter disc in HU, listed in ``labels.csv`` with official splits."""
+    from tests.fixtures_data import write_dicom_series
+
+    rng = np.random.default_rng(5)
+    rows = []
+    yy, xx = np.mgrid[:16, :16]
+    for index in range(48):
+        label, split = index % 2, ["train"] * 32 + ["val"] * 8 + ["test"] * 8
+        disc = ((yy - 8) ** 2 + (xx - 8) ** 2 < 20) * (250 if label else 0)
+        slices = 4 if series else 1
+        volume = (rng.normal(-100, 40, (16, 16, slices)) + disc[..., None]).astype(np.int16)
+        written = write_dicom_series(folder / f"case{index:02d}", volume)
+        image = written if series else next(written.iterdir())
+        rows.append([str(image.relative_to(folder)), label, split[index]])
+    with open(folder / "labels.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["image", "label", "split"], *rows])
+    return folder / "labels.csv"
+
+
+@pytest.mark.parametrize("series", [False, True], ids=["dicom_files", "dicom_series"])
+def test_dicom_table_trains_predicts_on_one_file_and_exports_its_windowed_floats(tmp_path, series):
+    """DICOM cases in HU, windowed to floats in [0, 1] (stored as floats: no 8-bit scaling), trained from a CSV;
+    medexp-predict on one case and on the table, and the exported graph fed the windowed case, all agree."""
+    from medexp.data.image_readers import Preprocessing, read_image_file
+    from medexp.workflows.export import export
+    from medexp.workflows.predict import predict
+
+    table = write_dicom_set(tmp_path / "dicom", series)
+    metrics = train(tmp_path / "run", "data=image_table", f"data.table={table}", "data.split_column=split",
+                    f"data.spatial_dims={3 if series else 2}", "data.preprocessing.window=[-300,300]",
+                    *(["model=resnet10", "model.block_inplanes=[4,8,8,8]"] if series else ["model=cnn"]),
+                    "data.batch_size=8", "trainer.max_epochs=6", "optimizer.lr=0.01", "augmentation=none")
+    assert metrics["test/auroc"] > 0.9
+    (ckpt,) = (tmp_path / "run" / "run" / "checkpoints").glob("best-*.ckpt")
+    case = tmp_path / "dicom" / ("case40" if series else "case40/slice_000.dcm")
+    (one,) = predict(str(ckpt), str(case), tmp_path / "one")["cases"]
+    predict(str(ckpt), str(table), tmp_path / "all")
+    with open(tmp_path / "all" / "predictions.csv") as handle:
+        rows = {Path(row["input"]).resolve(): row for row in csv.DictReader(handle)}
+    with open(tmp_path / "one" / "predictions.csv") as handle:
+        (single,) = list(csv.DictReader(handle))
+    listed = rows[case.resolve()]
+    assert len(rows) == 48 and listed["predicted_class"] == single["predicted_class"]
+    predicted = [float(single["probability_0"]), float(single["probability_1"])]
+    np.testing.assert_allclose([float(listed["probability_0"]), float(listed["probability_1"])], predicted, atol=1e-5)
+    export(str(ckpt), "torchscript", tmp_path / "model.pt")
+    import torch
+
+    windowed = Preprocessing.from_config({"window": [-300, 300]})(read_image_file(case))
+    assert windowed.dtype == np.float32 and windowed.max() <= 1
+    with torch.no_grad():
+        exported = torch.jit.load(str(tmp_path / "model.pt"))(torch.from_numpy(windowed[None]))[0].numpy()
+    np.testing.assert_allclose(exported, predicted, atol=1e-5)
+    assert json.dumps(one)

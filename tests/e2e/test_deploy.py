@@ -7,6 +7,7 @@ deployed code itself.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -14,7 +15,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -61,6 +61,16 @@ def logged_run(tmp_path_factory, migrated_store):
         os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
+def logged_models(uri: str, run_id: str, registered: str) -> list:
+    """The run's MLflow model as its run URI and its first registered version load it, once the run's tags are
+    checked to name both."""
+    import mlflow
+
+    tags = mlflow.MlflowClient(uri).get_run(run_id).data.tags
+    assert tags["model.uri"] == f"runs:/{run_id}/model" and tags["model.registered"] == f"models:/{registered}/1"
+    return [mlflow.pyfunc.load_model(model_uri) for model_uri in (tags["model.uri"], tags["model.registered"])]
+
+
 def predicted(ckpt_path: str, cases: Path, out: Path) -> np.ndarray:
     """``medexp-predict``'s probabilities (one column per class) for the cases, in input order."""
     predict(ckpt_path, str(cases), out)
@@ -81,11 +91,7 @@ def test_run_logs_a_registered_pyfunc_and_its_report(logged_run, tmp_path):
     run_dir, run_id, uri, cases, best = logged_run
     reference = predicted(str(best), cases, tmp_path / "ckpt")
     assert reference.shape == (6, 2) and np.allclose(reference.sum(axis=1), 1, atol=1e-5)
-    run = mlflow.MlflowClient(uri).get_run(run_id)
-    assert run.data.tags["model.uri"] == f"runs:/{run_id}/model"
-    assert run.data.tags["model.registered"] == f"models:/{REGISTERED}/1"
-    for model_uri in (f"runs:/{run_id}/model", f"models:/{REGISTERED}/1"):
-        model = mlflow.pyfunc.load_model(model_uri)
+    for model in logged_models(uri, run_id, REGISTERED):
         (spec,) = model.metadata.get_input_schema().inputs
         assert spec.type == np.dtype(np.float32) and spec.shape == (-1, 1, 32, 32)
         assert model.metadata.get_output_schema().inputs[0].shape == (-1, 2)
@@ -150,29 +156,36 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def serving(model_uri: str, tracking_uri: str, log: Path):
+    """``mlflow models serve`` of ``model_uri`` on a free loopback port (no environment to build, the venv's
+    ``bin`` on PATH for its uvicorn); yields a function that posts a JSON body to ``/invocations`` and returns
+    the answer's ``predictions``."""
+    from tests.e2e.test_tracking_server import wait_until_serving
+
+    port, bin_dir = free_port(), Path(sys.executable).parent
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)],
+                              env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+    def invoke(body: dict):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        return json.load(urllib.request.urlopen(request, timeout=120))["predictions"]
+
+    try:
+        wait_until_serving(f"http://127.0.0.1:{port}", server, log, timeout=120)
+        yield invoke
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
 @pytest.mark.slow
 def test_registered_model_served_over_http_answers_invocations(logged_run, tmp_path):
     run_dir, run_id, uri, cases, best = logged_run
     reference = predicted(str(best), cases, tmp_path / "preds")
-    port, bin_dir = free_port(), Path(sys.executable).parent
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", f"models:/{REGISTERED}/1",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"))
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-2000:]
-                time.sleep(1)
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
-                                         data=json.dumps({"inputs": stored(cases).tolist()}).encode(),
-                                         headers={"Content-Type": "application/json"})
-        answer = json.load(urllib.request.urlopen(request, timeout=60))
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
-    np.testing.assert_allclose(np.array(answer["predictions"]), reference, atol=TOLERANCE)
+    with serving(f"models:/{REGISTERED}/1", uri, tmp_path / "serve.log") as invoke:
+        answer = invoke({"inputs": stored(cases).tolist()})
+    np.testing.assert_allclose(np.array(answer), reference, atol=TOLERANCE)

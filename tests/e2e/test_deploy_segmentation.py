@@ -11,9 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
-import sys
-import urllib.request
 from pathlib import Path
 
 import nibabel as nib
@@ -136,29 +133,13 @@ def test_medexp_predict_takes_a_segmentation_models_uris(photographs, tmp_path):
 
 @pytest.mark.slow
 def test_registered_segmentation_model_served_over_http_answers_invocations(photographs, tmp_path):
-    from tests.e2e.test_deploy import free_port
-    from tests.e2e.test_tracking_server import wait_until_serving
+    from tests.e2e.test_deploy import serving
 
     best, run_id, uri, files = photographs
     expected = np.stack(written_masks(str(best), files, tmp_path)[0])
-    port, bin_dir, log = free_port(), Path(sys.executable).parent, tmp_path / "serve.log"
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
-    server = subprocess.Popen([str(bin_dir / "mlflow"), "models", "serve", "-m", "models:/medexp_test_segmenter/1",
-                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
-                              env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
-
-    def invoke(body: dict):
-        request = urllib.request.Request(f"http://127.0.0.1:{port}/invocations", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
-        return json.load(urllib.request.urlopen(request, timeout=120))["predictions"]
-
-    try:
-        wait_until_serving(f"http://127.0.0.1:{port}", server, log, timeout=120)
+    with serving("models:/medexp_test_segmenter/1", uri, tmp_path / "serve.log") as invoke:
         labels = invoke({"inputs": stored(files).tolist()})
         both = invoke({"inputs": stored(files[:1]).tolist(), "params": {"probabilities": True}})
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
     np.testing.assert_array_equal(np.array(labels), expected)
     np.testing.assert_array_equal(np.array(both["label_map"]), expected[:1])
     assert np.array(both["probabilities"]).shape == (1, 2, 40, 48)

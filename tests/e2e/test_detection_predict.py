@@ -40,6 +40,23 @@ def test_detections_match_the_test_path(detector, tmp_path):
         assert case["labels"] == expected["label"].tolist() and set(case["classes"]) == {"lesion"}
 
 
+def test_the_mlflow_models_predictor_gives_the_written_detections(detector, tmp_path):
+    """What a detection run's MLflow model runs (``DetectionPredictor``, stored arrays in): the boxes, scores,
+    labels and classes medexp-predict writes for the same PNGs (the served model and BCCD: test_deploy_detection)."""
+    from PIL import Image
+
+    from medexp.export.model import DetectionPredictor
+
+    datamodule, _ = restored(detector)
+    images = [record["image"] for record in datamodule.split.test]
+    predict(str(detector), str(Path(images[0]).parent / "test_*.png"), tmp_path)
+    written = json.loads((tmp_path / "detections.json").read_text())["cases"]
+    stored = np.stack([np.asarray(Image.open(path), dtype=np.float32)[None] for path in images])
+    found = DetectionPredictor.from_checkpoint(str(detector))(stored)
+    assert [sorted(case) for case in found] == [["boxes", "classes", "labels", "scores"]] * len(images)
+    assert found == [{key: case[key] for key in ("boxes", "scores", "labels", "classes")} for case in written]
+
+
 def test_medexp_eval_tests_a_detection_checkpoint(detector, tmp_path):
     metrics = evaluate_checkpoint(str(detector), "", "eval", log_to="none", report_dir=tmp_path / "report")
     assert 0.0 <= metrics["test/map"] <= 1.0 and "test/mar" in metrics and 0.0 <= metrics["test/froc"] <= 1.0

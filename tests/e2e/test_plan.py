@@ -1,6 +1,8 @@
 """Plan then train: ``medexp-plan`` on a tiny folder of PNG disks writes a commented experiment that
 ``medexp-train --config-dir`` runs within its budget; ``trainer.budget`` alone ends a run on time with its best
-checkpoint tested."""
+checkpoint tested; ``experiment=auto`` plans and trains a classification set in one command, its run and a sweep
+over the plan carry the plan (tags, artifacts) and the sweep's first trial is the plan; a detection set is planned
+and trained."""
 from __future__ import annotations
 
 import json
@@ -11,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from medexp.workflows.train import run_experiment
 from tests.fixtures_data import write_chase_like, write_disks_like
@@ -66,3 +69,53 @@ def test_budget_ends_a_run_on_time_with_its_best_checkpoint_tested(make_cfg, tmp
     assert "medexp: time budget" in capsys.readouterr().out  # stopped by the budget, not by max_epochs
     assert list((tmp_path / "run" / "checkpoints").glob("best-*.ckpt"))
 
+
+
+@pytest.mark.slow
+def test_experiment_auto_plans_a_classification_set_trains_it_and_a_sweep_starts_from_the_plan(tmp_path,
+                                                                                            tracking_uri):
+    from mlflow.tracking import MlflowClient
+
+    data = ["data=synthetic", "data.num_train=200", "data.num_val=50", "data.num_test=50"]
+    trained = run(BIN / "medexp-train", "experiment=auto", *data, "budget=60s", f"hydra.run.dir={tmp_path / 'run'}",
+                  *QUIET, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    experiment = next((tmp_path / "outputs" / "plans" / "experiment").glob("*.yaml"))
+    text = experiment.read_text()
+    assert "override /model: resnet10" in text and "search:" in text and "class_weights" in text
+    result = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert result["metrics"]["test/auroc"] > 0.8, result  # round against lobulated blobs: learnable in a minute
+    client = MlflowClient(tracking_uri)
+    (single,) = client.search_runs(["1"])
+    assert single.data.tags["medexp.plan"] == experiment.stem and single.data.tags["medexp.plan.digest"]
+    artifacts = {a.path for a in client.list_artifacts(single.info.run_id, "plan")}
+    assert f"plan/{experiment.stem}.yaml" in artifacts and f"plan/{experiment.stem}.fingerprint.json" in artifacts
+
+    swept = run(BIN / "medexp-train", "-m", "--config-dir", tmp_path / "outputs" / "plans",
+                f"experiment={experiment.stem}", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                "trainer.budget=null", "trainer.max_epochs=1", f"hydra.sweep.dir={tmp_path / 'sweep'}", *QUIET,
+                cwd=tmp_path)
+    assert swept.returncode == 0, swept.stderr[-2000:]
+    planned = yaml.safe_load(text)
+    first = next(line for line in swept.stdout.splitlines() if line.startswith("trial 0 "))
+    assert f"optimizer.lr={planned['optimizer']['lr']}" in first and "model.layers=[1,1,1,1]" in first
+    parent = client.search_runs(["1"], filter_string="tags.`sweep.kind` = 'optuna'")[0]
+    assert parent.data.tags["medexp.plan"] == experiment.stem
+    assert "optimizer.lr" in parent.data.params and "model.layers" in parent.data.params  # the plan's space
+    assert {a.path for a in client.list_artifacts(parent.info.run_id, "plan")} == artifacts
+
+
+@pytest.mark.slow
+def test_plan_then_train_synthetic_boxes(tmp_path):
+    data = ["data=synthetic_boxes", f"data.root={tmp_path / 'boxes'}", "data.num_train=48", "data.num_val=12",
+            "data.num_test=12"]
+    planned = run(BIN / "medexp-plan", *data, "budget=120s", f"output={tmp_path / 'conf'}", cwd=tmp_path)
+    assert planned.returncode == 0, planned.stderr[-2000:]
+    experiment = Path(planned.stdout.strip().splitlines()[-1].split()[-1])
+    text = experiment.read_text()
+    assert "override /model: retinanet" in text and "anchor_sizes" in text and "returned_layers" in text
+    trained = run(BIN / "medexp-train", "--config-dir", tmp_path / "conf", f"experiment={experiment.stem}",
+                  "logger=none", f"hydra.run.dir={tmp_path / 'run'}", *QUIET, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())["metrics"]
+    assert "test/ap_iou50" in metrics and "val/ap_iou50" in metrics, metrics

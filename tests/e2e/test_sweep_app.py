@@ -142,9 +142,11 @@ def run_toy(tmp_path: Path, *overrides: str, check: bool = True, multirun: bool 
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
 
-    from medexp.sweeps import register_optuna_sweeper
+    from medexp.hydra_setup import prepare_hydra
 
-    register_optuna_sweeper()  # as medexp-train does: an editable install hides the plugin from Hydra's scan
+    # as medexp-train does: the sweeper registered (an editable install hides the plugin from Hydra's scan), a
+    # sweeper's user errors in one line (without it the outcome depended on whether an earlier test had prepared)
+    prepare_hydra()
     conf = tmp_path / "toy_conf"
     for group in ("hparams_search", "hydra/launcher"):
         shutil.copytree(REPO / "conf" / group, conf / group, dirs_exist_ok=True)

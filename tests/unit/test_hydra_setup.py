@@ -8,7 +8,6 @@ from pathlib import Path
 
 from medexp.hydra_setup import new_folder
 
-
 # Separate interpreters, not forked workers: forking a test process that already runs torch/MLflow threads can
 # deadlock on a lock held at the fork (it hung CI for an hour)
 _CLAIM = """

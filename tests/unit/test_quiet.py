@@ -21,6 +21,7 @@ def test_library_noise_is_silenced_and_only_that(caplog):
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning, stacklevel=2)
         warnings.warn("The number of training batches (4) is smaller than the logging interval", UserWarning, stacklevel=2)
         warnings.warn("inverse has been called but no invertible transforms have been supplied", stacklevel=2)
+        warnings.warn("Checkpoint directory /runs/x/checkpoints exists and is not empty.", UserWarning, stacklevel=2)
         warnings.warn("something a user should see", UserWarning, stacklevel=2)
     assert [str(w.message) for w in caught] == ["something a user should see"]
     with caplog.at_level(logging.INFO):
@@ -44,13 +45,15 @@ def test_monai_s_own_deprecated_argument_in_hd95_is_not_shown():
     assert [str(w.message) for w in caught] == ["a deprecation a user should see"]
 
 
-def test_the_detector_s_matcher_line_is_not_logged_and_other_root_lines_are(caplog):
+def test_the_detector_s_matcher_and_sampler_lines_are_not_logged_and_other_root_lines_are(caplog):
     from monai.apps.detection.utils.ATSS_matcher import ATSSMatcher
+    from monai.apps.detection.utils.hard_negative_sampler import HardNegativeSampler
     from monai.data.box_utils import box_iou
 
     quiet_libraries()
     with caplog.at_level(logging.INFO):
         ATSSMatcher(num_candidates=4, similarity_fn=box_iou, center_in_gt=False)
+        HardNegativeSampler(batch_size_per_image=64, positive_fraction=0.3)
         logging.info("a line of the user's own")
     assert [record.getMessage() for record in caplog.records] == ["a line of the user's own"]
 

@@ -28,6 +28,8 @@ def main(cfg: DictConfig) -> dict:
         )
     print(f"{result['format']} model written to {result['output']}: max |difference| from PyTorch "
           f"{result['max_abs_difference']:.1e} on {result['parity_cases']} {result['parity_split']} cases")
+    if "outside_graph" in result:  # detection: what the caller does around the graph
+        print(result["outside_graph"])
     return result
 
 

@@ -13,27 +13,24 @@ prepare_hydra()
 
 @hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="plan")
 def main(cfg: DictConfig) -> None:
-    from medexp.planning.planner import leak_summary, plan_experiment
+    from medexp.planning.planner import leak_summary, plan_experiment, plan_summary
 
     with user_errors():
         data = OmegaConf.to_container(cfg.data, resolve=True)
         result = plan_experiment(data, cfg.budget, cfg.device, cfg.output, name=cfg.name,
                                  allow_leaks=cfg.allow_leaks, cache_dir=cfg.fingerprint_cache)
         fp, timing = result.fingerprint, result.schedule
-        values = {key: planned.value for key, planned in result.plan.items()}
         leaks = leak_summary(fp["leakage"])
         print("\n".join([
-            f"medexp-plan: {fp['dataset']}: {fp['n_cases']} cases {fp['cases_per_split']}, {fp['spatial_dims']}D, "
-            f"{fp['channels']} channel(s), modality {fp['modality']['kind']}, shape median {fp['shape']['median']}",
-            f"  planned: size {values.get('data.preprocessing.resize') or values.get('data.preprocessing.spacing')}, "
-            f"patch {values['data.patch_size']}, batch {values['data.batch_size']}, filters {values['model.filters']}, "
-            f"mirror axes {values['augmentation.flip_axes']}, ~{timing.epochs} epochs of ~{timing.epoch_s:.0f} s "
-            f"in {cfg.budget}",
+            f"medexp-plan: {fp['dataset']}: {fp['task']}, {fp['n_cases']} cases {fp['cases_per_split']}, "
+            f"{fp['spatial_dims']}D, {fp['channels']} channel(s), modality {fp['modality']['kind']}, shape median "
+            f"{fp['shape']['median']}",
+            f"  planned: {plan_summary(fp, result.plan)}, ~{timing.epochs} epochs of ~{timing.epoch_s:.0f} s in "
+            f"{cfg.budget}",
             *([f"  leakage: {leaks}"] if leaks else []),
             f"  train it: medexp-train --config-dir {result.experiment.parent.parent} experiment={result.name}",
             f"Experiment: {result.experiment}",
         ]), flush=True)
-
 
 if __name__ == "__main__":
     main()

@@ -11,7 +11,7 @@ Every failure is one ``DataError`` line naming the file.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,11 @@ class Preprocessing:
     """Per-image steps before stacking a set, in this order:
 
     ``window`` [low, high]: clip stored values to a window (CT: ``[-1000, 400]`` HU for lung) and scale it to
-    [0, 1]. ``scaling``: ``null`` keeps stored values (the data module then standardises with the training set's
+    [0, 1]. ``clahe``: a clip limit (0-1; scikit-image's default 0.01) for contrast-limited adaptive histogram
+    equalisation (``skimage.exposure.equalize_adapthist``, 2D or 3D, tiles 1/8 of each axis, each channel on its
+    own; the result spans [0, 1]). ``brightness``, ``contrast``, ``sharpness``: factors as PIL's ``ImageEnhance``
+    takes them (1 unchanged, 0.5 half, 1.5 half again; torchvision's ``adjust_*``), 2D images only, 8-bit or in
+    [0, 1] (after ``window``, ``clahe`` or a float set already so). ``scaling``: ``null`` keeps stored values (the data module then standardises with the training set's
     mean/std, as for MedMNIST), ``zscore`` per image, ``minmax`` per image to [0, 1]. ``size``: one side length
     (or a list per axis): each image resized so it fits (proportions kept) and zero-padded to that shape; ``null``
     requires all images to share one shape. 8-bit images stay uint8 unless a step makes them real-valued."""
@@ -174,26 +178,45 @@ class Preprocessing:
     size: tuple[int, ...] | None = None
     window: tuple[float, float] | None = None
     scaling: str | None = None
+    clahe: float | None = None
+    brightness: float | None = None
+    contrast: float | None = None
+    sharpness: float | None = None
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any] | None) -> Preprocessing:
         options = dict(cfg or {})
-        unknown = sorted(set(options) - {"size", "window", "scaling"})
+        valid = [f.name for f in fields(cls)]
+        unknown = sorted(set(options) - set(valid))
         if unknown:
-            raise ConfigError(f"unknown data.preprocessing option(s) {unknown}: valid are size, window, scaling")
+            raise ConfigError(f"unknown data.preprocessing option(s) {unknown}: valid are {', '.join(valid)}")
         size, window, scaling = options.get("size"), options.get("window"), options.get("scaling")
+        clahe = options.get("clahe")
+        if clahe is not None and not 0 < float(clahe) <= 1:
+            raise ConfigError(f"data.preprocessing.clahe={clahe}: give a clip limit in (0, 1], e.g. 0.01, or null")
+        factors = {name: options.get(name) for name in ENHANCEMENTS}
+        for name, factor in factors.items():
+            if factor is not None and not float(factor) >= 0:
+                raise ConfigError(f"data.preprocessing.{name}={factor}: give a factor >= 0 (1 leaves the image "
+                                  "as it is), or null")
         if scaling not in (None, "zscore", "minmax"):
             raise ConfigError(f"data.preprocessing.scaling={scaling!r}: use null, zscore or minmax")
         if window is not None and (len(window) != 2 or not window[0] < window[1]):
             raise ConfigError(f"data.preprocessing.window={list(window)}: give [low, high] with low < high")
         size = None if size is None else (tuple(int(s) for s in size) if isinstance(size, Sequence) else (int(size),))
         return cls(size=size, window=None if window is None else (float(window[0]), float(window[1])),
-                   scaling=scaling)
+                   scaling=scaling, clahe=None if clahe is None else float(clahe),
+                   **{name: None if factor is None else float(factor) for name, factor in factors.items()})
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
         if self.window is not None:
             low, high = self.window
             image = (np.clip(image.astype(np.float32), low, high) - low) / (high - low)
+        if self.clahe is not None:
+            image = equalise_adaptively(image, self.clahe)
+        for name in ENHANCEMENTS:
+            if getattr(self, name) is not None:
+                image = enhance(image, name, getattr(self, name))
         if self.scaling == "zscore":
             image = image.astype(np.float32)
             image = (image - image.mean()) / max(float(image.std()), 1e-6)
@@ -203,6 +226,45 @@ class Preprocessing:
         if self.size is not None:
             image = fit_to_shape(image, self.size * (image.ndim - 1) if len(self.size) == 1 else self.size)
         return image
+
+
+ENHANCEMENTS = ("brightness", "contrast", "sharpness")
+
+
+def equalise_adaptively(image: np.ndarray, clip_limit: float) -> np.ndarray:
+    """CLAHE of each channel of ``(C, *spatial)`` (scikit-image), from its own min-max range; 8-bit images come
+    back 8-bit (rounded), others as float32 in [0, 1]."""
+    from skimage.exposure import equalize_adapthist
+
+    channels = []
+    for channel in image.astype(np.float64):
+        low, high = float(channel.min()), float(channel.max())
+        spread = (channel - low) / (high - low) if high > low else np.zeros_like(channel)
+        channels.append(equalize_adapthist(spread, clip_limit=clip_limit))
+    return _like(np.stack(channels), image.dtype)
+
+
+def enhance(image: np.ndarray, name: str, factor: float) -> np.ndarray:
+    """``image`` with its brightness, contrast or sharpness changed by ``factor`` as PIL's ``ImageEnhance`` does
+    (torchvision's ``adjust_<name>``); 2D, 1 or 3 channels, 8-bit or floats in [0, 1]."""
+    import torch
+    import torchvision.transforms.v2.functional as F
+
+    if image.ndim != 3 or image.shape[0] not in (1, 3):
+        raise DataError(f"data.preprocessing.{name} works on 2D gray or RGB images, not an image of shape "
+                        f"{tuple(image.shape)} (channels, *spatial): drop it, or use clahe (2D and 3D)")
+    if image.dtype != np.uint8 and not (image.dtype.kind == "f" and image.min() >= 0 and image.max() <= 1):
+        raise DataError(f"data.preprocessing.{name} needs 8-bit images or floats in [0, 1], not {image.dtype} "
+                        f"values in [{image.min():g}, {image.max():g}]: bring them there first with "
+                        "data.preprocessing.window=[low, high] or clahe")
+    adjust = {"brightness": F.adjust_brightness, "contrast": F.adjust_contrast, "sharpness": F.adjust_sharpness}
+    tensor = torch.from_numpy(np.ascontiguousarray(image if image.dtype == np.uint8 else image.astype(np.float32)))
+    return adjust[name](tensor, factor).numpy()
+
+
+def _like(unit: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Values in [0, 1] as 8-bit when the input was, else float32."""
+    return np.round(unit * 255).astype(np.uint8) if dtype == np.uint8 else unit.astype(np.float32)
 
 
 def fit_to_shape(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:

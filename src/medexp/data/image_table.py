@@ -4,7 +4,9 @@ The files are decoded once (threads), preprocessed to one shape (``medexp.data.i
 ``medexp.data.splits`` exactly as segmentation splits (official split column, patient-grouped ratio — stratified
 by class by default —, k-fold, provided folds) and then held in memory as the MedMNIST ``.npz`` sets are: the same
 ``InMemoryClassificationDataModule`` feeds the task, so a table listing an ``.npz``'s images in its order trains on
-the very same tensors (8-bit images stay uint8 until they are standardised).
+the very same tensors (8-bit images stay uint8 until they are standardised, batch by batch). With ``cache=disk``
+the decoded, preprocessed images are also kept in ``cache_dir`` as one ``.npy`` per set of files and settings
+(``decoded_cache_key``), memory-mapped by later runs instead of decoded again.
 
 A table row: an image path (relative to the table's folder or absolute; a DICOM series folder is one volume), one
 label column of class names or integers, or several 0/1 columns (multi-label), and optional patient, split and fold
@@ -14,7 +16,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import re
+import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -166,9 +170,15 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
                  split: Mapping[str, Any] | None = None, fold: int | None = None, num_folds: int = 5,
                  preprocessing: Mapping[str, Any] | None = None, workers: int = 2, name: str = "image_table",
                  num_classes: int | None = None, in_channels: int | None = None, image_size: int | None = None,
-                 spatial_dims: int = 2, class_names: Sequence[str] | None = None, **kwargs):
+                 spatial_dims: int = 2, class_names: Sequence[str] | None = None, cache: str = "memory",
+                 cache_dir: str | None = None, **kwargs):
         if table is None and root is None:
             raise ConfigError("give data.table=<label table .csv/.tsv> or data.root=<folder of class folders>")
+        if cache not in CACHE_MODES:
+            raise ConfigError(f"data.cache={cache!r} is unknown: use memory (decode every run) or disk (keep the "
+                              "decoded images in data.cache_dir for the next runs)")
+        if cache == "disk" and not cache_dir:
+            raise ConfigError("data.cache=disk needs data.cache_dir (a folder for the decoded images)")
         label_column = _plain(label_column)
         self.multi_label_columns = None if isinstance(label_column, str) else list(label_column)
         super().__init__(num_classes=num_classes or len(self.multi_label_columns or class_names or [0, 0]),
@@ -184,6 +194,7 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
             self.split_config.update(kind="kfold", fold=fold, num_folds=num_folds)
         self.preprocessing = Preprocessing.from_config(_plain(preprocessing))
         self.workers, self.name = workers, name
+        self.cache_dir = Path(cache_dir).expanduser() if cache == "disk" else None
         self.split: Split | None = None
         self.patients_per_split: dict[str, int] = {}
 
@@ -200,12 +211,12 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
             record["class"] = label
         self.split = split_from_config(records, self.split_config)
         self.patients_per_split = check_patients_apart(self.split)
-        images = self._decode([r["image"] for name in SPLITS for r in getattr(self.split, name)])
+        images = self._decoded([r["image"] for name in SPLITS for r in getattr(self.split, name)])
         self._adopt(images[0], names)
         start, out_images, out_labels = 0, {}, {}
         for name in SPLITS:
             chosen = getattr(self.split, name)
-            out_images[name] = np.stack(images[start:start + len(chosen)])
+            out_images[name] = images[start:start + len(chosen)]  # views: no copy of the set
             out_labels[name] = np.stack([r["class"] for r in chosen])
             start += len(chosen)
         source = str(self.table.resolve() if self.table is not None else self.root.resolve())
@@ -225,8 +236,24 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
                             f"data.spatial_dims={self.spatial_dims}: set data.spatial_dims={image.ndim - 1}")
         return image
 
-    def _decode(self, paths: list[str]) -> list[np.ndarray]:
-        """Every image once, in order (threads: the decoders release the GIL); one shape and dtype for all."""
+    def _decoded(self, paths: list[str]) -> np.ndarray:
+        """The images of ``paths`` stacked, decoded now or, with ``cache=disk``, memory-mapped from an earlier
+        run's ``.npy`` of the same files and settings (copy-on-write: the cache file never changes)."""
+        if self.cache_dir is None:
+            return self._decode(paths)
+        cached = self.cache_dir / f"{decoded_cache_key(paths, self.preprocessing, self.spatial_dims)}.npy"
+        if cached.is_file():
+            return np.load(cached, mmap_mode="c")
+        images = self._decode(paths)
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        # written beside it, then renamed: a reader (another DDP rank, a parallel run) sees a whole file or none
+        with tempfile.NamedTemporaryFile(dir=self.cache_dir, suffix=".npy.part", delete=False) as handle:
+            np.save(handle, images)
+        Path(handle.name).replace(cached)
+        return images
+
+    def _decode(self, paths: list[str]) -> np.ndarray:
+        """Every image once, in order (threads: the decoders release the GIL), stacked; one shape and dtype."""
         with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
             images = list(pool.map(self._prepare, paths))
         shapes = {image.shape[1:] for image in images}
@@ -241,8 +268,7 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
             other = next(i for i, image in enumerate(images) if image.shape[0] != images[0].shape[0])
             raise DataError(f"images differ in channels ({paths[0]} has {images[0].shape[0]}, {paths[other]} has "
                             f"{images[other].shape[0]}): convert them to one colour mode")
-        dtype = np.result_type(*{image.dtype for image in images})
-        return [image.astype(dtype, copy=False) for image in images]
+        return np.stack(images, dtype=np.result_type(*{image.dtype for image in images}))
 
     def _adopt(self, image: np.ndarray, class_names: list[str]) -> None:
         """Take classes, channels and size from the data; a configured value must agree with it."""
@@ -268,6 +294,22 @@ class ImageTableDataModule(InMemoryClassificationDataModule):
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
         self.class_names = list(state.get("class_names", self.class_names))
+
+
+CACHE_MODES = ("memory", "disk")
+CACHE_FORMAT = 1  # bump when decoding or preprocessing changes what the same files and settings give
+
+
+def decoded_cache_key(paths: Sequence[str], preprocessing: Preprocessing, spatial_dims: int) -> str:
+    """What the decoded images depend on: each file's path, size and modification time (a DICOM series folder's
+    files), the preprocessing settings and the axes; a changed file or setting gives another key."""
+    digest = hashlib.sha256(json.dumps([CACHE_FORMAT, vars(preprocessing), spatial_dims]).encode())
+    for path in paths:
+        path = Path(path)
+        for file in sorted(path.iterdir()) if path.is_dir() else [path]:
+            stat = file.stat()
+            digest.update(f"{file}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:32]
 
 
 def _files_digest(split: Split) -> str:

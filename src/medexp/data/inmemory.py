@@ -1,9 +1,10 @@
 """Classification data that fits in memory: tensors resident on the training device, batches taken by index.
 
-No worker processes and no per-sample Python: each batch is one index into a tensor, augmented in one batched call
-(``BatchAugmentation``) on the device. Under DDP every rank takes its own share of the indices: equal shares of a
-shared permutation for training (ranks must step together), and an unpadded share for evaluation so that metrics,
-gathered by torchmetrics, count every sample exactly once.
+No worker processes and no per-sample Python: each batch is one index into a tensor, standardised and augmented in
+one batched call (``BatchAugmentation``) on the device. The images stay resident as stored (8-bit sets as uint8, a
+quarter of float32's bytes): each batch becomes float when it is taken. Under DDP every rank takes its own share of
+the indices: equal shares of a shared permutation (or weighted draw) for training (ranks must step together), and
+an unpadded share for evaluation so that metrics, gathered by torchmetrics, count every sample exactly once.
 """
 from __future__ import annotations
 
@@ -17,14 +18,18 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.base import MedexpDataModule
-from medexp.errors import DataError
+from medexp.errors import ConfigError, DataError
 
 SPLITS = ("train", "val", "test")
 
 
-def _as_float(images: np.ndarray) -> torch.Tensor:
-    tensor = torch.from_numpy(np.ascontiguousarray(images)).float()
-    return tensor / 255.0 if np.issubdtype(images.dtype, np.integer) else tensor
+INTEGER_SCALE = 255.0  # stored integer images are divided by it before standardising (8-bit to [0, 1])
+STATISTICS_CHUNK = 1 << 24  # values per step when the training set's mean/std are summed (no float copy of it)
+
+
+def stored_scale(dtype: np.dtype) -> float:
+    """What stored images of ``dtype`` are divided by before standardising: integers by 255, floats by 1."""
+    return INTEGER_SCALE if np.issubdtype(dtype, np.integer) else 1.0
 
 
 @dataclass
@@ -72,19 +77,29 @@ class IndexBatches:
     """An iterable of ``(images, labels)`` batches over resident tensors; a fresh permutation every epoch.
 
     ``epoch`` is read when an epoch starts, so the order depends on (seed, epoch) only and a resumed run sees the
-    same batches as an uninterrupted one.
+    same batches as an uninterrupted one. ``prepare`` turns each batch of stored images into network inputs.
+    With ``weights`` (one per sample) an epoch draws as many samples with replacement, each with probability
+    proportional to its weight (what torch's ``WeightedRandomSampler`` draws); under DDP every rank takes its own
+    equal share of one draw made alike on every rank, so the ranks together see one weighted epoch.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, shuffle: bool, seed: int = 0,
-                 epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1, drop_last: bool = False):
+                 epoch: Callable[[], int] = lambda: 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 prepare: Callable[[torch.Tensor], torch.Tensor] = lambda images: images,
+                 weights: torch.Tensor | None = None):
         self.images, self.labels = images, labels
-        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, epoch
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle or weights is not None, seed, epoch
         self.rank, self.world_size, self.drop_last = rank, world_size, drop_last
+        self.prepare, self.weights = prepare, weights
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)
         if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + 7919 * self.epoch()))
+            generator = torch.Generator().manual_seed(self.seed + 7919 * self.epoch())
+            if self.weights is not None:
+                order = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+            else:
+                order = torch.randperm(n, generator=generator)
             order = order[: n - n % self.world_size]  # equal shares: every rank takes the same number of steps
         else:
             order = torch.arange(n)
@@ -100,19 +115,30 @@ class IndexBatches:
         stop = len(indices) - len(indices) % self.batch_size if self.drop_last else len(indices)
         for start in range(0, stop, self.batch_size):
             idx = indices[start : start + self.batch_size]
-            yield self.images[idx], self.labels[idx]
+            yield self.prepare(self.images[idx]), self.labels[idx]
+
+
+SAMPLERS = (None, "balanced")
 
 
 class InMemoryClassificationDataModule(MedexpDataModule):
-    """Base for array-backed classification sets; subclasses implement ``load_arrays``."""
+    """Base for array-backed classification sets; subclasses implement ``load_arrays``.
+
+    ``sampler``: ``null`` shuffles the training set once per epoch; ``balanced`` draws each epoch's training images
+    with replacement, every class equally often in expectation (an image's weight is 1 / its class's count), for
+    imbalanced sets, an alternative to ``task.class_weights=balanced``."""
 
     task_kind = "classification"
     holds_arrays = True
 
     def __init__(self, batch_size: int, num_classes: int, in_channels: int, spatial_dims: int, image_size: int,
                  class_names: Sequence[str] | None = None, augmentation: Mapping | None = None,
-                 eval_batch_size: int = 512, seed: int = 0):
+                 eval_batch_size: int = 512, seed: int = 0, sampler: str | None = None):
         super().__init__()
+        if sampler not in SAMPLERS:
+            raise ConfigError(f"data.sampler={sampler!r} is unknown for classification: use null (shuffle) or "
+                              "balanced (every class drawn equally often)")
+        self.sampler = sampler
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
         self.num_classes, self.in_channels = num_classes, in_channels
         self.spatial_dims, self.image_size = spatial_dims, image_size
@@ -122,6 +148,9 @@ class InMemoryClassificationDataModule(MedexpDataModule):
         self.arrays: ArraySplits | None = None
         self.tensors: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.mean = self.std = None
+        self.input_scale: float | None = None  # stored images are divided by it first (integers: 255), see standardise
+        self._statistics: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # mean/std tensors, one device
+        self.sample_weights: torch.Tensor | None = None  # data.sampler=balanced: one per training image
         self.image_shape: list[int] | None = None  # (C, H, W) or (C, D, H, W) of the training images
         self._augment = None
         self._saved_train_counts: tuple[list[int], int] | None = None  # from a checkpoint, see ``_label_counts``
@@ -136,6 +165,8 @@ class InMemoryClassificationDataModule(MedexpDataModule):
             self.arrays = self.load_arrays()
             self._validate(self.arrays)
             self._to_tensors(self.arrays)
+            if self.sampler == "balanced":
+                self.sample_weights = balanced_weights(self.arrays.labels["train"])
         device = self.trainer.strategy.root_device if self.trainer is not None else torch.device("cpu")
         self.tensors = {k: (x.to(device), y.to(device)) for k, (x, y) in self.tensors.items()}
         if not self.recipe.is_identity and self._augment is None:
@@ -214,6 +245,7 @@ class InMemoryClassificationDataModule(MedexpDataModule):
             epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),
             rank=trainer.global_rank if trainer is not None else 0,
             world_size=trainer.world_size if trainer is not None else 1,
+            prepare=self.standardise, weights=self.sample_weights if shuffle else None,
         )
 
     def _validate(self, a: ArraySplits) -> None:
@@ -243,31 +275,44 @@ class InMemoryClassificationDataModule(MedexpDataModule):
                                 f"0..{self.num_classes - 1}: set data.num_classes to match the data")
 
     def _to_tensors(self, a: ArraySplits) -> None:
-        train = _as_float(a.images["train"])
+        """The splits as tensors in their stored dtype (sharing the arrays' memory), and the training set's
+        per-channel statistics, which ``standardise`` applies to each batch."""
+        train = a.images["train"]
         self.image_shape = list(train.shape[1:])
-        per_channel = [0, *range(2, train.ndim)]
-        self.mean = train.mean(dim=per_channel).tolist()
-        self.std = train.std(dim=per_channel).clamp_min(1e-6).tolist()
-        del train  # standardise makes its own float copy: never hold two
+        self.input_scale = stored_scale(train.dtype)
+        self.mean, self.std = channel_statistics(train, self.input_scale)
         for split in SPLITS:
-            self.tensors[split] = (self.standardise(a.images[split]),
-                                   torch.from_numpy(a.labels[split].astype(np.int64)))
+            self.tensors[split] = (resident(a.images[split]), torch.from_numpy(a.labels[split].astype(np.int64)))
 
-    def standardise(self, images: np.ndarray) -> torch.Tensor:
-        """Stored images ``(N, C, *spatial)`` as the network sees them: integer images scaled to [0, 1], then
-        standardised by the training set's per-channel mean/std."""
-        shape = (1, -1) + (1,) * (images.ndim - 2)
-        mean, std = torch.tensor(self.mean).view(shape), torch.tensor(self.std).view(shape)
-        return (_as_float(images) - mean) / std
+    def standardise(self, images: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Stored images ``(N, C, *spatial)`` as the network sees them, on their own device: float32 divided by the
+        training images' scale (integer images by 255, float images by 1), then standardised by the training set's
+        per-channel mean/std."""
+        tensor = torch.from_numpy(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+        scale = self.input_scale  # from a checkpoint older than it: by the dtype of the images given, as then
+        if scale is None:
+            scale = 1.0 if tensor.is_floating_point() else INTEGER_SCALE
+        mean, std = self._statistics_on(tensor.device, tensor.ndim)
+        return (tensor.float() / scale - mean) / std
+
+    def _statistics_on(self, device: torch.device, ndim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std shaped for ``(N, C, *spatial)`` on ``device``, made once: a copy to a GPU on every batch
+        would wait for the work queued before it."""
+        key = (str(device), ndim, tuple(self.mean), tuple(self.std))
+        if key not in self._statistics:
+            shape = (1, -1) + (1,) * (ndim - 2)
+            self._statistics = {key: tuple(torch.tensor(v, device=device).view(shape) for v in (self.mean, self.std))}
+        return self._statistics[key]
 
     # -- checkpoints: what new images need, so medexp-predict works without the training data ------------------
     def state_dict(self) -> dict:
         counts, samples = self._label_counts("train")
-        return {"mean": self.mean, "std": self.std, "image_shape": self.image_shape,
+        return {"mean": self.mean, "std": self.std, "image_shape": self.image_shape, "input_scale": self.input_scale,
                 "train_class_counts": counts, "train_samples": samples}
 
     def load_state_dict(self, state: dict) -> None:
         self.mean, self.std, self.image_shape = state["mean"], state["std"], state["image_shape"]
+        self.input_scale = state.get("input_scale")  # older checkpoints: by the dtype of each image, as they were
         if "train_class_counts" in state:
             self._saved_train_counts = (list(state["train_class_counts"]), int(state["train_samples"]))
 
@@ -301,6 +346,39 @@ class InMemoryClassificationDataModule(MedexpDataModule):
         from medexp.data.io import read_image
 
         return read_image(path).numpy()
+
+
+def channel_statistics(images: np.ndarray, scale: float) -> tuple[list[float], list[float]]:
+    """Per-channel mean and (unbiased) std of ``images / scale``, summed in float64 over chunks of the set: no
+    float copy of the whole set exists at any time."""
+    per_chunk = max(1, STATISTICS_CHUNK // max(1, int(np.prod(images.shape[1:]))))
+    total = squares = 0.0
+    for start in range(0, len(images), per_chunk):
+        chunk = torch.from_numpy(np.ascontiguousarray(images[start : start + per_chunk])).double() / scale
+        axes = [0, *range(2, chunk.ndim)]
+        total = total + chunk.sum(dim=axes)
+        squares = squares + chunk.square().sum(dim=axes)
+    count = len(images) * int(np.prod(images.shape[2:]))
+    mean = total / count
+    variance = ((squares - count * mean.square()) / max(count - 1, 1)).clamp_min(0.0)
+    return mean.float().tolist(), variance.sqrt().float().clamp_min(1e-6).tolist()
+
+
+def resident(images: np.ndarray) -> torch.Tensor:
+    """Stored images as a tensor in their own dtype, sharing the array's memory; unsigned types wider than 8 bits
+    (16-bit PNG) widen to int32, which every torch operation and device supports (uint16 has few kernels)."""
+    if images.dtype.kind == "u" and images.dtype.itemsize > 1:
+        images = images.astype(np.int32)
+    return torch.from_numpy(np.ascontiguousarray(images))
+
+
+def balanced_weights(labels: np.ndarray) -> torch.Tensor:
+    """One sampling weight per training image, 1 / (images of its class): each class is drawn equally often."""
+    if labels.ndim == 2:
+        raise ConfigError("data.sampler=balanced draws by class, but this set is multi-label (several labels per "
+                          "image): use task.class_weights=balanced instead")
+    counts = np.bincount(labels)
+    return torch.from_numpy(1.0 / counts[labels]).double()
 
 
 def fit_to_shape(image: np.ndarray, shape: Sequence[int]) -> np.ndarray:

@@ -80,6 +80,8 @@ class SegmentationDataModule(MedexpDataModule):
             ``fov`` file is used when there is one and no threshold.
         validate: read every case in ``setup`` to check channels, shapes and label range (and fingerprint them).
         class_names / name: for reports and the fingerprint.
+        circumference: a table of each image's pixel size and reference head circumference (HC18), for the
+            segmentation task's ``hc_error_mm`` (``medexp.tasks.circumference``).
         fold / num_folds: when ``fold`` is set, the split becomes k-fold (``kind: kfold``) over the non-test
             patients, keeping the split's test set: ``-m data.fold=0,1,2,3,4`` runs every fold.
         seed: seeds the training DataLoader's generator, which fixes the shuffle order and (through MONAI's
@@ -119,6 +121,7 @@ class SegmentationDataModule(MedexpDataModule):
         seed: int = 0,
         fold: int | None = None,
         num_folds: int = 5,
+        circumference: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if cache not in CACHE_MODES:
@@ -147,6 +150,7 @@ class SegmentationDataModule(MedexpDataModule):
         self.fov_threshold, self.validate = fov_threshold, validate
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
         self.name, self.seed = name, seed
+        self.circumference = _plain(circumference)  # read by the segmentation task (task.circumference)
         self._split: Split | None = None
         self._summaries: dict[str, CaseSummary] | None = None
         self._datasets: dict[str, Dataset] = {}

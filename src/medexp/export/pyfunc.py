@@ -6,7 +6,8 @@ probabilities); for a segmentation model a pyfunc that runs medexp's own pipelin
 Split in two so a training run never waits on MLflow: ``medexp.export.model.write_model_files`` runs in the trainer
 (torch is loaded there, MLflow is not) and writes the checkpoint, an input example and a classifier's TorchScript
 file to a folder; ``log_model`` runs in the MLflow writer process (no torch there), which turns that folder into the run's
-``model`` artifact and, if asked, a new version of a registered model.
+MLflow 3 LoggedModel ``model`` (its Logged models tab; ``runs:/<run id>/model`` resolves to it) and, if asked, a new
+version of a registered model.
 """
 from __future__ import annotations
 
@@ -20,13 +21,13 @@ from pathlib import Path
 import mlflow.pyfunc
 import numpy as np
 
-from medexp.export import CHECKPOINT, CLASSIFICATION, EXAMPLE, LABELS_NAME, META, OUTPUT_NAME, TORCHSCRIPT
+from medexp.export import CHECKPOINT, CLASSIFICATION, DETECTION, EXAMPLE, LABELS_NAME, META, OUTPUT_NAME, TORCHSCRIPT
 
 MODEL_ARTIFACT = "model"  # runs:/<run id>/model
 
 
 class MedexpPyfunc(mlflow.pyfunc.PythonModel):
-    """float32 ``(N, C, H, W)`` images as stored (0-255) -> float32 ``(N, classes)`` probabilities."""
+    """float32 ``(N, C, H, W)`` images as stored (0-255 for 8-bit data) -> float32 ``(N, classes)`` probabilities."""
 
     # validated by the model's tensor signature, not by type hints (MLflow warns on every import without either)
     _skip_type_hint_validation = True
@@ -62,14 +63,53 @@ class MedexpSegmentationPyfunc(mlflow.pyfunc.PythonModel):
         return self.model(np.asarray(model_input, dtype=np.float32), probabilities=probabilities)
 
 
+class MedexpDetectionPyfunc(mlflow.pyfunc.PythonModel):
+    """float32 ``(N, C, *spatial)`` intensities as stored -> per image ``{"boxes", "scores", "labels", "classes"}``,
+    boxes on the input's own grid in the datalist's box convention (what ``medexp-predict`` writes)."""
+
+    _skip_type_hint_validation = True
+
+    def load_context(self, context) -> None:
+        from medexp.export.model import DetectionPredictor
+
+        self.model = DetectionPredictor.from_checkpoint(context.artifacts["checkpoint"])
+
+    def predict(self, context, model_input, params=None) -> list[dict]:
+        return self.model(np.asarray(model_input, dtype=np.float32))
+
+
+def input_grid(meta: dict) -> str:
+    """Which grid a file-based model's input must be on, in words."""
+    grid = (f"already resampled to the training voxel spacing {meta['training_spacing']} (the model cannot resample "
+            "an array: it has no spacing)" if meta["training_spacing"] else "on the stored grid (not resampled)")
+    if meta["resize"]:
+        grid += f"; any size: resized to {meta['resize']} inside the model"
+    return grid
+
+
+def detection_metadata(meta: dict) -> dict:
+    """What a caller must know about a detection model's input and output, in words (the MLmodel's metadata)."""
+    axes = "(N, C, H, W)" if meta["spatial_dims"] == 2 else "(N, C, D, H, W)"
+    windows = f", sliding windows of {meta['sw_roi_size']}" if meta["sw_roi_size"] else ""
+    return {
+        "kind": meta["kind"], "class_names": meta["class_names"], "preprocessing": meta["preprocessing"],
+        "training_spacing": meta["training_spacing"], "box_mode": meta["box_mode"], "box_axes": meta["box_axes"],
+        "input": f"float32 {axes} raw intensities as stored, channels first (no normalisation by the caller), "
+                 f"{input_grid(meta)}",
+        "output": f"per image a dict: boxes (MONAI box mode {meta['box_mode']}, axis order {meta['box_axes']}: "
+                  "the datalist's convention, on the input's own pixel grid), scores, labels (indices into "
+                  "class_names), classes; best first",
+        "inference": f"RetinaNet{windows}; boxes scoring at least {meta['score_thresh']}, NMS at IoU "
+                     f"{meta['nms_thresh']}, at most {meta['detections_per_image']} per image: what medexp-predict "
+                     "writes to detections.json for the same image files",
+    }
+
+
 def segmentation_metadata(meta: dict) -> dict:
     """What a caller must know about a segmentation model's input and output, in words (the MLmodel's metadata)."""
     axes = "(N, C, H, W)" if meta["spatial_dims"] == 2 else "(N, C, D, H, W)"
     spatial = "(N, H, W)" if meta["spatial_dims"] == 2 else "(N, D, H, W)"
-    grid = (f"already resampled to the training voxel spacing {meta['training_spacing']} (the model cannot resample "
-            "an array: it has no spacing)" if meta["training_spacing"] else "on the stored grid (not resampled)")
-    if meta["resize"]:
-        grid += f"; any size: resized to {meta['resize']} inside the model, the label map returned at the input size"
+    grid = input_grid(meta) + (", the label map returned at the input size" if meta["resize"] else "")
     mirroring = f", mirrored along axes {meta['mirrored_axes']} and averaged" if meta["mirrored_axes"] else ""
     return {
         "kind": meta["kind"], "class_names": meta["class_names"], "preprocessing": meta["preprocessing"],
@@ -82,8 +122,9 @@ def segmentation_metadata(meta: dict) -> dict:
     }
 
 
-def save_model(folder: Path, path: Path) -> None:
-    """The MLflow model (pyfunc flavour, tensor signature, input example) at ``path`` from ``folder``'s files."""
+def save_model(folder: Path, path: Path, mlflow_model=None) -> None:
+    """The MLflow model (pyfunc flavour, tensor signature, input example) at ``path`` from ``folder``'s files;
+    ``mlflow_model``: the ``Model`` whose MLmodel file it writes (the LoggedModel's ids), a new one if None."""
     from importlib.metadata import version
 
     from mlflow.models import ModelSignature
@@ -99,23 +140,27 @@ def save_model(folder: Path, path: Path) -> None:
             inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, *example.shape[1:]))]),
             outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, len(meta["class_names"])), OUTPUT_NAME)]),
         )
-        metadata = {"class_names": meta["class_names"], "input": "float32 (N, C, H, W) as stored (0-255), not "
+        metadata = {"class_names": meta["class_names"], "input": "float32 (N, C, H, W) as stored (0-255 for 8-bit data), not "
                     "normalised", "output": "float32 (N, classes) probabilities"}
-    else:  # segmentation: channels fixed, spatial axes free
-        python_model, artifacts = MedexpSegmentationPyfunc(), {}
+    else:  # segmentation, detection: channels fixed, spatial axes free
         free = (-1,) * meta["spatial_dims"]
-        signature = ModelSignature(
-            inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], *free))]),
-            outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *free), LABELS_NAME)]),
-            params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
-        )
-        metadata = segmentation_metadata(meta)
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, example.shape[1], *free))])
+        if meta["kind"] == DETECTION:  # a list of dicts out, as many boxes as found: no tensor schema describes it
+            python_model, artifacts = MedexpDetectionPyfunc(), {}
+            signature, metadata = ModelSignature(inputs=inputs), detection_metadata(meta)
+        else:
+            python_model, artifacts = MedexpSegmentationPyfunc(), {}
+            signature = ModelSignature(
+                inputs=inputs, outputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, *free), LABELS_NAME)]),
+                params=ParamSchema([ParamSpec("probabilities", "boolean", False)]),
+            )
+            metadata = segmentation_metadata(meta)
         requirements.append(f"medexp=={version('medexp')}")  # the pipeline is medexp's own code
     # requirements given, not inferred: inferring them loads the model in a subprocess (seconds per run)
     mlflow.pyfunc.save_model(
         path, python_model=python_model, signature=signature, input_example=example,
         artifacts={**artifacts, "checkpoint": str(folder / CHECKPOINT)}, pip_requirements=requirements,
-        metadata=metadata,
+        metadata=metadata, mlflow_model=mlflow_model,
     )
 
 
@@ -137,23 +182,66 @@ def quiet_mlflow():
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bars
 
 
-def log_model(client, run_id: str, folder: Path, register_as: str | None = None) -> str | None:
-    """Log ``folder`` as the run's ``model`` artifact; register it as a new version of ``register_as`` if given.
-    Returns the new version (as a string) or None."""
+def log_model(client, run_id: str, folder: Path, register_as: str | None = None, monitor: str | None = None,
+              monitor_mode: str = "max") -> str | None:
+    """Log ``folder`` as the run's MLflow model: one MLflow 3 LoggedModel named ``model`` (the Logged models tab;
+    ``runs:/<run id>/model`` finds it), with the run's params, linked to the run at the step of the best
+    ``monitor`` value (the checkpoint it holds) and to that step's metrics; registered as a new version of
+    ``register_as`` if given. Returns the new version (as a string) or None."""
     import tempfile
 
+    from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.exceptions import MlflowException
+    from mlflow.models import Model
 
-    with quiet_mlflow(), tempfile.TemporaryDirectory() as scratch:
-        saved = Path(scratch) / MODEL_ARTIFACT
-        save_model(folder, saved)
-        client.log_artifacts(run_id, str(saved), MODEL_ARTIFACT)
-        if not register_as:
-            return None
-        try:
-            client.create_registered_model(register_as)
-        except MlflowException as exc:
-            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
-                raise
-        version = client.create_model_version(register_as, f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id)
+    run = client.get_run(run_id)
+    meta = json.loads((folder / META).read_text())
+    model = client.create_logged_model(run.info.experiment_id, name=MODEL_ARTIFACT, source_run_id=run_id,
+                                       params=run.data.params, model_type=meta["kind"])
+    try:
+        with quiet_mlflow(), tempfile.TemporaryDirectory() as scratch:
+            saved = Path(scratch) / MODEL_ARTIFACT
+            save_model(folder, saved, Model(artifact_path=model.artifact_location, run_id=run_id,
+                                            model_uuid=model.model_id, model_id=model.model_id))
+            client.log_model_artifacts(model.model_id, str(saved))
+    except BaseException:
+        client.finalize_logged_model(model.model_id, LoggedModelStatus.FAILED)  # not left "pending" in the UI
+        raise
+    client.finalize_logged_model(model.model_id, LoggedModelStatus.READY)
+    step = best_step(client, run_id, monitor, monitor_mode)
+    client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=step)])
+    link_metrics(client, run, model.model_id, step)
+    if not register_as:
+        return None
+    try:
+        client.create_registered_model(register_as)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    # the artifacts' own location, not models:/<model id>: the sqlite registry looks that URI up through the
+    # process's default tracking URI, which need not be this store's
+    version = client.create_model_version(register_as, model.artifact_location, run_id=run_id,
+                                          model_id=model.model_id)
     return str(version.version)
+
+
+def best_step(client, run_id: str, monitor: str | None, mode: str) -> int:
+    """The step at which ``monitor`` first reached its best value (the evaluation the kept checkpoint is from: a
+    checkpoint is replaced only by a better one); 0 where it was never logged."""
+    history = client.get_metric_history(run_id, monitor) if monitor else []
+    if not history:
+        return 0
+    best = (max if mode == "max" else min)(metric.value for metric in history)
+    return min(metric.step for metric in history if metric.value == best)
+
+
+def link_metrics(client, run, model_id: str, step: int) -> None:
+    """The run's metrics logged at ``step`` as the LoggedModel's (the Logged models table's columns): the same
+    entries again with the model's id, which MLflow keeps once in the run's history (as its own ``log_model``)."""
+    from mlflow.entities import Metric
+
+    linked = [Metric(entry.key, entry.value, entry.timestamp, entry.step, model_id=model_id, run_id=run.info.run_id)
+              for key in run.data.metrics for entry in client.get_metric_history(run.info.run_id, key)
+              if entry.step == step]
+    if linked:
+        client.log_batch(run.info.run_id, metrics=linked)

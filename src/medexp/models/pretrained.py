@@ -2,7 +2,9 @@
 
 The network is built from ``cfg.model`` as always (these three keys are not constructor arguments:
 ``network_config`` drops them). Before training, the network of another run's checkpoint (a ``.ckpt``,
-``runs:/<run id>/model`` or ``models:/<name>/<version>``) lends it its weights where they fit:
+``runs:/<run id>/model`` or ``models:/<name>/<version>``), or a weights file (a state dict, e.g. MedicalNet's 3D
+ResNets or torchvision's ImageNet weights, saved by ``torch.save``; ``weights_file``), lends it its weights where
+they fit:
 
 - same name, same shape: copied;
 - a convolution that reads the input image, where the input channels differ (1 there, C here: repeated and divided
@@ -17,14 +19,15 @@ only tensors are taken from it (``weights_only``), nothing of its config is buil
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from medexp.errors import ConfigError
+from medexp.errors import ConfigError, DataError
 
 FINETUNE_KEYS = ("pretrained", "freeze", "freeze_epochs")
 SHOWN = 4  # keys named per kind in the report line; the rest are counted
@@ -78,6 +81,28 @@ class SourceWeights:
     source: str
     state: dict[str, torch.Tensor]
     in_channels: int | None
+
+
+WRAPPER_PREFIXES = ("module.", "model.", "net.")  # DataParallel/DDP (MedicalNet), a LightningModule's attribute
+
+
+def weights_file(source: str, content: Any) -> SourceWeights:
+    """The weights of a file that is not a medexp checkpoint: a state dict (name -> tensor), or one under
+    ``state_dict`` (MedicalNet, Lightning) or ``model``, without a prefix every name shares (``module.``,
+    ``model.``, ``net.``); its input channels are those of its first convolution."""
+    state = content
+    for key in ("state_dict", "model"):
+        state = state.get(key, state) if isinstance(state, Mapping) else state
+    state = state if isinstance(state, Mapping) else None
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)} if isinstance(state, Mapping) else {}
+    if not tensors:
+        raise DataError(f"model.pretrained={source} holds no weights: give a state dict (names -> tensors, saved "
+                          "with torch.save), one under 'state_dict' or 'model', or a .ckpt written by medexp-train")
+    for prefix in WRAPPER_PREFIXES:
+        if all(key.startswith(prefix) for key in tensors):
+            tensors = {key.removeprefix(prefix): value for key, value in tensors.items()}
+    first_convolution = next((value for value in tensors.values() if value.ndim >= 3), None)
+    return SourceWeights(source, tensors, None if first_convolution is None else int(first_convolution.shape[1]))
 
 
 def adapt_input_channels(weight: torch.Tensor, channels: int) -> torch.Tensor:

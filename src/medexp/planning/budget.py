@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,16 +32,15 @@ class Throughput:
                           batch, tuple(size))
 
 
-def fastest_threads(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int,
-                    size: Sequence[int], cores: int) -> tuple[Planned, Throughput]:
-    """CPU threads for training: the probe with one thread and with one per core, the faster one kept. On a machine
-    other jobs share, threads that wait on each other can make several threads slower than one."""
+def fastest_threads(measure: Callable[[], Throughput], cores: int) -> tuple[Planned, Throughput]:
+    """CPU threads for training: ``measure`` (a probe) with one thread and with one per core, the faster one kept.
+    On a machine other jobs share, threads that wait on each other can make several threads slower than one."""
     import torch
 
     timed = {}
     for threads in sorted({1, cores}):
         torch.set_num_threads(threads)
-        timed[threads] = probe(plan, in_channels, num_classes, spatial_dims, "cpu", size)
+        timed[threads] = measure()
     best = min(timed, key=lambda t: timed[t].step_s)
     torch.set_num_threads(best)
     measured = ", ".join(f"{t} thread(s) {speed.step_s:.3g} s/step" for t, speed in timed.items())
@@ -56,7 +55,7 @@ def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spati
     from monai.losses import DiceCELoss
     from monai.networks.nets import DynUNet
 
-    value = {key: planned.value for key, planned in plan.items()}
+    value = _values(plan)
     train_size = value["data.patch_size"] or list(size)
     batch = value["data.batch_size"] * value["data.samples_per_image"]
     target = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
@@ -112,14 +111,115 @@ def augment_seconds(value: Mapping[str, Any], spatial_dims: int, in_channels: in
     import torch
     from monai.transforms import Compose
 
-    from medexp.data.augmentation import AugmentationRecipe
     from medexp.data.transforms import monai_augmentation
 
-    recipe = AugmentationRecipe.from_config({key.split(".", 1)[1]: v for key, v in value.items()
-                                             if key.startswith("augmentation.")})
-    pipeline = Compose(monai_augmentation(recipe, ("image", "label"), spatial_dims))
+    pipeline = Compose(monai_augmentation(_recipe(value), ("image", "label"), spatial_dims))
     sample = {"image": torch.randn(in_channels, *size), "label": torch.zeros(1, *size)}
     return _timed(lambda: pipeline(dict(sample)), 4, torch.device("cpu"))
+
+
+def _values(plan: Mapping[str, Planned]) -> dict[str, Any]:
+    return {key: planned.value for key, planned in plan.items()}
+
+
+def _recipe(value: Mapping[str, Any]):
+    from medexp.data.augmentation import AugmentationRecipe
+
+    return AugmentationRecipe.from_config({key.split(".", 1)[1]: v for key, v in value.items()
+                                           if key.startswith("augmentation.")})
+
+
+def probe_classification(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int,
+                         device: str, size: Sequence[int]) -> Throughput:
+    """Time PROBE_STEPS training steps of the planned ResNet (batched augmentation, cross-entropy, AdamW) on random
+    batches of the planned size, and the inference of one evaluation batch (per image)."""
+    import torch
+    from monai.networks.nets import ResNet
+
+    from medexp.data.batch_augment import BatchAugmentation
+
+    value = _values(plan)
+    batch = value["data.batch_size"]
+    target = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
+    net = ResNet(block="basic", layers=value["model.layers"], block_inplanes=value["model.block_inplanes"],
+                 spatial_dims=spatial_dims, n_input_channels=in_channels, num_classes=num_classes,
+                 conv1_t_size=value["model.conv1_t_size"], conv1_t_stride=value["model.conv1_t_stride"],
+                 no_max_pool=value["model.no_max_pool"]).to(target)
+    augment = BatchAugmentation(_recipe(value))
+    optimiser = torch.optim.AdamW(net.parameters(), lr=value["optimizer.lr"])
+    loss = torch.nn.CrossEntropyLoss()
+    images = torch.randn(batch, in_channels, *size, device=target)
+    labels = torch.randint(0, max(2, num_classes), (batch,), device=target)
+
+    def step() -> None:
+        optimiser.zero_grad()
+        loss(net(augment(images)), labels).backward()
+        optimiser.step()
+
+    step()
+    step_s = _timed(step, PROBE_STEPS, target)
+    net.eval()
+    with torch.no_grad():
+        infer_s = _timed(lambda: net(images), 2, target) / batch
+    return Throughput(step_s, 0.0, infer_s, batch, tuple(size))
+
+
+def probe_detection(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int,
+                    device: str, size: Sequence[int], boxes_per_image: int) -> Throughput:
+    """Time PROBE_STEPS training steps of the planned RetinaNet (ATSS matching, hard negatives, as the detection
+    task trains) on random images holding ``boxes_per_image`` random boxes of the planned anchor size, one
+    inference, and the planned box augmentation of one sample."""
+    import torch
+    from monai.networks.nets import ResNet
+    from monai.transforms import Compose
+
+    from medexp.data.detection import box_augmentation
+    from medexp.tasks.detection import build_retinanet
+
+    value = _values(plan)
+    batch = value["data.batch_size"]
+    target = torch.device("cuda" if device == "gpu" and torch.cuda.is_available() else "cpu")
+    backbone = ResNet(block="basic", layers=value["model.backbone.layers"],
+                      block_inplanes=value["model.backbone.block_inplanes"], spatial_dims=spatial_dims,
+                      n_input_channels=in_channels, conv1_t_size=7, conv1_t_stride=2)
+    detector = build_retinanet(backbone, spatial_dims, num_classes, value["model.anchor_sizes"],
+                               value["model.returned_layers"], value["model.fpn_channels"])
+    detector.set_target_keys(box_key="box", label_key="label")
+    detector.set_atss_matcher(num_candidates=4, center_in_gt=False)
+    detector.set_hard_negative_sampler(batch_size_per_image=value["task.hard_negative.batch_size_per_image"],
+                                       positive_fraction=0.3, pool_size=20, min_neg=16)
+    detector.to(target)
+    optimiser = torch.optim.AdamW(detector.network.parameters(), lr=value["optimizer.lr"])
+    side = float(value["model.anchor_sizes"][0])
+    generator = torch.Generator().manual_seed(0)
+
+    def sample() -> tuple[torch.Tensor, dict]:
+        low = torch.rand(boxes_per_image, spatial_dims, generator=generator) * (
+            torch.tensor(size, dtype=torch.float32) - side)
+        box = torch.cat([low, low + side], dim=1)
+        return (torch.randn(in_channels, *size),
+                {"box": box, "label": torch.randint(0, num_classes, (boxes_per_image,), generator=generator)})
+
+    samples = [sample() for _ in range(batch)]
+    images = [image.to(target) for image, _ in samples]
+    targets = [{k: v.to(target) for k, v in t.items()} for _, t in samples]
+
+    def step() -> None:
+        optimiser.zero_grad()
+        losses = detector(images, targets)
+        (losses[detector.cls_key] + losses[detector.box_reg_key]).backward()
+        optimiser.step()
+
+    detector.train()
+    step()
+    step_s = _timed(step, PROBE_STEPS, target)
+    detector.eval()
+    with torch.no_grad():
+        infer_s = _timed(lambda: detector(images[:1]), 2, target)
+    pipeline = Compose(box_augmentation(_recipe(value), spatial_dims, value.get("data.rotate90_prob", 0.0)))
+    image, boxes = samples[0]
+    augment_s = _timed(lambda: pipeline({"image": image.clone(), **boxes}), 4, torch.device("cpu"))
+    return Throughput(step_s, augment_s, infer_s, batch, tuple(size))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ the thinnest foreground is), whether the anatomy has one orientation (mirroring 
 that never occur), and a leakage report (patients, or near-identical images, in two splits).
 
 Every case is read once, in parallel threads (image decoding releases the GIL), with the data module's own loader,
-so the fingerprint sees exactly what training will read. Only file-based segmentation data is fingerprinted so far.
+so the fingerprint sees exactly what training will read. Classification and detection data are fingerprinted by
+``medexp.planning.image_fingerprint``.
 """
 from __future__ import annotations
 
@@ -34,22 +35,29 @@ HU_AIR, HU_BONE = -500.0, 300.0  # stored values below and above these in one im
 
 
 @dataclass(frozen=True)
-class CaseFigures:
-    """What one case contributes to the fingerprint."""
+class SampledCase:
+    """What every case contributes, whatever the task: who and where it is, its size, a sample of its voxels and a
+    thumbnail for near-duplicates."""
 
     case_id: str
     patient_id: str
     split: str
     shape: tuple[int, ...]
-    spacing: tuple[float, ...]
     channels: int
     image_sample: np.ndarray  # (channels, n) strided sample of all voxels
-    foreground_sample: np.ndarray  # (channels, m) strided sample of foreground voxels
-    class_counts: np.ndarray  # voxels per class index
-    components: int  # connected foreground structures
-    half_thickness: float  # foreground voxels per boundary voxel: half the width of a strip, the radius/2 of a disk
-    mask_grid: np.ndarray  # foreground resampled to ORIENTATION_GRID cells per axis (bool)
     thumbnail: np.ndarray  # the image (channel mean) on THUMBNAIL_CELLS cells per axis
+
+
+@dataclass(frozen=True)
+class CaseFigures(SampledCase):
+    """What one segmentation case contributes to the fingerprint."""
+
+    spacing: tuple[float, ...] = ()
+    foreground_sample: np.ndarray | None = None  # (channels, m) strided sample of foreground voxels
+    class_counts: np.ndarray | None = None  # voxels per class index
+    components: int = 0  # connected foreground structures
+    half_thickness: float = 0.0  # foreground voxels per boundary voxel: half the width of a strip, the radius/2 of a disk
+    mask_grid: np.ndarray | None = None  # foreground resampled to ORIENTATION_GRID cells per axis (bool)
 
 
 def dataset_digest(records: Sequence[Mapping[str, Any]], reading: Mapping[str, Any]) -> str:
@@ -66,17 +74,13 @@ def dataset_digest(records: Sequence[Mapping[str, Any]], reading: Mapping[str, A
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = None, workers: int | None = None,
-                     ) -> dict[str, Any]:
-    """The fingerprint of the dataset a resolved data config (``cfg.data`` as a plain dict) describes; read from
-    ``cache_dir/<digest>.json`` when this exact dataset was fingerprinted before."""
+def fingerprint_segmentation(data: Mapping[str, Any], cache_dir: str | Path | None = None,
+                             workers: int | None = None) -> dict[str, Any]:
+    """The fingerprint of the segmentation dataset a resolved data config (``cfg.data`` as a plain dict) describes;
+    read from ``cache_dir/<digest>.json`` when this exact dataset was fingerprinted before."""
     from medexp.data.datalist import build_datalist
     from medexp.data.splits import split_from_config
 
-    kind = task_kind(str(data.get("_target_", "")))
-    if kind != "segmentation":
-        raise ConfigError(f"medexp-plan plans segmentation data so far; data={data.get('name')} is {kind} data: "
-                          "train it with medexp-train and a recipe")
     split_options = dict(data.get("split") or {})
     if data.get("fold") is not None:
         split_options.update(kind="kfold", fold=data["fold"], num_folds=data.get("num_folds", 5))
@@ -91,7 +95,7 @@ def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = Non
         return json.loads(cached.read_text())
     started = time.perf_counter()
     cases = read_cases(assigned, data, workers)
-    fingerprint = summarise(cases, kind, int(data.get("spatial_dims", 2)), int(data.get("num_classes", 2)))
+    fingerprint = summarise(cases, "segmentation", int(data.get("spatial_dims", 2)), int(data.get("num_classes", 2)))
     fingerprint.update(digest=digest, dataset=data.get("name"), seconds=round(time.perf_counter() - started, 2))
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)

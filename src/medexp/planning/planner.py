@@ -13,6 +13,7 @@ from medexp.errors import ConfigError, DataError
 from medexp.planning import rules
 from medexp.planning.budget import Schedule, Throughput, fastest_threads, probe, schedule
 from medexp.planning.rules import Plan, Planned
+from medexp.planning.search import search_space
 
 DEVICES = ("cpu", "gpu")
 MAX_EPOCH_HEADROOM = 1.5  # max_epochs above the predicted count: a faster run fills the budget, the time stops it
@@ -27,12 +28,24 @@ class PlanResult:
     schedule: Schedule
 
 
+def fingerprint_data(data: Mapping[str, Any], cache_dir: str | Path | None = None, workers: int | None = None,
+                     ) -> dict[str, Any]:
+    """The fingerprint of the dataset a resolved data config describes, cached by its digest: segmentation's
+    (``fingerprint``) or classification's and detection's (``image_fingerprint``)."""
+    from medexp.planning.fingerprint import fingerprint_segmentation, task_kind
+    from medexp.planning.image_fingerprint import fingerprint_images
+
+    kind = task_kind(str(data.get("_target_", "")))
+    if kind == "segmentation":
+        return fingerprint_segmentation(data, cache_dir, workers)
+    return fingerprint_images(data, kind, cache_dir, workers)
+
+
 def plan_experiment(data: Mapping[str, Any], budget: str | float, device: str, output: str | Path,
                     name: str | None = None, allow_leaks: bool = False, cache_dir: str | Path | None = None,
                     ) -> PlanResult:
     """Plan and write the experiment for the dataset ``data`` (a resolved data config as a plain dict)."""
     from medexp.callbacks.budget import parse_duration
-    from medexp.planning.fingerprint import fingerprint_data
     from medexp.planning.writer import experiment_name, write_plan
 
     if device not in DEVICES:
@@ -40,17 +53,12 @@ def plan_experiment(data: Mapping[str, Any], budget: str | float, device: str, o
     budget_s = parse_duration(budget)
     fp = fingerprint_data(data, cache_dir=cache_dir)
     check_leakage(fp["leakage"], allow_leaks)
-    plan, timing, speed = choose_size(fp, budget_s, device, os.cpu_count() or 1)
+    choose = {"segmentation": choose_size, "classification": choose_classification,
+              "detection": choose_detection}[fp["task"]]
+    plan, timing, speed = choose(fp, budget_s, device, os.cpu_count() or 1)
     plan.update(training_schedule(budget, timing, speed))
     name = name or experiment_name(data)
-    groups = {
-        "data": (name, "the data config planned from, copied beside this file"),
-        "task": ("segmentation", f"{fp['task']} data"),
-        "model": ("dynunet", "nnU-Net's U-Net, depth and strides below"),
-        "augmentation": ("none", "the planned recipe below, on top of nothing"),
-        "optimizer": ("adamw", "see optimizer.lr"),
-        "scheduler": ("none", "trainer.budget runs a cosine over the budget"),
-    }
+    groups = {"data": (name, "the data config planned from, copied beside this file"), **task_groups(fp)}
     header = [
         f"Planned by medexp-plan for {fp['dataset']} ({fp['n_cases']} cases: {fp['cases_per_split']}; fingerprint "
         f"{fp['digest']}), budget {budget} on a {device}.",
@@ -62,8 +70,39 @@ def plan_experiment(data: Mapping[str, Any], budget: str | float, device: str, o
     leaks = leak_summary(fp["leakage"])
     if leaks:
         header.append(f"Leakage: {leaks}")
-    experiment = write_plan(output, name, data, groups, plan, fp, header)
+    experiment = write_plan(output, name, data, groups, plan, fp, header, search_space(fp, plan))
     return PlanResult(experiment, name, fp, plan, timing)
+
+
+def task_groups(fp: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
+    """The config groups a plan chooses for its task (each with why); the planned values go on top of them."""
+    recipe = ("none", "the planned recipe below, on top of nothing")
+    common = {"augmentation": recipe, "optimizer": ("adamw", "see optimizer.lr"),
+              "scheduler": ("none", "trainer.budget runs a cosine over the budget")}
+    if fp["task"] == "classification":
+        multi = fp["labels"]["multi_label"]
+        return {"task": ("classification_multilabel" if multi else "classification",
+                         "several 0/1 labels per image" if multi else "one class per image"),
+                "model": ("resnet10", f"a MONAI ResNet ({fp['spatial_dims']}D), stem and widths below"), **common}
+    if fp["task"] == "detection":
+        return {"task": ("detection", "boxes per image"),
+                "model": ("retinanet", "MONAI's RetinaNet, pyramid and anchors below"), **common}
+    return {"task": ("segmentation", f"{fp['task']} data"),
+            "model": ("dynunet", "nnU-Net's U-Net, depth and strides below"), **common}
+
+
+def plan_summary(fp: Mapping[str, Any], plan: Plan) -> str:
+    """The planned values a user checks first, in one line."""
+    values = {key: planned.value for key, planned in plan.items()}
+    keys = {"segmentation": ("data.preprocessing.resize", "data.preprocessing.spacing", "data.patch_size",
+                             "model.filters"),
+            "classification": ("data.preprocessing.size", "model.layers", "model.block_inplanes",
+                               "model.conv1_t_stride", "task.class_weights"),
+            "detection": ("data.preprocessing.resize", "model.returned_layers", "model.anchor_sizes",
+                          "task.nms_thresh")}[fp["task"]]
+    shown = [f"{key.rsplit('.', 1)[-1]} {values[key]}" for key in keys if key in values]
+    shown += [f"batch {values['data.batch_size']}", f"mirror axes {values['augmentation.flip_axes']}"]
+    return ", ".join(shown)
 
 
 def check_leakage(report: Mapping[str, Any], allow_leaks: bool) -> None:
@@ -106,10 +145,8 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
         return plan, probe(plan, fp["channels"], num_classes, dims, device, size)
 
     smallest = rules.segmentation_plan(fp, sizes[-1], device, cores)
-    if device == "cpu":  # threads first: every later probe runs with the faster setting
-        threads, _ = fastest_threads(smallest, fp["channels"], num_classes, dims, sizes[-1], cores)
-    else:
-        threads = Planned(None, "a GPU: torch's default")
+    threads = planned_threads(device, lambda: probe(smallest, fp["channels"], num_classes, dims, device, sizes[-1]),
+                              cores)
     widths = [w for w in (rules.BASE_FEATURES[device], rules.BASE_FEATURES[device] // 2)
               if w >= rules.MIN_BASE_FEATURES]
     chosen = (sizes[-1], widths[-1])
@@ -157,3 +194,92 @@ def training_schedule(budget: str | float, timing: Schedule, speed: Throughput) 
         "trainer.check_val_every_n_epoch": Planned(timing.val_every, "validation within a fifth of an epoch's time"),
         "trainer.log_every_n_steps": Planned(10, "a few loss points per epoch"),
     }
+
+
+def planned_threads(device: str, measure, cores: int) -> Planned:
+    """On a CPU, the faster thread count in the probe (every later probe runs with it); a GPU keeps torch's."""
+    if device != "cpu":
+        return Planned(None, "a GPU: torch's default")
+    return fastest_threads(measure, cores)[0]
+
+
+def choose_by_epochs(sizes: list, plan_at, measure, budget_s: float, fp: Mapping[str, Any], min_epochs: int,
+                     ) -> tuple[Plan, Schedule, Throughput]:
+    """The largest of ``sizes`` (largest first) whose predicted epochs reach ``min_epochs``, else the smallest:
+    one probe at the smallest size predicts the others in proportion to their voxels and batch; the chosen plan
+    is probed again for its schedule."""
+    cases, read_s = fp["cases_per_split"], float(fp.get("seconds", 0.0))
+    base = measure(plan_at(sizes[-1]), sizes[-1])
+    chosen = sizes[-1]
+    for size in sizes[:-1]:  # the smallest is where the search ends anyway
+        plan = plan_at(size)
+        guess = base.scaled(size, plan["data.batch_size"].value)
+        if schedule(budget_s, guess, cases, read_s).epochs >= min_epochs:
+            chosen = size
+            break
+    plan = plan_at(chosen)
+    speed = measure(plan, chosen) if chosen != sizes[-1] else base
+    return plan, schedule(budget_s, speed, cases, read_s), speed
+
+
+def choose_classification(fp: Mapping[str, Any], budget_s: float, device: str, cores: int,
+                          ) -> tuple[Plan, Schedule, Throughput]:
+    """Image files: the largest size whose epochs reach MIN_CLASSIFICATION_EPOCHS; arrays (MedMNIST) and volumes
+    keep their stored size."""
+    from medexp.planning import image_rules
+    from medexp.planning.budget import probe_classification
+
+    dims, labels = int(fp["spatial_dims"]), fp["labels"]
+    stored = [int(s) for s in fp["shape"]["median"]]
+    sizes = image_rules.classification_sizes(fp) or [None]
+
+    def plan_at(size):
+        return image_rules.classification_plan(fp, size, device, cores)
+
+    def measure(plan, size):
+        return probe_classification(plan, fp["channels"], labels["num_classes"], dims, device, size or stored)
+
+    threads = planned_threads(device, lambda: measure(plan_at(sizes[-1]), sizes[-1]), cores)
+    plan, timing, speed = choose_by_epochs(sizes, plan_at, measure, budget_s, fp,
+                                           image_rules.MIN_CLASSIFICATION_EPOCHS)
+    plan["threads"] = threads
+    key = "data.preprocessing.size"
+    if key in plan and plan[key].value is not None and len(sizes) > 1:
+        plan[key] = Planned(plan[key].value, f"{plan[key].reason}; the largest of {sizes} whose ~{timing.epochs} "
+                                             f"epochs reach {image_rules.MIN_CLASSIFICATION_EPOCHS} in the budget"
+                            if timing.epochs >= image_rules.MIN_CLASSIFICATION_EPOCHS else
+                            f"{plan[key].reason}; the smallest candidate: ~{timing.epochs} epochs in the budget")
+    return plan, timing, speed
+
+
+def choose_detection(fp: Mapping[str, Any], budget_s: float, device: str, cores: int,
+                     ) -> tuple[Plan, Schedule, Throughput]:
+    """The largest size above the box floor whose epochs reach MIN_DETECTION_EPOCHS."""
+    from medexp.planning import image_rules
+    from medexp.planning.budget import probe_detection
+
+    if int(fp["spatial_dims"]) != 2:
+        raise ConfigError("medexp-plan plans 2D detection so far: train 3D detection with a recipe "
+                          "(conf/experiment/synthetic_detection.yaml shows one)")
+    if not fp["boxes"]["n"]:
+        raise DataError("the detection data holds no boxes: check data.datalist and data.class_names")
+    floor = image_rules.detection_floor(fp)
+    sizes = image_rules.detection_sizes(fp, floor.value)
+    boxes = max(1, math.ceil(fp["boxes"]["per_image"]["median"]))
+
+    def plan_at(size):
+        return image_rules.detection_plan(fp, size, device, cores)
+
+    def measure(plan, size):
+        return probe_detection(plan, fp["channels"], fp["labels"]["num_classes"], 2, device, size, boxes)
+
+    threads = planned_threads(device, lambda: measure(plan_at(sizes[-1]), sizes[-1]), cores)
+    plan, timing, speed = choose_by_epochs(sizes, plan_at, measure, budget_s, fp, image_rules.MIN_DETECTION_EPOCHS)
+    plan["threads"] = threads
+    key = "data.preprocessing.resize"
+    plan[key] = Planned(plan[key].value, f"{plan[key].reason}; the largest of {sizes} (floor x{floor.value}: "
+                                         f"{floor.reason}) whose ~{timing.epochs} epochs reach "
+                                         f"{image_rules.MIN_DETECTION_EPOCHS}" if timing.epochs >=
+                        image_rules.MIN_DETECTION_EPOCHS else f"{plan[key].reason}; the smallest the floor allows "
+                                                               f"({floor.reason}): ~{timing.epochs} epochs")
+    return plan, timing, speed

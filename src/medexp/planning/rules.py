@@ -174,22 +174,28 @@ def mirroring(fp: Mapping[str, Any]) -> Planned:
     orient = fp["orientation"]
     axes = [a for a, one in enumerate(orient["one_orientation"]) if not one]
     kept = [a for a, one in enumerate(orient["one_orientation"]) if one]
-    why = f"mean foreground asymmetry {orient['asymmetry']} per axis, cases agreeing {orient['agreeing_cases']}"
+    why = (f"asymmetry of the mean (foreground, image or boxes) {orient['asymmetry']} per axis, cases agreeing "
+           f"{orient['agreeing_cases']}")
     if kept:
         return Planned(axes, f"axes {kept} have one orientation ({why}): not mirrored there")
     return Planned(axes, f"orientation varies on every axis ({why}): mirror all (nnU-Net)")
 
 
+def mirror_plan(fp: Mapping[str, Any]) -> Plan:
+    """The mirror axes (``mirroring``) and each one's probability."""
+    mirror = mirroring(fp)
+    return {"augmentation.flip_axes": mirror,
+            "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time")}
+
+
 def augmentation(fp: Mapping[str, Any]) -> Plan:
     """nnU-Net's recipe, milder in rotation and scale (a short budget learns the common pose first): affine and
     intensity transforms on a fraction of the samples, mirroring where orientation varies."""
-    mirror = mirroring(fp)
     return {
         "augmentation.rotate_deg": Planned(15, "small rotations (nnU-Net rotates up to 180 degrees over 1000 epochs)"),
         "augmentation.scale": Planned([0.85, 1.15], "zoom range (nnU-Net: 0.7-1.4)"),
         "augmentation.affine_prob": Planned(0.2, "nnU-Net's probability for rotation and scaling"),
-        "augmentation.flip_axes": mirror,
-        "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time"),
+        **mirror_plan(fp),
         "augmentation.contrast": Planned([0.75, 1.25], "nnU-Net's contrast range"),
         "augmentation.gamma": Planned([0.7, 1.5], "nnU-Net's gamma range"),
         "augmentation.intensity_prob": Planned(0.15, "nnU-Net's probability for intensity transforms"),
@@ -275,6 +281,8 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     plan.update(augmentation(fp))
     plan.update(loss_and_optimiser(fp))
     plan.update(sliding_window(size, planned_patch.value, plan["data.batch_size"].value))
+    if dims == 2 and planned_patch.value is None:  # follows the resize when a sweep changes it
+        plan["task.roi_size"] = Planned("${data.preprocessing.resize}", "the whole planned image in one window")
     if len(fp["classes"]["voxel_fraction"]) == 2:
         plan["task.auroc_thresholds"] = Planned(AUROC_THRESHOLDS, "binned pixel AUROC: its time per image grows "
                                                                   "with the bins (1000 cost more than the network)")

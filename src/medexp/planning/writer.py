@@ -1,5 +1,7 @@
 """The plan on disk: a ``# @package _global_`` experiment with a comment per planned value, the user's data config
-copied beside it (so ``--config-dir <output>`` alone runs it), ``fingerprint.json`` and ``plan.json``.
+copied beside it (so ``--config-dir <output>`` alone runs it), ``fingerprint.json`` and ``plan.json``. The experiment's
+``plan`` block names the plan (name, digest, files: MLflow tags and artifacts of every run made from it) and the
+sweep space centred on it (``plan.search``).
 
 Layout of ``<output>``::
 
@@ -10,6 +12,7 @@ Layout of ``<output>``::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -30,7 +33,8 @@ def experiment_name(data: Mapping[str, Any]) -> str:
 
 
 def write_plan(output: str | Path, name: str, data: Mapping[str, Any], groups: GroupChoices,
-               plan: Mapping[str, Planned], fingerprint: Mapping[str, Any], header: list[str]) -> Path:
+               plan: Mapping[str, Planned], fingerprint: Mapping[str, Any], header: list[str],
+               search: Mapping[str, Any] | None = None) -> Path:
     """Write the experiment, the data config, the fingerprint and the plan; return the experiment's path."""
     output = Path(output).resolve()
     (output / "experiment").mkdir(parents=True, exist_ok=True)
@@ -38,10 +42,14 @@ def write_plan(output: str | Path, name: str, data: Mapping[str, Any], groups: G
     (output / "data" / f"{name}.yaml").write_text(data_yaml(data, name))
     fingerprint_path = output / f"{name}.fingerprint.json"
     fingerprint_path.write_text(json.dumps(fingerprint, indent=1))
-    (output / f"{name}.plan.json").write_text(json.dumps(
-        {key: {"value": p.value, "reason": p.reason} for key, p in plan.items()}, indent=1))
+    plan_json = json.dumps({key: {"value": p.value, "reason": p.reason} for key, p in plan.items()}, indent=1)
+    reasons = output / f"{name}.plan.json"
+    reasons.write_text(plan_json)
     experiment = output / "experiment" / f"{name}.yaml"
-    experiment.write_text(experiment_yaml(name, groups, plan, header, fingerprint_path))
+    origin = {"name": name, "digest": hashlib.sha256(plan_json.encode()).hexdigest()[:12],
+              "experiment": str(experiment), "fingerprint": str(fingerprint_path), "reasons": str(reasons),
+              "search": dict(search or {})}
+    experiment.write_text(experiment_yaml(name, groups, plan, header, origin))
     return experiment
 
 
@@ -53,11 +61,17 @@ def data_yaml(data: Mapping[str, Any], name: str) -> str:
 
 
 def experiment_yaml(name: str, groups: GroupChoices, plan: Mapping[str, Planned], header: list[str],
-                    fingerprint_path: Path) -> str:
+                    origin: Mapping[str, Any]) -> str:
     lines = ["# @package _global_", *[f"# {line}" for line in header], "defaults:"]
     lines += [f"  - override /{group}: {choice}  # {why}" for group, (choice, why) in groups.items()]
-    lines += ["", f"name: {name}", "# where this plan came from (logged with every run made from it)", "plan:",
-              f"  name: {name}", f"  fingerprint: {fingerprint_path}"]
+    lines += ["", f"name: {name}",
+              "# where this plan came from: every run made from it carries these as MLflow tags and artifacts",
+              "plan:", *(f"  {key}: {json.dumps(origin[key])}" for key in ("name", "digest", "experiment",
+                                                                         "fingerprint", "reasons"))]
+    if origin["search"]:
+        lines.append("  # hparams_search=optuna searches this space, centred on the plan; the plan is its first trial")
+        lines.append("  search:")
+        lines += [f"    {key}: {json.dumps(spec)}" for key, spec in origin["search"].items()]
     lines += _tree_lines(_nest(plan), 0)
     return "\n".join(lines) + "\n"
 

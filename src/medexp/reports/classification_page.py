@@ -48,7 +48,8 @@ def collect_classification(task, datamodule) -> ClassificationReportData:
     def probabilities(split: str) -> tuple[np.ndarray, np.ndarray]:
         images, labels = datamodule.tensors[split]
         with torch.no_grad():
-            logits = torch.cat([task(images[i : i + 512].to(task.device)) for i in range(0, len(images), 512)])
+            logits = torch.cat([task(datamodule.standardise(images[i : i + 512].to(task.device)))
+                                for i in range(0, len(images), 512)])
         probs = torch.softmax(logits.float(), dim=1)
         return labels.cpu().numpy(), probs.cpu().numpy()
 
@@ -58,7 +59,8 @@ def collect_classification(task, datamodule) -> ClassificationReportData:
     test_labels, test_probs = probabilities("test")
     order = worst_first(test_labels, test_probs)
     chosen = [*order[:CAM_CASES], *order[::-1][:CAM_CASES]]
-    cams = grad_cam(task.net, datamodule.tensors["test"][0][chosen].to(task.device), test_probs[chosen].argmax(1))
+    inputs = datamodule.standardise(datamodule.tensors["test"][0][chosen].to(task.device))
+    cams = grad_cam(task.net, inputs, test_probs[chosen].argmax(1))
     task.train(was_training)
     return ClassificationReportData(list(task.class_names), val_labels, val_probs, test_labels, test_probs,
                                     np.asarray(datamodule.arrays.images["test"]), dict(zip(chosen, cams, strict=True)))

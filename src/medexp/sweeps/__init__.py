@@ -29,12 +29,37 @@ def default_study_name(config) -> str:
         # where and how it runs (sweep dir, launcher, n_trials, sampler) does not change what is searched
         "overrides": sorted(str(o) for o in hydra.overrides.task
                             if not str(o).lstrip("+~").startswith(WHERE_NOT_WHAT) or ".params." in str(o)),
-        "params": sweeper.get("params"), "metric": sweeper.get("metric"), "direction": sweeper.get("direction"),
+        "params": search_params(config), "metric": sweeper.get("metric"), "direction": sweeper.get("direction"),
     }
     digest = hashlib.sha1(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:8]
     choices = hydra.runtime.choices
     parts = [str(config.get("name", "medexp")), str(choices.get("data", "data")), str(choices.get("model", "model"))]
     return "-".join([*parts, digest])
+
+
+def search_params(config) -> dict:
+    """The search space a sweep's config gives: ``hydra.sweeper.params``, or on an experiment ``medexp-plan`` wrote
+    the space centred on the plan (``plan.search``), which replaces the generic space of ``hparams_search=optuna``
+    (``plan.search=null`` keeps that one)."""
+    from omegaconf import OmegaConf
+
+    planned = OmegaConf.select(config, "plan.search", default=None)
+    optuna = config.hydra.sweeper.get("_target_") == OPTUNA_SWEEPER_TARGET
+    chosen = planned if planned and optuna else config.hydra.sweeper.get("params")
+    return OmegaConf.to_container(chosen, resolve=True) if OmegaConf.is_config(chosen) else dict(chosen or {})
+
+
+def planned_values(config, keys) -> dict:
+    """The composed config's value of each key, where it has one: on a planned experiment, the plan's values (a
+    value the command line fixed is not searched, so not asked for)."""
+    from omegaconf import OmegaConf
+
+    values = {}
+    for key in keys:
+        value = OmegaConf.select(config, key, default=None)
+        if value is not None:
+            values[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    return values
 
 
 def study_name(config) -> str:

@@ -19,11 +19,11 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from medexp.redact import redact_text
+from medexp.sweeps import planned_values, search_params, study_name, workers
 from medexp.sweeps import study as studies
-from medexp.sweeps import study_name, workers
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, JobOutcome, job_outcome
 from medexp.sweeps.seeds import sampler_seed, trial_seed
-from medexp.sweeps.space import override_value, search_space
+from medexp.sweeps.space import choice_value, override_value, search_space
 from medexp.sweeps.summary import fmt
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class OptunaSweep:
 
     def run(self, arguments: list[str]) -> optuna.Study:
         s = self.settings
-        fixed, space = search_space(s["params"] or {}, arguments)
+        fixed, space = search_space(search_params(self.config), arguments)
         fixed = [line for line in fixed if line.split("=", 1)[0].lstrip("+~") not in _PER_TRIAL_KEYS]
         name = self._name_the_study()
         with workers.study_lock(s["storage"], name):
@@ -55,6 +55,8 @@ class OptunaSweep:
             studies.check_signature(study, studies.signature(self.config, self.metric, space, fixed),
                                     explicit=bool(s.get("study_name")))
             workers.reap_stale_trials(study)
+            if not study.trials:
+                self._start_from_the_plan(study, space)
             counted = studies.n_counted_trials(study)
             study.sampler = self._sampler(study, space)
         # this invocation's share: what the study misses now (a failed trial is not redone in the same invocation);
@@ -75,6 +77,18 @@ class OptunaSweep:
                 budget -= len(batch)
         self._report(study, outcomes)
         return study
+
+    def _start_from_the_plan(self, study: optuna.Study, space: dict[str, BaseDistribution]) -> None:
+        """On a planned experiment, the plan's own values are the new study's first trial (``enqueue_trial``): the
+        sweep then never reports worse than the plan."""
+        if not OmegaConf.select(self.config, "plan.search", default=None):
+            return
+        values = {key: choice_value(value) for key, value in planned_values(self.config, space).items()}
+        first = {key: value for key, value in values.items() if _holds(space[key], value)}
+        if first:
+            study.enqueue_trial(first, user_attrs={"medexp.origin": "plan"})
+            log.info("study %s: trial 0 is the plan (%s)", study.study_name,
+                     ", ".join(f"{k}={fmt(v)}" for k, v in first.items()))
 
     def _claim(self, study: optuna.Study, space: dict[str, BaseDistribution], n: int) -> list[optuna.Trial]:
         """Up to ``n`` new trials, as many as the study still misses counting other workers' running ones."""
@@ -171,3 +185,11 @@ class OptunaSweep:
     def _save_sweep_config(self) -> None:
         OmegaConf.save(self.config, self._sweep_dir() / "multirun.yaml")
 
+
+
+def _holds(distribution: BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` lies in ``distribution`` (a command-line space may not hold the plan's value)."""
+    try:
+        return bool(distribution._contains(distribution.to_internal_repr(value)))
+    except (ValueError, TypeError):
+        return False

@@ -6,6 +6,7 @@ In config (``hydra.sweeper.params``), each key is a config key to override and i
     model.width: {type: int, low: 16, high: 128, step: 16}
     model: {type: categorical, choices: [cnn, resnet18]}
     optimizer: [adam, sgd]                     # a list is a categorical
+    model.layers: {type: categorical, choices: [[1, 1, 1, 1], [2, 2, 2, 2]]}  # lists as choices: sizes, layouts
     data.batch_size: "choice(32, 64, 128)"    # Hydra's sweep syntax, as on the command line
 
 On the command line, Hydra's sweep syntax: ``model=cnn,resnet18`` or ``choice(...)`` (categorical),
@@ -29,14 +30,14 @@ def distribution_from_spec(key: str, spec: Any) -> BaseDistribution:
     if isinstance(spec, str):
         return distribution_from_override(_parse_override(f"{key}={spec}"))
     if isinstance(spec, Sequence):
-        return CategoricalDistribution(list(spec))
+        return CategoricalDistribution([choice_value(c) for c in spec])
     if not isinstance(spec, Mapping) or "type" not in spec:
         raise ConfigError(f"hydra.sweeper.params.{key}: expected a list, a sweep string or a mapping with 'type' "
                           f"(float | int | categorical), got {spec!r}")
     kind = spec["type"]
     try:
         if kind == "categorical":
-            return CategoricalDistribution(list(spec["choices"]))
+            return CategoricalDistribution([choice_value(c) for c in spec["choices"]])
         if kind == "float":
             return FloatDistribution(float(spec["low"]), float(spec["high"]), log=bool(spec.get("log", False)),
                                      step=None if spec.get("step") is None else float(spec["step"]))
@@ -112,8 +113,19 @@ def grid_values(space: Mapping[str, BaseDistribution]) -> dict[str, list]:
     return grid
 
 
+def choice_value(value: Any) -> Any:
+    """A categorical choice as Optuna's storage keeps it: a list (an image size, a block layout) becomes its Hydra
+    list text ``[80,128]``, which ``override_value`` passes on as a list."""
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        return "[" + ",".join(str(choice_value(v)) for v in value) + "]"
+    return value
+
+
 def override_value(value: Any) -> str:
-    """A sampled value written as a Hydra override value (strings quoted where the grammar needs it)."""
+    """A sampled value written as a Hydra override value (strings quoted where the grammar needs it; a list's text,
+    ``[80,128]`` from ``choice_value``, stays a list)."""
+    if isinstance(value, str) and value.startswith("[") and value.endswith("]"):
+        return value
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -2,7 +2,8 @@
 
 Metrics are MONAI's: Dice per foreground class (``dice_<class>`` when there are several) and their mean ``dice``,
 the 95% Hausdorff distance likewise (``hd95_<class>``, ``hd95``; on ``hd95_stages`` only); for a binary task also
-the pixel-level AUROC of the foreground probability. When a batch carries a field-of-view mask
+the pixel-level AUROC of the foreground probability; where the data names each image's pixel size
+(``data.circumference``, HC18), the head-circumference error in mm (``hc_error_mm``). When a batch carries a field-of-view mask
 (``fov``; e.g. the retina in fundus photographs), the metrics count only pixels inside it, as the CHASEDB1/DRIVE
 protocols do. Each case's Dice and HD95 are kept under its id for report/index.html (``medexp.reports.segmentation_page``), with
 overlays of only the worst and best few.
@@ -13,8 +14,9 @@ cases (``medexp.data.sharding``: each case once) and the per-case values are gat
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,6 +25,7 @@ from torchmetrics.classification import BinaryAUROC
 
 from medexp.reports.segmentation_page import SegmentationCases, SegmentationReportData, write_segmentation_page
 from medexp.tasks.base import BaseTask
+from medexp.tasks.circumference import CircumferenceTable
 
 EVAL_STAGES = ("val", "test")
 
@@ -66,7 +69,8 @@ class SegmentationTask(BaseTask):
                  loss: Callable[..., nn.Module], scheduler: Callable | None = None, sw_batch_size: int = 4,
                  sw_overlap: float = 0.25, hd95_stages: Sequence[str] = ("test",), auroc_thresholds: int = 1000,
                  report_cases: int = 3, monitor: str = "val/dice", monitor_mode: str = "max",
-                 class_names: Sequence[str] | None = None, tta_flips: Sequence[Sequence[int]] = ()):
+                 class_names: Sequence[str] | None = None, tta_flips: Sequence[Sequence[int]] = (),
+                 circumference: Mapping[str, Any] | None = None):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode)
         from monai.inferers import SlidingWindowInferer
         from monai.metrics import Cumulative, DiceMetric
@@ -86,6 +90,12 @@ class SegmentationTask(BaseTask):
         self.aurocs = nn.ModuleList([BinaryAUROC(thresholds=auroc_thresholds) for _ in EVAL_STAGES]) \
             if num_classes == 2 else None
         self.report_cases = report_cases
+        # HC18's measure beside Dice: |circumference of an ellipse fitted to the predicted mask - reference| in mm,
+        # for data whose config names each image's pixel size (data.circumference, medexp.tasks.circumference)
+        # read at the first evaluation: a checkpoint predicts without the table
+        self.circumference_spec = dict(circumference) if circumference else None
+        self._circumference: CircumferenceTable | None = None
+        self.hc_errors = nn.ModuleList([MeanMetric() for _ in EVAL_STAGES]) if circumference else None
         # test-time augmentation: spatial axes (0 = first spatial axis) to mirror, one inference per entry
         self.tta_flips = [[2 + axis for axis in axes] for axes in tta_flips]
         self.cases: dict[str, list] = {s: [] for s in EVAL_STAGES}
@@ -132,6 +142,8 @@ class SegmentationTask(BaseTask):
             hd95 = hd95_per_class(predicted, labels, self.num_classes)
             self.hd95[stage].extend(hd95)
         case_ids = batch.get("case_id") or [None] * len(images)
+        if self.circumference_spec is not None:
+            self._score_circumference(stage, case_ids, predicted)
         for i, case_id in enumerate(case_ids):
             self.scored[stage].add(case_id, dice[i].cpu().numpy(), None if hd95 is None else hd95[i].cpu().numpy(),
                                    images[i], labels[i, 0], predicted[i, 0])
@@ -142,6 +154,15 @@ class SegmentationTask(BaseTask):
             self.aurocs[EVAL_STAGES.index(stage)].update(scores.flatten(), truth.flatten())
         if len(self.cases[stage]) < self.report_cases and self.global_rank == 0:
             self.cases[stage].append((images[0].cpu(), labels[0, 0].cpu(), predicted[0, 0].cpu()))
+
+    def _score_circumference(self, stage: str, case_ids: Sequence[str | None], predicted: torch.Tensor) -> None:
+        if self._circumference is None:
+            self._circumference = CircumferenceTable(**self.circumference_spec)
+        masks = (predicted[:, 0] > 0).cpu().numpy()
+        for case_id, mask in zip(case_ids, masks, strict=True):
+            error = self._circumference.error_mm(str(case_id), mask) if case_id is not None else None
+            if error is not None:
+                self.hc_errors[EVAL_STAGES.index(stage)].update(torch.tensor(error, device=self.device))
 
     def validation_step(self, batch, batch_idx):
         self._eval_step("val", batch)
@@ -184,6 +205,9 @@ class SegmentationTask(BaseTask):
         if self.aurocs is not None:
             values["auroc"] = self.aurocs[index].compute()
             self.aurocs[index].reset()
+        if self.hc_errors is not None:  # computed on every rank alike: it syncs across DDP ranks
+            values["hc_error_mm"] = self.hc_errors[index].compute()
+            self.hc_errors[index].reset()
         best_before = self.best_monitor
         self.log_metrics(stage, {k: v.to(self.device) for k, v in values.items()})
         self._keep_report(stage, best_before)

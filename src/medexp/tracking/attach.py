@@ -23,6 +23,7 @@ from medexp.errors import ConfigError
 from medexp.hydra_setup import in_multirun
 from medexp.redact import redact_file, redact_text
 from medexp.tracking.http import http_unanswered
+from medexp.tracking.plan import ARTIFACT_PATH, plan_files, plan_tags
 from medexp.tracking.views import RUNS_QUERY
 
 PROBE_TIMEOUT_S = 5.0
@@ -139,11 +140,21 @@ class Tracking:
         return lines
 
 
+UI_ADDRESS_FILE = "mlflow-ui.url"  # written beside a local store by `make ui`: the address it serves the store on
+
+
 def ui_base(uri: str) -> str:
-    """Where the UI for ``uri`` is: the server itself, or ``make ui``'s address for a local store."""
+    """Where the UI for ``uri`` is: the server itself; for a local store, ``MLFLOW_HOST``/``MLFLOW_PORT`` where
+    set, else the address ``make ui`` last served this store on (a run started outside make, in another terminal
+    than ``make ui MLFLOW_PORT=5001``), else ``make ui``'s default."""
     if uri.startswith(("http://", "https://")):
         parsed = urllib.parse.urlsplit(uri)
         return f"{parsed.scheme}://{parsed.hostname}{f':{parsed.port}' if parsed.port else ''}{parsed.path.rstrip('/')}"
+    if not {"MLFLOW_HOST", "MLFLOW_PORT"} & set(os.environ) and uri.startswith("sqlite:///"):
+        recorded = Path(uri.removeprefix("sqlite:///")).parent / UI_ADDRESS_FILE
+        address = recorded.read_text().strip() if recorded.is_file() else ""
+        if address:
+            return address
     return f"http://{os.environ.get('MLFLOW_HOST', '127.0.0.1')}:{os.environ.get('MLFLOW_PORT', '5000')}"
 
 
@@ -176,7 +187,8 @@ def attach(cfg: DictConfig, config: Mapping[str, Any], run_dir: Path, datamodule
         tracking.callbacks.append(RunRecorder(tracking.mlflow, config, run_dir, tags=run_tags(cfg),
                                               fingerprint=datamodule.fingerprint, resumed=resumed,
                                               choices=hydra_choices(), overridden=overridden_keys(),
-                                              model_files=model_files))
+                                              model_files=model_files,
+                                              attachments=[(path, ARTIFACT_PATH) for path in plan_files(cfg)]))
     return tracking
 
 
@@ -230,4 +242,5 @@ def run_tags(cfg: DictConfig) -> dict[str, str]:
         tags["hydra.overrides"] = redact_text(" ".join(HydraConfig.get().overrides.task)) or "(none)"
         tags.update({f"choice.{k}": v for k, v in hydra_choices().items() if not k.startswith("hydra/")})
     tags.update({str(tag): "true" for tag in cfg.get("tags") or []})
+    tags.update(plan_tags(cfg))
     return tags

@@ -52,7 +52,7 @@ def attach_evaluation(ckpt_path: str, tracking_uri: str, experiment: str, log_to
                       global_step: int) -> EvaluationTracking:
     """The tracking of an evaluation of ``ckpt_path`` (whose training ended at ``global_step``), as ``log_to``
     says (see the module docstring)."""
-    from medexp.tracking.mlflow import build_mlflow_logger
+    from medexp.tracking.mlflow import MlflowRunLogger
 
     check_log_to(log_to)
     if log_to == "none":
@@ -60,10 +60,10 @@ def attach_evaluation(ckpt_path: str, tracking_uri: str, experiment: str, log_to
     run_id_file = Path(ckpt_path).resolve().parent.parent / RUN_ID_FILE
     if log_to == "same" and run_id_file.is_file():
         run_id = run_id_file.read_text().strip()
-        logger = build_mlflow_logger(tracking_uri, experiment, run_id=run_id, step_offset=global_step,
-                                     keep_state=True, metric_prefix=EVAL_PREFIX)
+        logger = MlflowRunLogger(tracking_uri, experiment, run_id=run_id, step_offset=global_step,
+                                 keep_state=True, metric_prefix=EVAL_PREFIX)
         return EvaluationTracking([logger], f"logged to the training run {run_id} at step {global_step} "
                                             f"({EVAL_PREFIX}<metric>)")
-    logger = build_mlflow_logger(tracking_uri, experiment, run_name=f"eval-{Path(ckpt_path).stem}",
-                                 tags={"evaluated_checkpoint": str(Path(ckpt_path).resolve())})
+    logger = MlflowRunLogger(tracking_uri, experiment, run_name=f"eval-{Path(ckpt_path).stem}",
+                             tags={"evaluated_checkpoint": str(Path(ckpt_path).resolve())})
     return EvaluationTracking([logger], f"logged to a new run in experiment {experiment!r}")

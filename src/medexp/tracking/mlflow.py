@@ -46,7 +46,9 @@ class MlflowRunLogger(Logger):
                  tags: Mapping[str, str] | None = None, run_id: str | None = None, step_offset: int = 0,
                  results_dir: str | None = None, resumed: bool = False, keep_state: bool = False,
                  metric_prefix: str = ""):
-        """``keep_state``: add to the run ``run_id`` and leave it as it is (status, end time: an evaluation of a
+        """The logger of the ``logger/mlflow`` config. ``resumed``: a training resumed from a checkpoint into its
+        run, whose metrics of the steps it repeats (the learning rate at the step it resumes from) are in the run
+        already. ``keep_state``: add to the run ``run_id`` and leave it as it is (status, end time: an evaluation of a
         finished run); ``metric_prefix`` goes before every metric name, and then Lightning's ``epoch`` counter,
         which would say 0 at the training run's last step, is not logged."""
         super().__init__()
@@ -81,10 +83,13 @@ class MlflowRunLogger(Logger):
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._send("artifact", path=str(Path(path).resolve()), artifact_path=artifact_path)
 
-    def log_model(self, folder: Path, register_as: str | None = None) -> None:
-        """Log the files ``medexp.export.model.write_model_files`` wrote as the run's MLflow model (``model``),
-        registered as a new version of ``register_as`` if given."""
-        self._send("model", folder=str(Path(folder).resolve()), register_as=register_as)
+    def log_model(self, folder: Path, register_as: str | None = None, monitor: str | None = None,
+                  monitor_mode: str = "max") -> None:
+        """Log the files ``medexp.export.model.write_model_files`` wrote as the run's MLflow model (``model``, a
+        LoggedModel linked to the step of the best ``monitor`` value), registered as a new version of
+        ``register_as`` if given."""
+        self._send("model", folder=str(Path(folder).resolve()), register_as=register_as, monitor=monitor,
+                   monitor_mode=monitor_mode)
 
     def set_runs_view(self, state: str) -> None:
         """The experiment's ``medexp`` view of the runs table (``medexp.tracking.views``)."""
@@ -202,17 +207,6 @@ class MlflowRunLogger(Logger):
             self._failed()
 
 
-def build_mlflow_logger(tracking_uri: str, experiment_name: str, run_name: str | None = None,
-                        tags: Mapping[str, str] | None = None, run_id: str | None = None,
-                        step_offset: int = 0, results_dir: str | None = None, resumed: bool = False,
-                        keep_state: bool = False, metric_prefix: str = "") -> MlflowRunLogger:
-    """The logger of the ``logger/mlflow`` config; ``resumed``: a training resumed from a checkpoint into its run,
-    whose metrics of the steps it repeats (the learning rate at the step it resumes from) are in the run already."""
-    return MlflowRunLogger(tracking_uri, experiment_name, run_name=run_name, tags=tags, run_id=run_id,
-                           step_offset=step_offset, results_dir=results_dir, resumed=resumed, keep_state=keep_state,
-                           metric_prefix=metric_prefix)
-
-
 def git_state(path: Path) -> dict[str, str]:
     """Commit and dirty flag of the repository holding ``path`` (empty outside a git checkout)."""
     def git(*args: str) -> str:
@@ -240,7 +234,7 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 # config groups that say where and how a run is recorded, not what it is: kept in config.yaml, not as params
-_NOT_COMPARED = ("callbacks", "logger", "paths", "tracking", "hydra")
+_NOT_COMPARED = ("callbacks", "logger", "paths", "tracking", "hydra", "plan")  # plan: tags and artifacts
 _PATH_NAMES = ("dir", "dirpath", "root", "path", "data_dir", "output_dir")
 
 
@@ -282,8 +276,8 @@ class RunRecorder(pl.Callback):
     """Records a run's params, tags and artifacts in its MLflow run (rank zero only, on the logger's queue).
 
     - fit start: flattened resolved config as params; tags (git, overrides, dataset fingerprint); config.yaml
-      (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON; the run id into the run
-      directory for resume;
+      (the resolved config, unlike Hydra's .hydra/config.yaml), dataset fingerprint JSON, ``attachments`` (the
+      plan's files, ``medexp.tracking.plan``); the run id into the run directory for resume;
     - fit end: the best checkpoint; the run's MLflow model from it where the task has one (the files
       ``model_files(best checkpoint, data module, task, folder)`` writes, given by the caller: training passes
       ``medexp.export.model.write_run_model``; registered as a new version of ``tracking.register_as`` if set); the
@@ -295,8 +289,10 @@ class RunRecorder(pl.Callback):
     def __init__(self, logger: MlflowRunLogger, config: Mapping[str, Any], run_dir: Path, tags: Mapping[str, str],
                  fingerprint: Callable[[], Mapping[str, Any]], resumed: bool = False,
                  choices: Mapping[str, str] | None = None, overridden: Sequence[str] = (),
-                 model_files: Callable[[Path, Any, Any, Path], Path | None] | None = None):
+                 model_files: Callable[[Path, Any, Any, Path], Path | None] | None = None,
+                 attachments: Sequence[tuple[Path, str]] = ()):
         self.model_files = model_files
+        self.attachments = list(attachments)  # (file, artifact folder) logged at the start: the plan's files
         self.logger, self.config, self.run_dir = logger, config, Path(run_dir)
         self.tags, self.fingerprint = dict(tags), fingerprint
         self.resumed = resumed
@@ -327,6 +323,8 @@ class RunRecorder(pl.Callback):
         overrides = self.run_dir / ".hydra" / "overrides.yaml"
         if overrides.is_file():
             self._log_file(overrides, "config")
+        for path, folder in self.attachments:
+            self._log_file(path, folder)
 
     @rank_zero_only
     def on_fit_end(self, trainer, pl_module) -> None:
@@ -339,7 +337,8 @@ class RunRecorder(pl.Callback):
     def _log_model(self, best: Path, datamodule, task) -> None:
         folder = self.model_files(best, datamodule, task, self.run_dir / "model") if self.model_files else None
         if folder is not None:
-            self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"))
+            self.logger.log_model(folder, (self.config.get("tracking") or {}).get("register_as"), task.monitor,
+                                  task.monitor_mode)
 
     @rank_zero_only
     def on_test_end(self, trainer, pl_module) -> None:

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medexp.quiet import quiet_libraries
 from medexp.redact import redact_text
-from medexp.sweeps import OPTUNA_SWEEPER_TARGET, study_name
+from medexp.sweeps import OPTUNA_SWEEPER_TARGET, search_params, study_name
 from medexp.sweeps.outcome import COMPLETE, FAIL, PRUNED, job_outcome
 from medexp.sweeps.summary import (
     best_row,
@@ -45,6 +45,8 @@ from medexp.sweeps.summary import (
 )
 from medexp.tracking.http import bound_mlflow_http
 from medexp.tracking.orphans import owner_tags, reopen_run
+from medexp.tracking.plan import ARTIFACT_PATH as PLAN_ARTIFACTS
+from medexp.tracking.plan import plan_files, plan_tags
 from medexp.tracking.store import get_or_create_experiment
 from medexp.tracking.writer import unwatch_run, watch_run
 
@@ -118,14 +120,14 @@ def swept_keys(config: DictConfig) -> list[str]:
     """The keys a sweep varies: the sweeper's ``params`` and command-line sweeps, less keys fixed on the command line."""
     overrides = _parse(list(config.hydra.overrides.task))
     fixed = {_key(o) for o in overrides if not o.is_sweep_override()}
-    keys = [str(k) for k in (config.hydra.sweeper.get("params") or {}) if k not in fixed]
+    keys = [str(k) for k in search_params(config) if k not in fixed]
     return keys + [_key(o) for o in overrides if o.is_sweep_override() and _key(o) not in keys]
 
 
 def search_space(config: DictConfig) -> dict[str, str]:
     """Each swept key's search, as written: the sweeper's ``params`` (``tag(log, interval(1e-4, 1e-1))``) or the
     command line's sweep (``cnn,resnet18``); the parent run's params."""
-    params = config.hydra.sweeper.get("params") or {}
+    params = search_params(config)
     given = {_key(o): o.input_line.split("=", 1)[1] for o in _parse(list(config.hydra.overrides.task))
              if o.is_sweep_override() and o.input_line and "=" in o.input_line}
     return {key: str(params[key]) if key in params else given.get(key, "") for key in swept_keys(config)}
@@ -221,6 +223,10 @@ def open_parent_run(config: DictConfig) -> SweepRecord:
     space = [Param(k, v[:500]) for k, v in search_space(config).items() if k not in logged]
     client.log_batch(run_id, params=space, tags=[RunTag(k, str(v)) for k, v in tags.items()])
     client.log_text(run_id, _sweep_yaml(config), "sweep/sweep.yaml")
+    if plan_tags(config):  # a sweep over a planned experiment: its parent holds the plan it started from
+        client.log_batch(run_id, tags=[RunTag(k, v) for k, v in plan_tags(config).items()])
+        for path in plan_files(config):
+            client.log_artifact(run_id, str(path), PLAN_ARTIFACTS)
     log.info("MLflow: sweep %s is parent run %s in %s", name, run_id, uri)
     return record
 

@@ -330,13 +330,14 @@ class _Writer:
         run.client.log_artifact(run.run_id, message["path"], message.get("artifact_path"))
 
     def _model(self, run: _Run, handle: str, message: dict) -> None:
-        """The run's MLflow model from the files the trainer wrote (``medexp.export.pyfunc``)."""
+        """The run's MLflow model (a LoggedModel) from the files the trainer wrote (``medexp.export.pyfunc``)."""
         from pathlib import Path
 
         from medexp.export.pyfunc import MODEL_ARTIFACT, log_model
 
         register_as = message.get("register_as")
-        version = log_model(run.client, run.run_id, Path(message["folder"]), register_as)
+        version = log_model(run.client, run.run_id, Path(message["folder"]), register_as, message.get("monitor"),
+                            message.get("monitor_mode", "max"))
         tags = {"model.uri": f"runs:/{run.run_id}/{MODEL_ARTIFACT}"}
         if version is not None:
             tags["model.registered"] = f"models:/{register_as}/{version}"

@@ -9,8 +9,15 @@ from pathlib import Path
 import torch
 
 from medexp.errors import ConfigError, DataError
-from medexp.export import SEGMENTATION
-from medexp.export.formats import FORMATS, PARITY_TOLERANCE, max_difference, parity_inputs, takes_other_sizes
+from medexp.export import DETECTION, SEGMENTATION
+from medexp.export.formats import (
+    FORMATS,
+    PARITY_TOLERANCE,
+    max_difference,
+    outside_the_graph,
+    parity_inputs,
+    takes_other_sizes,
+)
 from medexp.export.model import deployable, model_kind
 from medexp.factory import load_for_inference
 from medexp.tracking.artifacts import log_export
@@ -30,17 +37,20 @@ def export(ckpt_path: str, fmt: str, output: str | Path, trusted_targets: Sequen
     images, split = parity_inputs(loaded)
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    segmentation = model_kind(loaded.datamodule, loaded.task) == SEGMENTATION
+    kind = model_kind(loaded.datamodule, loaded.task)
     example = torch.from_numpy(images[:2])
-    write(model, example, output, free_spatial=segmentation)
+    spatial = kind in (SEGMENTATION, DETECTION)  # whole images of any size, where the network allows
+    write(model, example, output, free_spatial=spatial)
     difference = max_difference(model, run, output, images)
     result = {"format": fmt, "output": str(output.resolve()), "checkpoint": str(ckpt_path),
               "parity_cases": len(images), "parity_split": split, "max_abs_difference": difference, "tolerance": PARITY_TOLERANCE}
-    if segmentation:
+    if spatial:
         free = takes_other_sizes(model, run, output, images)
         if not free and fmt == "onnx":  # declared fixed, so that a runtime refuses other sizes instead of erring
             write(model, example, output, free_spatial=False)
         result["spatial_axes"] = "free" if free else f"fixed {list(images.shape[2:])}"
+    if kind == DETECTION:
+        result["outside_graph"] = outside_the_graph(loaded.task, model.output_names, images.shape[2:])
     if tracking_uri is not None:
         result["mlflow_run"] = log_export(ckpt_path, output, fmt, difference, tracking_uri)
     if not difference <= PARITY_TOLERANCE:

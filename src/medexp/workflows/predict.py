@@ -237,20 +237,18 @@ class DetectionWriter(PredictionWriter):
     def __init__(self, output_dir: Path, inputs: list[PredictionInput], task, datamodule, dataset,
                  save_probabilities: bool):
         super().__init__(output_dir, inputs, task, datamodule, dataset, save_probabilities)
-        self.boxes_on_input = datamodule.boxes_on_input
+        self.task, self.datamodule = task, datamodule
         self.box_convention = {key: datamodule.box_settings[key] for key in ("box_mode", "box_axes")}
         net = task.net
-        self.box_key, self.label_key, self.score_key = net.target_box_key, net.target_label_key, net.pred_score_key
+        self.label_key, self.score_key = net.target_label_key, net.pred_score_key
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx):
+        from medexp.export.model import detection_record  # the MLflow model writes the same records
+
         for index, image, detected in zip(batch_indices, batch["image"], prediction, strict=True):
-            boxes = self.boxes_on_input(detected[self.box_key].float().cpu(), image)
-            labels = detected[self.label_key].cpu().tolist()
+            record, boxes = detection_record(self.task, self.datamodule, detected, image)
             case = {"input": self.inputs[index].label, "shape": [int(s) for s in image.meta["spatial_shape"]],
-                    "boxes": boxes["voxels"].tolist(), "scores": detected[self.score_key].float().cpu().tolist(),
-                    "labels": labels, "classes": [self.class_names[label] for label in labels]}
-            if "world" in boxes:
-                case["world_boxes"] = boxes["world"].tolist()
+                    **record}
             if self.overlays and image.ndim == 3:  # 2D images; a volume's boxes are in the json only
                 case["overlay"] = str(self._overlay(self.inputs[index], boxes["standard"], detected))
             self.cases.append(case)

@@ -27,9 +27,10 @@ def test_help_imports_nothing_heavy(tmp_path):
     assert "budget" in done.stdout and "data:" in done.stdout
 
 
-def test_classification_data_and_a_bad_budget_are_one_line(tmp_path):
-    assert_clear_error(plan("data=synthetic", f"output={tmp_path / 'p'}", cwd=tmp_path), "segmentation data")
+def test_a_bad_budget_and_an_unplannable_data_module_are_one_line(tmp_path):
     assert_clear_error(plan("data=folder_photos", f"data.root={tmp_path}", "budget=soon", cwd=tmp_path), "20m")
+    assert_clear_error(plan("data=synthetic", "data._target_=medexp.data.base.MedexpDataModule",
+                            f"output={tmp_path / 'p'}", cwd=tmp_path), "neither")
 
 
 @pytest.mark.parametrize("arg, expected", [
@@ -43,3 +44,13 @@ def test_classification_data_and_a_bad_budget_are_one_line(tmp_path):
 ])
 def test_overrides_hydra_cannot_parse_are_quoted_and_others_left_alone(arg, expected):
     assert quote_unparsable_value(arg) == expected
+
+
+@pytest.mark.parametrize("look", [["--cfg", "job"], ["--help"]])
+def test_experiment_auto_plans_nothing_to_show_help_or_the_config(tmp_path, look):
+    done = subprocess.run([str(BIN / "medexp-train"), "experiment=auto", "data=pneumoniamnist", "budget=5m", *look],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPROFILEIMPORTTIME": "1", "MEDEXP_OUTPUT_ROOT": str(tmp_path)})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not HEAVY.findall(done.stderr), sorted(set(HEAVY.findall(done.stderr)))
+    assert not (tmp_path / "plans").exists()

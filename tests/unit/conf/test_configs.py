@@ -15,7 +15,7 @@ from tests.conftest import REPO
 CONF = REPO / "conf"
 
 
-SEGMENTATION = {"data": {"chasedb1", "decathlon", "folder_photos", "hippocampus"},
+SEGMENTATION = {"data": {"chasedb1", "decathlon", "folder_photos", "hc18", "hippocampus"},
                 "model": {"unet", "segresnet", "attention_unet", "swin_unetr", "unetr", "dynunet"}}
 SEGMENTATION_COMPANIONS = {"data": "data=chasedb1", "model": "model=unet", "task": "task=segmentation"}
 DETECTION = {"data": {"synthetic_boxes", "detection_datalist", "voc"}, "model": {"retinanet"}, "task": {"detection"}}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from medexp.data.image_readers import Preprocessing, fit_to_shape, read_image_file
 from medexp.data.image_table import ImageTableDataModule
-from medexp.errors import DataError
+from medexp.errors import ConfigError, DataError
 from tests.fixtures_data import write_dicom_series
 
 
@@ -191,3 +191,44 @@ def test_class_folders_with_png_and_dicom_series_volumes(tmp_path):
     assert sorted(dm.arrays.labels["test"].tolist()) == [0, 1]
     with pytest.raises(DataError, match="has 3 spatial axes .* data.spatial_dims=2"):
         ImageTableDataModule(root=str(root), batch_size=2).setup()
+
+
+def test_enhancement_is_applied_once_at_decode_and_alike_to_new_images(tmp_path):
+    names = gray_pngs(tmp_path / "img", 12, size=24)
+    rows = [{"image": n, "label": i % 2, "split": (["train"] * 8 + ["val"] * 2 + ["test"] * 2)[i]}
+            for i, n in enumerate(names)]
+    table = write_table(tmp_path / "labels.csv", rows)
+    preprocessing = {"clahe": 0.03, "contrast": 1.5}
+    dm = module(table, split_column="split", preprocessing=preprocessing)
+    stored = dm.arrays.images["test"]
+    expected = Preprocessing.from_config(preprocessing)(read_image_file(tmp_path / names[10]))
+    assert stored.dtype == np.uint8 and np.array_equal(stored[0], expected)
+    assert not np.array_equal(stored[0], read_image_file(tmp_path / names[10]))
+    (new,) = next(iter(dm.prediction_loader([str(tmp_path / names[10])], batch_size=1)))
+    batch, _ = next(iter(dm.test_dataloader()))
+    assert np.array_equal(new[0].numpy(), batch[0].numpy())
+
+
+def test_disk_cache_maps_the_decoded_images_into_the_next_run_and_notices_a_changed_file(tmp_path, monkeypatch):
+    import medexp.data.image_table as image_table
+
+    names = gray_pngs(tmp_path / "img", 10)
+    rows = [{"image": n, "label": i % 2, "split": (["train"] * 6 + ["val"] * 2 + ["test"] * 2)[i]}
+            for i, n in enumerate(names)]
+    table = write_table(tmp_path / "labels.csv", rows)
+    options = {"split_column": "split", "cache": "disk", "cache_dir": str(tmp_path / "cache")}
+    first = module(table, **options)
+    (cached,) = (tmp_path / "cache").glob("*.npy")
+    decoded = []
+    monkeypatch.setattr(image_table, "read_image_file", lambda path: decoded.append(path) or read_image_file(path))
+    second = module(table, **options)
+    assert decoded == [] and isinstance(second.arrays.images["train"], np.memmap)
+    for split in ("train", "val", "test"):
+        assert np.array_equal(second.arrays.images[split], first.arrays.images[split])
+    assert second.fingerprint()["sha256"] == first.fingerprint()["sha256"]
+    Image.fromarray(np.full((12, 12), 7, np.uint8)).save(tmp_path / names[0])  # an edited file: decoded again
+    third = module(table, **options)
+    assert len(decoded) == 10 and (third.arrays.images["train"][0] == 7).all()
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2 and cached.is_file()
+    with pytest.raises(ConfigError, match="data.cache=disk needs data.cache_dir"):
+        ImageTableDataModule(table=str(table), batch_size=4, cache="disk")

@@ -10,6 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 
 from medexp.data.medmnist import MedMNISTDataModule, download, load_medmnist
 from medexp.errors import DataError
@@ -88,7 +89,8 @@ def test_3d_volumes_become_one_channel_volumes(tmp_path):
     dm = module(tmp_path, spatial_dims=3)
     dm.setup()
     images, labels = dm.tensors["train"]
-    assert images.shape == (6, 1, 8, 8, 8) and dm.image_shape == [1, 8, 8, 8]
+    assert images.shape == (6, 1, 8, 8, 8) and dm.image_shape == [1, 8, 8, 8] and images.dtype == torch.uint8
+    images = dm.standardise(images)
     expected = (arrays["train_images"][:, None] / 255.0 - dm.mean[0]) / dm.std[0]
     assert np.allclose(images.numpy(), expected, atol=1e-5)
     (batch, _), *_ = list(dm.train_dataloader())
@@ -128,3 +130,20 @@ def test_a_mistyped_root_is_one_line_and_no_empty_folder(tmp_path, monkeypatch):
     with pytest.raises(DataError, match="not found and downloading it failed .* or set data.root to its folder"):
         data.setup()
     assert not (tmp_path / "medmnsit").exists()
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_medmnist_plus_sizes_read_their_own_file(tmp_path, spatial_dims):
+    """MedMNIST+ (``data.image_size=64``, 128, 224 in 2D; 64 in 3D) lives in ``<name>_<size>.npz`` beside the 28 px
+    file; the size picks the file, in 2D and 3D."""
+    rng = np.random.default_rng(0)
+    for size in (28, 64):
+        arrays = {}
+        for split in ("train", "val", "test"):
+            arrays[f"{split}_images"] = rng.integers(0, 256, (2, *[size] * spatial_dims), dtype=np.uint8)
+            arrays[f"{split}_labels"] = np.array([[0], [1]])
+        np.savez(tmp_path / ("tinymnist.npz" if size == 28 else f"tinymnist_{size}.npz"), **arrays)
+    dm = MedMNISTDataModule(name="tinymnist", root=str(tmp_path), download=False, batch_size=2, num_classes=2,
+                            in_channels=1, spatial_dims=spatial_dims, image_size=64)
+    dm.setup()
+    assert dm.path.name == "tinymnist_64.npz" and dm.image_shape == [1, *[64] * spatial_dims]

@@ -1,5 +1,6 @@
 """The deployed models' own arithmetic, without a trained run: the graph's percentile is numpy's, the segmenter's
-tensor preprocessing is the MONAI recipe's, and the classifier feeds its network what the data module would.
+tensor preprocessing is the MONAI recipe's, the classifier feeds its network what the data module would, and the
+detector's graph with the box selection outside it detects what the task does.
 
 The deployed classifier standardises stored images exactly as the data module does, in 2D and 3D."""
 from __future__ import annotations
@@ -14,7 +15,14 @@ from torch import nn
 from medexp.data.inmemory import InMemoryClassificationDataModule
 from medexp.data.synthetic import SyntheticLesionDataModule
 from medexp.data.transforms import preprocessing_transforms
-from medexp.export.model import DeployableClassifier, DeployableSegmenter, percentile, stored_test_images
+from medexp.export.model import (
+    DeployableClassifier,
+    DeployableDetector,
+    DeployableSegmenter,
+    percentile,
+    select_detections,
+    stored_test_images,
+)
 
 
 class Seen(nn.Module):
@@ -81,3 +89,49 @@ def test_deployed_standardisation_matches_the_data_module_per_channel_in_3d():
     # sigmoid of the flattened standardised input: compare before the sigmoid
     seen = torch.logit(deployed(torch.from_numpy(stored).float()), eps=0).view(3, 2, 4, 5, 6)
     assert torch.allclose(seen, dm.standardise(stored), atol=1e-4)
+
+
+def test_deployed_classifier_of_float_images_takes_them_as_training_did():
+    """A set stored as floats (CT in Hounsfield units, windowed images) is not divided by 255 in training: the
+    deployed graph must not divide it either (it did, for every set)."""
+    from types import SimpleNamespace
+
+    from medexp.export.model import deployable
+    from tests.unit.data.test_inmemory import Arrays
+
+    rng = np.random.default_rng(0)
+    images = {s: rng.normal(-300, 200, (n, 1, 8, 8)).astype(np.float32) for s, n in
+              [("train", 40), ("val", 8), ("test", 8)]}
+    datamodule = Arrays(images, {s: np.arange(len(x)) % 2 for s, x in images.items()})
+    datamodule.setup()
+    network = Seen(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)))
+    task = SimpleNamespace(task_kind="classification", net=network, multi_label=False)
+    with torch.no_grad():
+        deployable(SimpleNamespace(datamodule=datamodule, task=task))(torch.from_numpy(stored_test_images(datamodule)))
+    batch, _ = next(iter(datamodule.test_dataloader()))
+    assert torch.equal(network.input, batch)
+
+
+@pytest.mark.parametrize("shape", [(2, 64, 48), (2, 36, 44)])  # the second padded to the network's stride
+def test_detector_graph_and_the_selection_outside_it_detect_what_the_task_detects(make_cfg, shape):
+    """An untrained RetinaNet (scores near its prior 0.01: every box kept): the graph on stored intensities, MONAI's
+    box selection on its outputs, equal the task's detections on the recipe's z-scored images."""
+    from medexp.factory import build_network
+    from medexp.tasks.detection import DetectionTask
+
+    net = build_network(make_cfg("experiment=synthetic_detection", "data.in_channels=2"))
+    task = DetectionTask(net, optimizer=None, num_classes=1, score_thresh=0.0).eval()
+    images = torch.rand(2, *shape, generator=torch.Generator().manual_seed(2)) * 255
+    preprocessing = {"clip_percentiles": [1.0, 99.0], "normalize": "zscore"}
+    graph = DeployableDetector(task.net, preprocessing).eval()
+    with torch.no_grad():
+        outputs = [output.numpy() for output in graph(images)]
+    assert graph.output_names == ("boxes_0", "scores_0", "boxes_1", "scores_1", "boxes_2", "scores_2")
+    recipe = Compose(preprocessing_transforms(preprocessing, ("image",)))
+    for image, found in zip(images, select_detections(task, outputs, shape[1:]), strict=True):
+        with torch.no_grad():
+            (expected,) = task.predict_step({"image": [recipe({"image": MetaTensor(image)})["image"]]}, 0)
+        assert len(expected["box"]) > 50
+        torch.testing.assert_close(found["box"], expected["box"], atol=1e-3, rtol=0)
+        torch.testing.assert_close(found["label_scores"], expected["label_scores"], atol=1e-5, rtol=0)
+        assert found["label"].tolist() == expected["label"].tolist()

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 from pytorch_lightning import Callback
 
 from medexp.checkpoints import read_network
-from medexp.errors import ConfigError
+from medexp.errors import ConfigError, DataError
 from medexp.factory import build_callbacks, build_datamodule, build_network, build_task, build_trainer
 from medexp.models.pretrained import check_finetuning, load_pretrained
 from tests.conftest import compose_config
@@ -171,3 +171,66 @@ def test_unknown_frozen_module_is_one_line(tmp_path):
     done = medexp("model.freeze=[backbone]", "model.freeze_epochs=1", "logger=none", *TINY,
                   f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert_clear_error(done, "model.freeze=[backbone]", "ClassicCNN has no module 'backbone'", "features, classifier")
+
+
+# -- weights files (a state dict, not a medexp checkpoint) ---------------------------------------------------------
+def medicalnet_like(path: Path, in_channels: int = 1) -> dict[str, torch.Tensor]:
+    """A MedicalNet-style file for a 3D ResNet-10 layout: its 7x7x7 stem, a segmentation head (``conv_seg``) where
+    a classifier has ``fc``, every name under ``module.`` (saved from DataParallel), all under ``state_dict``."""
+    from monai.networks.nets import ResNet
+
+    torch.manual_seed(1)
+    source = ResNet("basic", [1, 1, 1, 1], [8, 8, 8, 8], spatial_dims=3, n_input_channels=in_channels,
+                    conv1_t_size=7, conv1_t_stride=2, num_classes=2)
+    state = {k: v for k, v in source.state_dict().items() if not k.startswith("fc.")}
+    state["conv_seg.0.weight"] = torch.randn(4, 8, 3, 3, 3)
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}, "epoch": 200}, path)
+    return state
+
+
+def test_a_medicalnet_style_weights_file_starts_a_3d_resnet_run(tmp_path, capsys):
+    from tests.unit.data.test_medmnist import write_volumes
+
+    write_volumes(tmp_path / "tinymnist3d.npz", n=8)
+    weights = tmp_path / "resnet_10_23dataset.pth"
+    source = medicalnet_like(weights)
+    cfg = compose_config([*QUICK, "data=medmnist", "data.name=tinymnist3d", f"data.root={tmp_path}",
+                          "data.download=false", "data.num_classes=2", "data.spatial_dims=3", "data.batch_size=4",
+                          *TINY_RESNET[:2], f"model.pretrained={weights}"], tmp_path)
+    _, _, states = fit(cfg)
+    before = states[0]
+    loaded = [key for key in before if key in source and key != "conv1.weight"]
+    assert len(loaded) == len(before) - 3  # all but the stem (3x3x3 here) and the head (fc.weight, fc.bias)
+    for key in loaded:
+        assert torch.equal(before[key], source[key]), key
+    (line,) = [line for line in capsys.readouterr().out.splitlines() if "model.pretrained=" in line]
+    assert f"{len(loaded)} of {len(before)} weights loaded" in line
+    assert "conv1.weight (8x1x7x7x7 there, 8x1x3x3x3 here)" in line
+    assert "only in this network (trained from scratch): fc.weight, fc.bias" in line
+    assert "only in the source (unused): conv_seg.0.weight" in line
+
+
+@pytest.mark.parametrize("layout", ["plain", "model"])
+def test_a_plain_state_dict_loads_into_a_3d_densenet_and_its_input_convolution_adapts(tmp_path, layout):
+    from monai.networks.nets import DenseNet121
+
+    torch.manual_seed(0)
+    source = DenseNet121(spatial_dims=3, in_channels=1, out_channels=5)
+    state = source.state_dict()
+    torch.save({"model": state, "epoch": 3} if layout == "model" else state, tmp_path / "weights.pt")
+    net = DenseNet121(spatial_dims=3, in_channels=2, out_channels=2)
+    transfer = load_pretrained(net, read_network(str(tmp_path / "weights.pt")), 2)
+    assert transfer.adapted == [("features.conv0.weight", 1, 2)]
+    assert [key for key, _, _ in transfer.skipped] == ["class_layers.out.weight", "class_layers.out.bias"]
+    assert torch.equal(net.features.conv0.weight, state["features.conv0.weight"].repeat(1, 2, 1, 1, 1) / 2)
+    assert torch.equal(net.features.denseblock4.denselayer16.layers.conv2.weight,
+                       state["features.denseblock4.denselayer16.layers.conv2.weight"])
+
+
+def test_a_file_without_weights_is_one_line(tmp_path):
+    torch.save({"epoch": 3, "optimizer": {"lr": 0.1}}, tmp_path / "notes.pt")
+    with pytest.raises(DataError, match=r"notes.pt holds no weights: give a state dict"):
+        read_network(str(tmp_path / "notes.pt"))
+    (tmp_path / "text.pt").write_text("not a torch file")
+    with pytest.raises(DataError, match=r"model.pretrained=.*text.pt: cannot read checkpoint"):
+        read_network(str(tmp_path / "text.pt"))

@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 
-from medexp.errors import ConfigError
-from medexp.planning.fingerprint import case_figures, fingerprint_data, leakage, orientation, summarise
+from medexp.planning.fingerprint import case_figures, fingerprint_segmentation, leakage, orientation, summarise
 from tests.fixtures_data import write_decathlon_like, write_disks_like
 
 DISKS_DATA = {
@@ -31,7 +29,7 @@ def disk_case(case_id: str, split: str, column: int, patient: str | None = None,
 def test_fingerprint_of_png_disks_and_its_cache(tmp_path):
     root = write_disks_like(tmp_path / "disks", n_cases=12)
     data = {**DISKS_DATA, "root": str(root)}
-    fp = fingerprint_data(data, cache_dir=tmp_path / "cache")
+    fp = fingerprint_segmentation(data, cache_dir=tmp_path / "cache")
     assert fp["task"] == "segmentation" and fp["n_cases"] == 12 and fp["channels"] == 1
     assert fp["shape"]["median"] == [48.0, 64.0] and fp["shape"]["one_shape"]
     assert fp["spacing"]["anisotropy"] == 1.0
@@ -43,7 +41,7 @@ def test_fingerprint_of_png_disks_and_its_cache(tmp_path):
     cached = list((tmp_path / "cache").glob("*.json"))
     assert [p.stem for p in cached] == [fp["digest"]]
     cached[0].write_text(json.dumps({**fp, "n_cases": -1}))  # a second call reads the cache, not the files
-    assert fingerprint_data(data, cache_dir=tmp_path / "cache")["n_cases"] == -1
+    assert fingerprint_segmentation(data, cache_dir=tmp_path / "cache")["n_cases"] == -1
 
 
 def test_spacing_and_anisotropy_of_nifti_volumes(tmp_path):
@@ -51,7 +49,7 @@ def test_spacing_and_anisotropy_of_nifti_volumes(tmp_path):
     data = {"_target_": "medexp.data.segmentation.SegmentationDataModule", "name": "phantom",
             "root": str(dataset.parent), "datalist": {"kind": "decathlon", "path": "dataset.json"},
             "split": {"kind": "ratio", "val_ratio": 0.2, "test_ratio": 0.2}, "num_classes": 3, "spatial_dims": 3}
-    fp = fingerprint_data(data)
+    fp = fingerprint_segmentation(data)
     assert fp["spacing"]["median"] == [1.0, 1.0, 4.0] and fp["spacing"]["anisotropy"] == 4.0
     assert fp["shape"]["median"] == [24.0, 20.0, 12.0]
     assert fp["modality"]["kind"] == "unknown"  # -100 +- 20 with organs to +140: not the Hounsfield span
@@ -87,11 +85,6 @@ def test_summary_counts_classes_per_split():
     assert fp["cases_per_split"] == {"train": 1, "val": 1, "test": 1}
     assert fp["classes"]["case_fraction"] == [1.0, 1.0]
     assert 0.05 < fp["classes"]["voxel_fraction"][1] < 0.15  # a disk of radius 6 in 32x32: ~0.1
-
-
-def test_classification_data_is_refused_in_one_line():
-    with pytest.raises(ConfigError, match="plans segmentation data so far"):
-        fingerprint_data({"_target_": "medexp.data.synthetic.SyntheticLesionDataModule", "name": "synthetic"})
 
 
 def test_foreground_fraction_counts_only_cases_with_foreground():

@@ -118,6 +118,17 @@ def test_ui_links_point_at_the_server_or_at_make_ui(monkeypatch):
     assert ui_base("sqlite:////tmp/mlflow.db") == "http://0.0.0.0:5055"
 
 
+def test_a_local_stores_links_follow_the_port_make_ui_serves_it_on(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_HOST", raising=False)
+    monkeypatch.delenv("MLFLOW_PORT", raising=False)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    assert ui_base(store) == "http://127.0.0.1:5000"  # nothing served it yet: make ui's default
+    (tmp_path / "mlflow-ui.url").write_text("http://127.0.0.1:5001\n")  # make ui MLFLOW_PORT=5001
+    assert ui_base(store) == "http://127.0.0.1:5001"
+    monkeypatch.setenv("MLFLOW_PORT", "5002")  # the run's own setting wins
+    assert ui_base(store) == "http://127.0.0.1:5002"
+
+
 def test_a_bccd_run_is_named_after_bccd_not_the_voc_reader(make_cfg):
     assert default_run_name(make_cfg("experiment=bccd_cells")).startswith("retinanet-bccd-seed0-")
     assert default_run_name(make_cfg("data=pneumoniamnist")).startswith("cnn-pneumoniamnist-seed0-")

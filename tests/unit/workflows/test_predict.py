@@ -94,7 +94,7 @@ def test_classification_csv_matches_the_test_path_for_files_and_npz(classifier, 
     datamodule, task = restored(classifier)
     images = datamodule.arrays.images["test"][:6]  # uint8 (N, 1, 32, 32): lossless as PNG
     with torch.no_grad():
-        expected = torch.softmax(task(datamodule.tensors["test"][0][:6]), dim=1).numpy()
+        expected = torch.softmax(task(datamodule.standardise(datamodule.tensors["test"][0][:6])), dim=1).numpy()
     folder = tmp_path / "new"
     folder.mkdir()
     for i, image in enumerate(images):
@@ -124,7 +124,7 @@ def test_classification_needs_only_the_checkpoint_not_the_training_data(classifi
     datamodule, task = restored(classifier)
     image = datamodule.arrays.images["test"][0]
     with torch.no_grad():
-        expected = torch.softmax(task(datamodule.tensors["test"][0][:1]), dim=1).numpy()
+        expected = torch.softmax(task(datamodule.standardise(datamodule.tensors["test"][0][:1])), dim=1).numpy()
     Image.fromarray(image[0]).save(tmp_path / "case.png")
 
     def no_training_data(self):
