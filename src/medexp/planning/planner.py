@@ -159,6 +159,7 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
             break
     plan, speed = measured(*chosen)
     plan["threads"] = threads
+    plan["data.cache"] = rules.case_cache(fp, chosen[0], machine_memory_bytes())
     timing = schedule(budget_s, speed, cases, read_s)
     if dims == 2:
         key = "data.preprocessing.resize"
@@ -174,6 +175,11 @@ def _predicted_epochs(fp: Mapping[str, Any], size, base: int, speed: Throughput,
     candidate = rules.segmentation_plan(fp, size, device, cores, base)
     guess = speed.scaled(candidate["data.patch_size"].value or size, candidate["data.batch_size"].value)
     return schedule(budget_s, guess, fp["cases_per_split"], float(fp.get("seconds", 0.0))).epochs
+
+
+def machine_memory_bytes() -> float:
+    """This machine's physical memory (what the planned data path must fit in)."""
+    return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
 def resampled_shape(fp: Mapping[str, Any]) -> list[int]:

@@ -27,6 +27,7 @@ MAX_CPU_BATCH = 8  # a CPU's time per sample barely falls beyond this; smaller b
 MAX_WHOLE_IMAGE_VOXELS = {2: 512 * 512, 3: 128 ** 3}  # larger planned images train on patches of this size
 LONGEST_SIDES = (1024, 768, 512, 384, 320, 256, 224, 192, 160, 128, 96, 64)  # 2D resize candidates
 AUROC_THRESHOLDS = 100  # pixel AUROC to two decimals
+MEMORY_CACHE_SHARE = 0.25  # a prepared set larger than this share of the machine's memory is kept on disk
 MIN_EPOCHS = 40  # the plan lowers the resolution (above the detail floor) until the budget fits this many
 
 
@@ -241,16 +242,29 @@ def patch(size: Sequence[int], spatial_dims: int) -> Planned:
 
 
 def workers(cores: int) -> Planned:
-    """Loader processes beside the training process: none on a machine of 2 cores or fewer (they would take the
-    cores the network uses), else half the cores less one."""
-    count = 0 if cores <= 2 else min(8, cores // 2 - 1)
-    return Planned(count, f"{cores} cores")
+    """Loader processes beside each training process: ``auto`` sizes them where the run starts (``min(4, cores
+    per training process - 1)``, ``medexp.data.workers``), so a plan made on one machine suits another."""
+    return Planned("auto", f"sized where the run starts: min(4, cores - 1), here {max(0, min(4, cores - 1))} "
+                           f"of {cores} cores")
+
+
+def case_cache(fp: Mapping[str, Any], size: Sequence[int], memory_bytes: float) -> Planned:
+    """Prepared cases in memory while the whole set, kept compact (float16 images, uint8 masks: 2 bytes a voxel per
+    channel and 1 for the mask), takes at most MEMORY_CACHE_SHARE of this machine's memory; else memory-mapped on
+    disk, read a patch at a time and shared by every fold, sweep job and rank."""
+    cases = sum(fp["cases_per_split"].values())
+    set_bytes = cases * float(math.prod(size)) * (2 * int(fp["channels"]) + 1)
+    figure = f"{cases} prepared cases ~{set_bytes / 2 ** 30:.2g} GiB, {MEMORY_CACHE_SHARE:.0%} of " \
+             f"{memory_bytes / 2 ** 30:.0f} GiB of memory is {MEMORY_CACHE_SHARE * memory_bytes / 2 ** 30:.2g} GiB"
+    if set_bytes <= MEMORY_CACHE_SHARE * memory_bytes:
+        return Planned("memory", f"{figure}: kept in memory, prepared once per run")
+    return Planned("disk", f"{figure}: memory-mapped on disk, prepared once for every run")
 
 
 def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, cores: int,
                       base: int | None = None) -> Plan:
     """Every value of a 2D/3D segmentation plan at a chosen planned image size (2D) or target spacing (3D) and
-    network width (``base`` features)."""
+    network width (``base`` features), but where its cases are kept (``case_cache``: the machine's memory)."""
     dims = int(fp["spatial_dims"])
     planned_patch = patch(size, dims)
     train_size = planned_patch.value or list(size)
@@ -277,7 +291,6 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     plan["data.batch_size"] = batch_size(train_size, plan["model.filters"].value, plan["model.strides"].value, device,
                                          dataset_voxels)
     plan["data.num_workers"] = workers(cores)
-    plan["data.cache"] = Planned("memory", "preprocessed cases kept in memory: resized once, not every epoch")
     plan.update(augmentation(fp))
     plan.update(loss_and_optimiser(fp))
     plan.update(sliding_window(size, planned_patch.value, plan["data.batch_size"].value))

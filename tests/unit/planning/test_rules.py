@@ -99,8 +99,18 @@ def test_patches_only_when_the_planned_image_is_too_large_to_train_whole():
     assert window["task.roi_size"].value == big and window["task.sw_overlap"].value == 0.5
 
 
-def test_no_loader_workers_on_two_cores():
-    assert rules.workers(2).value == 0 and rules.workers(16).value == 7
+def test_loader_workers_are_sized_where_the_run_starts():
+    assert rules.workers(2).value == "auto" and "here 1 of 2 cores" in rules.workers(2).reason
+
+
+def test_prepared_cases_stay_in_memory_while_they_take_a_quarter_of_it_else_go_to_disk():
+    volumes = fingerprint(spatial_dims=3, cases_per_split={"train": 800, "val": 100, "test": 100})
+    size = [256, 256, 160]  # 10.5 M voxels, 3 bytes each prepared: 1000 cases ~29 GiB
+    assert rules.case_cache(volumes, size, memory_bytes=24 * 2 ** 30).value == "disk"
+    assert rules.case_cache(volumes, size, memory_bytes=512 * 2 ** 30).value == "memory"
+    small = fingerprint()  # 100 images of 80x128
+    planned = rules.case_cache(small, [80, 128], memory_bytes=24 * 2 ** 30)
+    assert planned.value == "memory" and "100 prepared cases" in planned.reason
 
 
 def test_a_whole_plan_sets_the_channels_and_every_value_has_a_reason():
