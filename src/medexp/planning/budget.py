@@ -16,20 +16,24 @@ PROBE_STEPS = 3
 
 @dataclass(frozen=True)
 class Throughput:
-    """Seconds per training step (one batch, forward + backward + update), per augmented sample, and per
-    inference of one whole planned image, on this machine."""
+    """Seconds per training step (one batch of ``batch`` images, each giving samples of ``size``: forward +
+    backward + update), per augmented sample, and per inference of one whole planned image of ``image`` (default:
+    ``size``, whole images trained on), on this machine."""
 
     step_s: float
     augment_s: float
     infer_s: float
     batch: int
     size: tuple[int, ...]
+    image: tuple[int, ...] | None = None
 
-    def scaled(self, size: Sequence[int], batch: int) -> Throughput:
-        """The figures for another training size and batch, in proportion to the voxels (convolutions cost that)."""
+    def scaled(self, size: Sequence[int], batch: int, image: Sequence[int] | None = None) -> Throughput:
+        """The figures for another training size (patch or whole image), batch and whole image, in proportion to
+        the voxels (convolutions cost that)."""
         ratio = math.prod(size) / math.prod(self.size)
-        return Throughput(self.step_s * ratio * batch / self.batch, self.augment_s * ratio, self.infer_s * ratio,
-                          batch, tuple(size))
+        image_ratio = math.prod(image or size) / math.prod(self.image or self.size)
+        return Throughput(self.step_s * ratio * batch / self.batch, self.augment_s * ratio,
+                          self.infer_s * image_ratio, batch, tuple(size), None if image is None else tuple(image))
 
 
 def fastest_threads(measure: Callable[[], Throughput], cores: int) -> tuple[Planned, Throughput]:
@@ -80,7 +84,7 @@ def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spati
             step_s / batch * math.prod(size) / math.prod(train_size) / 2)  # windows: about a third of a step each
     infer_s += metric_seconds(value, size, num_classes)
     return Throughput(step_s, augment_seconds(value, spatial_dims, in_channels, train_size), infer_s,
-                      value["data.batch_size"], tuple(size))
+                      value["data.batch_size"], tuple(train_size), tuple(size))
 
 
 def metric_seconds(value: Mapping[str, Any], size: Sequence[int], num_classes: int) -> float:

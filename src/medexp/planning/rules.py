@@ -17,7 +17,7 @@ from typing import Any
 MIN_EDGE = 4  # nnU-Net: pool an axis while its feature map stays at least this many voxels
 MAX_POOLS = 5
 BASE_FEATURES = {"gpu": 32, "cpu": 16}  # nnU-Net's 32; half on a CPU, where time goes with the feature count
-MIN_BASE_FEATURES = 8  # a budget too short for MIN_EPOCHS at the resolution floor halves the width down to this
+MIN_BASE_FEATURES = 8  # a budget too short at the resolution floor and the smallest patch halves the width down to this
 MAX_FEATURES = {2: 512, 3: 320}  # nnU-Net's caps
 MIN_HALF_THICKNESS = 8.0  # voxels the thinnest 5% of structures keep after resizing
 ANISOTROPY = 3.0  # nnU-Net: an axis 3x coarser than the others is planned apart
@@ -27,6 +27,9 @@ MAX_CPU_BATCH = 8  # a CPU's time per sample barely falls beyond this; smaller b
 MAX_WHOLE_IMAGE_VOXELS = {2: 512 * 512, 3: 128 ** 3}  # larger planned images train on patches of this size
 LONGEST_SIDES = (1024, 768, 512, 384, 320, 256, 224, 192, 160, 128, 96, 64)  # 2D resize candidates
 AUROC_THRESHOLDS = 100  # pixel AUROC to two decimals
+MIN_STEPS = 1000  # optimiser updates a plan fits in its budget (the hand-tuned recipes train 3,000-4,000): a
+# smaller patch, then a lower resolution, then a narrower network until it does
+PATCH_CONTEXT = {2: 128, 3: 64}  # voxels per axis a patch keeps, however short the budget (see patch_context)
 MIN_EPOCHS = 40  # the plan lowers the resolution (above the detail floor) until the budget fits this many
 
 
@@ -227,17 +230,41 @@ def sliding_window(size: Sequence[int], patch: Sequence[int] | None, batch: int)
             "task.sw_batch_size": Planned(batch, "windows per forward pass = the training batch")}
 
 
-def patch(size: Sequence[int], spatial_dims: int) -> Planned:
+def patch(size: Sequence[int], spatial_dims: int, max_voxels: int | None = None) -> Planned:
     """Whole images when the planned image is small enough to train on whole; else the largest pooling-divisible
-    patch within that many voxels, taken around foreground and background in turn."""
-    cap = MAX_WHOLE_IMAGE_VOXELS[spatial_dims]
+    patch within that many voxels (``max_voxels``: fewer, for the budget, see ``patch_limits``), taken around
+    foreground and background in turn."""
+    cap = max_voxels or MAX_WHOLE_IMAGE_VOXELS[spatial_dims]
     if math.prod(size) <= cap:
         return Planned(None, f"planned images ({math.prod(size)} voxels) train whole")
     shape = [float(s) for s in size]
     while math.prod(shape) > cap:
         largest = max(range(len(shape)), key=lambda a: shape[a])
         shape[largest] *= 0.9
-    return Planned(divisible_shape(shape), f"images of {list(size)} exceed {cap} voxels: patches of that size")
+    why = f"images of {list(size)} exceed {cap} voxels: patches of that size"
+    if max_voxels is not None:
+        why += f" (smaller than the {MAX_WHOLE_IMAGE_VOXELS[spatial_dims]} a patch may have, for {MIN_STEPS} steps)"
+    return Planned(divisible_shape(shape), why)
+
+
+def patch_context(fp: Mapping[str, Any], size: Sequence[int]) -> list[float]:
+    """Voxels per axis a patch keeps at least: PATCH_CONTEXT, or the largest structures whole (4x their p95
+    half-thickness: the diameter of a disk) at the planned size, within the image."""
+    scale = max(size) / max(fp["shape"]["median"])
+    structure = 4 * float(fp["structures"]["half_thickness_voxels"]["p95"]) * scale
+    return [min(float(s), max(PATCH_CONTEXT[len(size)], structure)) for s in size]
+
+
+def patch_limits(fp: Mapping[str, Any], size: Sequence[int]) -> list[int | None]:
+    """Patch sizes (in voxels) to try at a planned image size, largest first: the whole-image rule's (None), then
+    halving while a patch still holds ``patch_context`` (a short budget trains more steps on smaller patches)."""
+    floor = math.prod(patch_context(fp, size))
+    limits: list[int | None] = [None]
+    cap = min(math.prod(size), MAX_WHOLE_IMAGE_VOXELS[len(size)]) / 2
+    while cap >= floor:
+        limits.append(int(cap))
+        cap /= 2
+    return limits
 
 
 def workers(cores: int) -> Planned:
@@ -248,11 +275,11 @@ def workers(cores: int) -> Planned:
 
 
 def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, cores: int,
-                      base: int | None = None) -> Plan:
+                      base: int | None = None, max_patch_voxels: int | None = None) -> Plan:
     """Every value of a 2D/3D segmentation plan at a chosen planned image size (2D) or target spacing (3D) and
-    network width (``base`` features)."""
+    network width (``base`` features), with patches of at most ``max_patch_voxels`` (None: the whole-image rule's)."""
     dims = int(fp["spatial_dims"])
-    planned_patch = patch(size, dims)
+    planned_patch = patch(size, dims, max_patch_voxels)
     train_size = planned_patch.value or list(size)
     plan: Plan = {}
     if dims == 2:

@@ -108,3 +108,19 @@ def test_a_whole_plan_sets_the_channels_and_every_value_has_a_reason():
     assert plan["data.in_channels"].value == 3
     assert plan["data.preprocessing.resize"].value == [80, 128]
     assert all(p.reason and "\n" not in p.reason for p in plan.values())
+
+
+def test_a_short_budget_may_shrink_the_patch_down_to_the_context_the_structures_need():
+    thin = fingerprint(shape={"median": [960.0, 1000.0], "min": [960.0, 1000.0], "max": [960.0, 1000.0],
+                              "one_shape": True},
+                       structures={"half_thickness_voxels": {"p05": 3.0, "p95": 4.0},
+                                   "foreground_fraction": {"median": 0.07}})
+    limits = rules.patch_limits(thin, [992, 1024])
+    assert limits[0] is None and limits == [None] + sorted(limits[1:], reverse=True)
+    assert min(limits[1:]) >= 128 * 128 > min(limits[1:]) / 2  # halved down to the 128-px context, no further
+    smallest = rules.patch([992, 1024], 2, limits[-1])
+    assert math.prod(smallest.value) <= limits[-1] and f"for {rules.MIN_STEPS} steps" in smallest.reason
+    # a head 4 x 140 px half-thick (a 560 px disk) keeps whole-image training at every planned size
+    head = fingerprint(structures={"half_thickness_voxels": {"p05": 66.0, "p95": 140.0},
+                                   "foreground_fraction": {"median": 0.3}})
+    assert rules.patch_limits(head, [352, 512]) == [None]
