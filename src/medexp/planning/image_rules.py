@@ -280,10 +280,18 @@ def detection_augmentation(fp: Mapping[str, Any]) -> Plan:
     }
 
 
+def detection_classes(fp: Mapping[str, Any]) -> Plan:
+    """The box classes the data holds (named by its annotations, or counted), so no class count is given by hand."""
+    labels = fp["labels"]
+    return {"data.num_classes": Planned(labels["num_classes"], f"box classes in the data: {labels['class_names']}"),
+            "data.class_names": Planned(list(labels["class_names"]), "in the order the labels count them")}
+
+
 def detection_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, cores: int) -> Plan:
     """Every value of a 2D detection plan at a chosen image size."""
     scale = max(size) / max(fp["shape"]["median"])
     plan: Plan = {
+        **detection_classes(fp),
         "data.preprocessing.resize": Planned(list(size), f"median stored shape {fp['shape']['median']} scaled by "
                                                          f"{scale:.3g}, divisible by the coarsest level"),
         "data.in_channels": Planned(int(fp["channels"]), "channels of the stored images"),

@@ -30,7 +30,7 @@ def detection_fp(**changes) -> dict:
         "cases_per_split": {"train": 205, "val": 87, "test": 72},
         "shape": {"median": [480.0, 640.0], "one_shape": True},
         "orientation": {"asymmetry": [0.02, 0.02], "agreeing_cases": [0.6, 0.6], "one_orientation": [False, False]},
-        "labels": {"num_classes": 3},
+        "labels": {"num_classes": 3, "class_names": ["Platelets", "RBC", "WBC"]},
         "boxes": {"n": 4886, "per_image": {"median": 13.5, "max": 30.0}, "size": {"p05": 42.0, "p95": 166.0},
                   "smallest_side": {"p05": 39.0}, "overlap": {"p95": 0.47}},
     }
