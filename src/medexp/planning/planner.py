@@ -129,8 +129,8 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
     enough (``fits``); sizes are tried largest first and, at each, patches from the whole-image rule's down to
     ``rules.patch_limits``. When nothing fits at the device's width, the same search at half the width (down to
     rules.MIN_BASE_FEATURES); when nothing fits at all, the floor size, smallest patch and narrowest width.
-    Predictions scale one probe per width (of the cheapest candidate) by voxels; a candidate predicted to fit is
-    probed itself before it is chosen, and that probe makes its schedule."""
+    Predictions scale one probe per width (at the smallest size) by voxels; the chosen plan is probed again for its
+    schedule."""
     dims = int(fp["spatial_dims"])
     if dims == 2:
         floor = rules.resolution_floor(fp)
@@ -146,27 +146,23 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
         plan = rules.segmentation_plan(fp, size, device, cores, base, limit)
         return plan, probe(plan, fp["channels"], num_classes, dims, device, size)
 
-    candidates = [(size, limit) for size in sizes for limit in rules.patch_limits(fp, size)]
-    cheapest = rules.segmentation_plan(fp, sizes[-1], device, cores, None, candidates[-1][1])
-    threads = planned_threads(device, lambda: probe(cheapest, fp["channels"], num_classes, dims, device, sizes[-1]),
+    smallest = rules.segmentation_plan(fp, sizes[-1], device, cores)
+    threads = planned_threads(device, lambda: probe(smallest, fp["channels"], num_classes, dims, device, sizes[-1]),
                               cores)
     widths = [w for w in (rules.BASE_FEATURES[device], rules.BASE_FEATURES[device] // 2)
               if w >= rules.MIN_BASE_FEATURES]
-    chosen = None
+    chosen = (sizes[-1], rules.patch_limits(fp, sizes[-1])[-1], widths[-1])
     for base in widths:
-        _, speed = measured(*candidates[-1], base)  # the cheapest candidate; larger ones are predicted from it
-        for size, limit in candidates:
-            if fits(predicted_schedule(fp, size, limit, base, speed, budget_s, device, cores)):
-                # time does not grow in proportion to the voxels (a large patch leaves the caches): confirm
-                plan, confirmed = measured(size, limit, base)
-                if fits(steps_in(plan, schedule(budget_s, confirmed, cases, read_s), cases)):
-                    chosen = plan, confirmed
-                    break
-        if chosen:
+        _, speed = measured(sizes[-1], None, base)
+        fitting = [(size, limit) for size in sizes for limit in rules.patch_limits(fp, size)
+                   if fits(predicted_schedule(fp, size, limit, base, speed, budget_s, device, cores))]
+        if fitting:
+            chosen = (*fitting[0], base)
             break
-    plan, speed = chosen or measured(*candidates[-1], widths[-1])
+    plan, speed = measured(*chosen)
     plan["threads"] = threads
-    timing, steps = steps_in(plan, schedule(budget_s, speed, cases, read_s), cases)
+    timing = schedule(budget_s, speed, cases, read_s)
+    steps = timing.epochs * math.ceil(cases["train"] / plan["data.batch_size"].value)
     if dims == 2:
         key = "data.preprocessing.resize"
         why = (f"the largest of {sizes} (floor x{floor.value}: {floor.reason}) whose ~{timing.epochs} epochs "
@@ -175,11 +171,6 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
                                              f"(~{steps} steps) in the budget")
         plan[key] = Planned(plan[key].value, f"{plan[key].reason}; {why}")
     return plan, timing, speed
-
-
-def steps_in(plan: Plan, timing: Schedule, cases: Mapping[str, int]) -> tuple[Schedule, int]:
-    """A schedule with the optimiser steps it holds (epochs x batches of training images)."""
-    return timing, timing.epochs * math.ceil(cases["train"] / plan["data.batch_size"].value)
 
 
 def fits(predicted: tuple[Schedule, int]) -> bool:
@@ -192,9 +183,10 @@ def predicted_schedule(fp: Mapping[str, Any], size, limit: int | None, base: int
                        budget_s: float, device: str, cores: int) -> tuple[Schedule, int]:
     """The schedule and optimiser steps of a candidate plan, from a probe of another one scaled by voxels."""
     candidate = rules.segmentation_plan(fp, size, device, cores, base, limit)
-    guess = speed.scaled(candidate["data.patch_size"].value or size, candidate["data.batch_size"].value, size)
-    cases = fp["cases_per_split"]
-    return steps_in(candidate, schedule(budget_s, guess, cases, float(fp.get("seconds", 0.0))), cases)
+    batch = candidate["data.batch_size"].value
+    guess = speed.scaled(candidate["data.patch_size"].value or size, batch, size)
+    timing = schedule(budget_s, guess, fp["cases_per_split"], float(fp.get("seconds", 0.0)))
+    return timing, timing.epochs * math.ceil(fp["cases_per_split"]["train"] / batch)
 
 
 def resampled_shape(fp: Mapping[str, Any]) -> list[int]:

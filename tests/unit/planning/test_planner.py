@@ -24,25 +24,3 @@ def test_the_smallest_patch_gives_the_most_steps_in_the_same_budget():
     limits = rules.patch_limits(fp, [992, 1024])
     steps = [planner.predicted_schedule(fp, [992, 1024], limit, 16, speed, 1200, "cpu", 2)[1] for limit in limits]
     assert steps[-1] == max(steps) > 4 * steps[0]  # the batch grows as patches shrink: steps rise overall
-
-
-def test_a_candidate_predicted_to_fit_is_probed_before_it_is_chosen(monkeypatch):
-    """Time per voxel grows with the patch here (as on a CPU whose caches a large patch leaves): the prediction from
-    the cheapest probe flatters a large patch, its own probe does not, and a smaller one is planned."""
-    probed = []
-
-    def probe(plan, channels, classes, dims, device, size):
-        patch = plan["data.patch_size"].value or size
-        voxels = patch[0] * patch[1]
-        batch = plan["data.batch_size"].value
-        probed.append(tuple(patch))
-        return Throughput(step_s=batch * 2e-6 * voxels * (voxels / 16384) ** 0.5, augment_s=0.0, infer_s=0.1,
-                          batch=batch, size=tuple(patch), image=tuple(size))
-
-    monkeypatch.setattr(planner, "probe", probe)
-    monkeypatch.setattr(planner, "planned_threads", lambda device, measure, cores: rules.Planned(1, "test"))
-    plan, timing, speed = planner.choose_size(vessels(), budget_s=1200, device="cpu", cores=2)
-    chosen = tuple(plan["data.patch_size"].value)
-    assert len(set(probed)) > 2 and chosen in probed  # candidates were confirmed, the chosen one among them
-    larger = [p for p in probed if p[0] * p[1] > chosen[0] * chosen[1]]
-    assert larger and planner.fits(planner.steps_in(plan, timing, vessels()["cases_per_split"]))
