@@ -57,6 +57,7 @@ def plan_experiment(data: Mapping[str, Any], budget: str | float, device: str, o
               "detection": choose_detection}[fp["task"]]
     plan, timing, speed = choose(fp, budget_s, device, os.cpu_count() or 1)
     plan.update(training_schedule(budget, timing, speed))
+    plan.update(evaluation(fp))
     name = name or experiment_name(data)
     groups = {"data": (name, "the data config planned from, copied beside this file"), **task_groups(fp)}
     header = [
@@ -194,6 +195,14 @@ def resampled_shape(fp: Mapping[str, Any]) -> list[int]:
     target = rules.target_spacing(fp).value
     shape = [s * m / t for s, m, t in zip(fp["shape"]["median"], fp["spacing"]["median"], target, strict=True)]
     return rules.divisible_shape(shape, target)
+
+
+def evaluation(fp: Mapping[str, Any]) -> Plan:
+    """A dataset without test cases (MSD's Hippocampus folds: the official test labels are not public) is scored on
+    its validation split, as its recipe does; a run would otherwise stop before training, asking for test=false."""
+    if fp["cases_per_split"].get("test"):
+        return {}
+    return {"test": Planned(False, "no test cases: the validation split scores the chosen checkpoint")}
 
 
 def training_schedule(budget: str | float, timing: Schedule, speed: Throughput) -> Plan:

@@ -24,3 +24,9 @@ def test_the_smallest_patch_gives_the_most_steps_in_the_same_budget():
     limits = rules.patch_limits(fp, [992, 1024])
     steps = [planner.predicted_schedule(fp, [992, 1024], limit, 16, speed, 1200, "cpu", 2)[1] for limit in limits]
     assert steps[-1] == max(steps) > 4 * steps[0]  # the batch grows as patches shrink: steps rise overall
+
+
+def test_a_dataset_without_test_cases_is_planned_to_be_scored_on_validation():
+    folds = fingerprint(cases_per_split={"train": 208, "val": 52, "test": 0})  # Hippocampus: no public test labels
+    assert planner.evaluation(folds)["test"].value is False
+    assert planner.evaluation(vessels()) == {}  # a test split: tested, as by default
