@@ -25,7 +25,7 @@ import numpy as np
 
 from medexp.errors import ConfigError, DataError
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: near-duplicates compared after standardising each image
 ORIENTATION_GRID = 32  # masks are compared with their mirror images on this many cells per axis
 THUMBNAIL_CELLS = {2: 16, 3: 8}  # near-duplicate detection compares images on this coarse grid
 LEAK_ROWS = 1024  # images compared with all others per block
