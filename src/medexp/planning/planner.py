@@ -191,10 +191,11 @@ def predicted_schedule(fp: Mapping[str, Any], size, limit: int | None, base: int
 
 
 def resampled_shape(fp: Mapping[str, Any]) -> list[int]:
-    """The median shape at the planned target spacing (3D)."""
+    """The median shape at the planned target spacing (3D), rounded up to what the pooling divides: the median case
+    fits a patch of it whole (Hippocampus: 35x50x36 -> 40x56x40, nnU-Net's patch)."""
     target = rules.target_spacing(fp).value
     shape = [s * m / t for s, m, t in zip(fp["shape"]["median"], fp["spacing"]["median"], target, strict=True)]
-    return rules.divisible_shape(shape, target)
+    return rules.divisible_shape(shape, target, up=True)
 
 
 def evaluation(fp: Mapping[str, Any]) -> Plan:

@@ -65,10 +65,12 @@ def candidate_sizes(fp: Mapping[str, Any], floor: float) -> list[list[int]]:
     return [divisible_shape([rows * side / longest, cols * side / longest]) for side in sides]
 
 
-def divisible_shape(shape: Sequence[float], spacing: Sequence[float] | None = None) -> list[int]:
-    """Round a shape to the nearest multiple of what its pooling needs on each axis (at least one multiple)."""
+def divisible_shape(shape: Sequence[float], spacing: Sequence[float] | None = None, up: bool = False) -> list[int]:
+    """Round a shape to the nearest multiple (``up``: the next) of what its pooling needs on each axis (at least
+    one multiple)."""
     pools = pools_per_axis(shape, spacing)
-    return [max(2 ** p, round(s / 2 ** p) * 2 ** p) for s, p in zip(shape, pools, strict=True)]
+    to_multiple = math.ceil if up else round
+    return [max(2 ** p, to_multiple(s / 2 ** p) * 2 ** p) for s, p in zip(shape, pools, strict=True)]
 
 
 def target_spacing(fp: Mapping[str, Any]) -> Planned:
@@ -230,12 +232,16 @@ def sliding_window(size: Sequence[int], patch: Sequence[int] | None, batch: int)
             "task.sw_batch_size": Planned(batch, "windows per forward pass = the training batch")}
 
 
-def patch(size: Sequence[int], spatial_dims: int, max_voxels: int | None = None) -> Planned:
-    """Whole images when the planned image is small enough to train on whole; else the largest pooling-divisible
-    patch within that many voxels (``max_voxels``: fewer, for the budget, see ``patch_limits``), taken around
-    foreground and background in turn."""
+def patch(size: Sequence[int], spatial_dims: int, max_voxels: int | None = None, one_shape: bool = True) -> Planned:
+    """Whole images when the planned images have one shape and are small enough to train on whole; volumes of
+    several shapes (resampled, not resized) train on patches of the median shape ``size``, smaller cases zero-padded
+    (nnU-Net); else the largest pooling-divisible patch within that many voxels (``max_voxels``: fewer, for the
+    budget, see ``patch_limits``), taken around foreground and background in turn."""
     cap = max_voxels or MAX_WHOLE_IMAGE_VOXELS[spatial_dims]
     if math.prod(size) <= cap:
+        if not one_shape:
+            return Planned(list(size), "volumes of several shapes at the target spacing: patches of their median "
+                                       "shape, smaller cases zero-padded (nnU-Net)")
         return Planned(None, f"planned images ({math.prod(size)} voxels) train whole")
     shape = [float(s) for s in size]
     while math.prod(shape) > cap:
@@ -279,7 +285,8 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     """Every value of a 2D/3D segmentation plan at a chosen planned image size (2D) or target spacing (3D) and
     network width (``base`` features), with patches of at most ``max_patch_voxels`` (None: the whole-image rule's)."""
     dims = int(fp["spatial_dims"])
-    planned_patch = patch(size, dims, max_patch_voxels)
+    one_shape = dims == 2 or bool(fp["shape"]["one_shape"])  # 2D images are resized to one shape
+    planned_patch = patch(size, dims, max_patch_voxels, one_shape)
     train_size = planned_patch.value or list(size)
     plan: Plan = {}
     if dims == 2:
@@ -296,9 +303,9 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     plan["data.patch_size"] = planned_patch
     plan["data.sampler"] = Planned("posneg", "patches centred on foreground and background alike (nnU-Net "
                                              "oversamples foreground)")
-    plan["data.samples_per_image"] = Planned(1 if planned_patch.value is None else 2,
-                                             "one whole image per sample" if planned_patch.value is None
-                                             else "two patches per loaded image")
+    whole = planned_patch.value is None or list(planned_patch.value) == list(size)
+    plan["data.samples_per_image"] = Planned(1 if whole else 2, "one whole image (or median-shape patch) per sample"
+                                             if whole else "two patches per loaded image")
     plan.update(network(train_size, dims, device, fp["spacing"]["median"] if dims == 3 else None, base))
     dataset_voxels = fp["cases_per_split"]["train"] * float(math.prod(size))
     plan["data.batch_size"] = batch_size(train_size, plan["model.filters"].value, plan["model.strides"].value, device,

@@ -124,3 +124,17 @@ def test_a_short_budget_may_shrink_the_patch_down_to_the_context_the_structures_
     head = fingerprint(structures={"half_thickness_voxels": {"p05": 66.0, "p95": 140.0},
                                    "foreground_fraction": {"median": 0.3}})
     assert rules.patch_limits(head, [352, 512]) == [None]
+
+
+def test_volumes_of_several_shapes_train_on_patches_of_their_median_shape():
+    """Hippocampus: 1 mm crops from 31x40x24 to 43x59x47 voxels cannot be stacked whole (its first plan stopped at
+    the first batch); they train on median-shape patches, smaller ones zero-padded, one per case."""
+    crops = fingerprint(spatial_dims=3, shape={"median": [35.0, 50.0, 36.0], "min": [31.0, 40.0, 24.0],
+                                               "max": [43.0, 59.0, 47.0], "one_shape": False},
+                        spacing={"median": [1.0, 1.0, 1.0], "p10": [1.0, 1.0, 1.0], "min": [1.0, 1.0, 1.0],
+                                 "max": [1.0, 1.0, 1.0], "anisotropy": 1.0})
+    plan = rules.segmentation_plan(crops, [32, 48, 40], "cpu", cores=2)
+    assert plan["data.patch_size"].value == [32, 48, 40] and plan["data.samples_per_image"].value == 1
+    assert plan["task.roi_size"].value == [32, 48, 40]
+    same = fingerprint(spatial_dims=3, shape={**crops["shape"], "one_shape": True}, spacing=crops["spacing"])
+    assert rules.segmentation_plan(same, [32, 48, 40], "cpu", cores=2)["data.patch_size"].value is None
