@@ -1,7 +1,6 @@
 """How the planner picks a segmentation size and patch for a budget (the probe replaced by a fixed throughput)."""
 from medexp.planning import planner, rules
 from medexp.planning.budget import Throughput
-
 from tests.unit.planning.test_rules import fingerprint
 
 
