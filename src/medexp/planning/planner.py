@@ -163,7 +163,7 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
     plan, speed = measured(*chosen)
     plan["threads"] = threads
     timing = schedule(budget_s, speed, cases, read_s)
-    steps = timing.epochs * math.ceil(cases["train"] / plan["data.batch_size"].value)
+    steps = optimiser_steps(timing, cases, plan["data.batch_size"].value)
     if dims == 2:
         key = "data.preprocessing.resize"
         why = (f"the largest of {sizes} (floor x{floor.value}: {floor.reason}) whose ~{timing.epochs} epochs "
@@ -187,7 +187,12 @@ def predicted_schedule(fp: Mapping[str, Any], size, limit: int | None, base: int
     batch = candidate["data.batch_size"].value
     guess = speed.scaled(candidate["data.patch_size"].value or size, batch, size)
     timing = schedule(budget_s, guess, fp["cases_per_split"], float(fp.get("seconds", 0.0)))
-    return timing, timing.epochs * math.ceil(fp["cases_per_split"]["train"] / batch)
+    return timing, optimiser_steps(timing, fp["cases_per_split"], batch)
+
+
+def optimiser_steps(timing: Schedule, cases: Mapping[str, int], batch: int) -> int:
+    """Updates a schedule holds: its epochs times the batches of training images in one."""
+    return timing.epochs * math.ceil(cases["train"] / batch)
 
 
 def resampled_shape(fp: Mapping[str, Any]) -> list[int]:
