@@ -90,6 +90,17 @@ def test_imbalanced_classes_are_weighted_and_balanced_or_multi_label_ones_not():
     assert image_rules.class_balance(multi)["task.class_weights"].value is None
 
 
+def test_few_validation_images_of_a_class_test_the_final_checkpoint_else_the_best():
+    def labels(val):
+        return {"multi_label": False, "counts": {"train": [929, 259], "val": val}, "imbalance": 3.59}
+
+    few = image_rules.checkpoint_choice(classification_fp(labels=labels([76, 22])))
+    assert few["callbacks.model_checkpoint.monitor"].value is None
+    assert "22" in few["callbacks.model_checkpoint.monitor"].reason
+    assert image_rules.checkpoint_choice(classification_fp(labels=labels([135, 389]))) == {}
+    assert image_rules.checkpoint_choice(classification_fp(labels=labels([0, 0]))) == {}  # no validation split
+
+
 def test_ct_images_are_windowed_to_their_percentiles():
     ct = classification_fp(source="files", modality={"kind": "CT", "why": "HU"},
                            intensity={"image": {"p00_5": [-1000.0], "p99_5": [900.0]}})
