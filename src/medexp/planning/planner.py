@@ -11,7 +11,7 @@ from typing import Any
 
 from medexp.errors import ConfigError, DataError
 from medexp.planning import rules
-from medexp.planning.budget import Schedule, Throughput, fastest_threads, probe, schedule
+from medexp.planning.budget import Schedule, Throughput, faster_precision, fastest_threads, probe, schedule
 from medexp.planning.rules import Plan, Planned
 from medexp.planning.search import search_space
 
@@ -131,7 +131,7 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
     ``rules.patch_limits``. When nothing fits at the device's width, the same search at half the width (down to
     rules.MIN_BASE_FEATURES); when nothing fits at all, the floor size, smallest patch and narrowest width.
     Predictions scale one probe per width (at the smallest size) by voxels; the chosen plan is probed again for its
-    schedule."""
+    schedule. Every probe runs at the planned precision (``faster_precision``)."""
     dims = int(fp["spatial_dims"])
     if dims == 2:
         floor = rules.resolution_floor(fp)
@@ -143,13 +143,15 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
     read_s = float(fp.get("seconds", 0.0))
     num_classes = len(fp["classes"]["voxel_fraction"])
 
-    def measured(size, limit, base) -> tuple[Plan, Throughput]:
-        plan = rules.segmentation_plan(fp, size, device, cores, base, limit)
-        return plan, probe(plan, fp["channels"], num_classes, dims, device, size)
-
     smallest = rules.segmentation_plan(fp, sizes[-1], device, cores)
     threads = planned_threads(device, lambda: probe(smallest, fp["channels"], num_classes, dims, device, sizes[-1]),
                               cores)
+    precision = faster_precision(lambda p: probe(smallest, fp["channels"], num_classes, dims, device, sizes[-1], p))
+
+    def measured(size, limit, base) -> tuple[Plan, Throughput]:
+        plan = rules.segmentation_plan(fp, size, device, cores, base, limit)
+        return plan, probe(plan, fp["channels"], num_classes, dims, device, size, precision.value)
+
     widths = [w for w in (rules.BASE_FEATURES[device], rules.BASE_FEATURES[device] // 2)
               if w >= rules.MIN_BASE_FEATURES]
     chosen = (sizes[-1], rules.patch_limits(fp, sizes[-1])[-1], widths[-1])
@@ -162,6 +164,7 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
             break
     plan, speed = measured(*chosen)
     plan["threads"] = threads
+    plan["trainer.precision"] = precision
     timing = schedule(budget_s, speed, cases, read_s)
     steps = optimiser_steps(timing, cases, plan["data.batch_size"].value)
     if dims == 2:

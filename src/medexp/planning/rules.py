@@ -173,34 +173,43 @@ def normalisation(fp: Mapping[str, Any]) -> Plan:
                                                               "per image and channel (nnU-Net)")}
 
 
-def mirroring(fp: Mapping[str, Any]) -> Planned:
+def mirroring(fp: Mapping[str, Any], keep_orientation: bool = True) -> Planned:
     """Mirror along the axes where the anatomy's orientation varies; an axis where nearly every case agrees with
-    one asymmetric mean foreground map keeps its orientation (mirroring would train on anatomy that never occurs)."""
+    one asymmetric mean foreground map keeps its orientation (mirroring would train on anatomy that never occurs),
+    unless ``keep_orientation`` is false: then every axis is mirrored, as nnU-Net does."""
     orient = fp["orientation"]
     axes = [a for a, one in enumerate(orient["one_orientation"]) if not one]
     kept = [a for a, one in enumerate(orient["one_orientation"]) if one]
     why = (f"asymmetry of the mean (foreground, image or boxes) {orient['asymmetry']} per axis, cases agreeing "
            f"{orient['agreeing_cases']}")
+    if kept and not keep_orientation:
+        return Planned(list(range(len(orient["one_orientation"]))),
+                       f"one foreground class: mirrored on every axis, though axes {kept} have one orientation "
+                       f"({why}); a mirrored structure is still that structure (nnU-Net)")
     if kept:
         return Planned(axes, f"axes {kept} have one orientation ({why}): not mirrored there")
     return Planned(axes, f"orientation varies on every axis ({why}): mirror all (nnU-Net)")
 
 
-def mirror_plan(fp: Mapping[str, Any]) -> Plan:
+def mirror_plan(fp: Mapping[str, Any], keep_orientation: bool = True) -> Plan:
     """The mirror axes (``mirroring``) and each one's probability."""
-    mirror = mirroring(fp)
+    mirror = mirroring(fp, keep_orientation)
     return {"augmentation.flip_axes": mirror,
             "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time")}
 
 
 def augmentation(fp: Mapping[str, Any]) -> Plan:
     """nnU-Net's recipe, milder in rotation and scale (a short budget learns the common pose first): affine and
-    intensity transforms on a fraction of the samples, mirroring where orientation varies."""
+    intensity transforms on a fraction of the samples, mirroring. Axes with one orientation are not mirrored where
+    two or more foreground classes are segmented: they may be told apart by where they lie along it (Hippocampus'
+    head lies ahead of its body in every crop; its recipe does not mirror); one class is mirrored on every axis
+    (CHASEDB1's vessels, whose searched recipe mirrors)."""
+    foreground_classes = len(fp["classes"]["voxel_fraction"]) - 1
     return {
         "augmentation.rotate_deg": Planned(15, "small rotations (nnU-Net rotates up to 180 degrees over 1000 epochs)"),
         "augmentation.scale": Planned([0.85, 1.15], "zoom range (nnU-Net: 0.7-1.4)"),
         "augmentation.affine_prob": Planned(0.2, "nnU-Net's probability for rotation and scaling"),
-        **mirror_plan(fp),
+        **mirror_plan(fp, keep_orientation=foreground_classes > 1),
         "augmentation.contrast": Planned([0.75, 1.25], "nnU-Net's contrast range"),
         "augmentation.gamma": Planned([0.7, 1.5], "nnU-Net's gamma range"),
         "augmentation.intensity_prob": Planned(0.15, "nnU-Net's probability for intensity transforms"),

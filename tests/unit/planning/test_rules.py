@@ -88,7 +88,16 @@ def test_mirroring_only_along_axes_whose_orientation_varies():
                                        "one_orientation": [False, True]})
     planned = rules.mirroring(one_way)
     assert planned.value == [0] and "[1]" in planned.reason
-    assert rules.augmentation(one_way)["augmentation.flip_axes"].value == [0]
+
+
+def test_oriented_axes_are_mirrored_for_one_foreground_class_but_not_for_several():
+    one_way = {"orientation": {"asymmetry": [0.02, 0.4], "agreeing_cases": [0.5, 1.0],
+                               "one_orientation": [False, True]}}
+    one_class = fingerprint(**one_way)
+    planned = rules.augmentation(one_class)["augmentation.flip_axes"]
+    assert planned.value == [0, 1] and "one foreground class" in planned.reason
+    two_classes = fingerprint(**one_way, classes={"voxel_fraction": [0.9, 0.05, 0.05]})
+    assert rules.augmentation(two_classes)["augmentation.flip_axes"].value == [0]
 
 
 def test_patches_only_when_the_planned_image_is_too_large_to_train_whole():
