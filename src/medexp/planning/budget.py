@@ -59,7 +59,7 @@ def faster_precision(measure: Callable[[str], Throughput]) -> Planned:
     timed = f"probe: {full:.3g} s/step in float32, {half:.3g} s/step with bfloat16 autocast"
     if half * BF16_GAIN <= full:
         return Planned("bf16-mixed", f"{timed} (>= {BF16_GAIN}x faster)")
-    return Planned("32", f"{timed} (< {BF16_GAIN}x faster: float32 kept)")
+    return Planned(32, f"{timed} (< {BF16_GAIN}x faster: float32 kept)")
 
 
 def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int, device: str,
