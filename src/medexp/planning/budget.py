@@ -65,8 +65,8 @@ def faster_precision(measure: Callable[[str], Throughput]) -> Planned:
 def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int, device: str,
           size: Sequence[int], precision: str = "32") -> Throughput:
     """Time PROBE_STEPS training steps of the planned network, loss and optimiser on random batches of the planned
-    shape (after one warm-up step), one whole-image inference, and the planned augmentation of one sample; at
-    ``precision`` (Lightning's name: "32" or "bf16-mixed", autocast as the trainer does)."""
+    shape (after one warm-up step), one whole-image inference (times its mirrored copies), and the planned
+    augmentation of one sample; at ``precision`` (Lightning's name: "32" or "bf16-mixed", autocast as the trainer does)."""
     import torch
     from monai.losses import DiceCELoss
     from monai.networks.nets import DynUNet
@@ -94,10 +94,11 @@ def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spati
     step()
     step_s = _timed(step, PROBE_STEPS, target)
     net.eval()
+    copies = 1 + len(value.get("task.tta_flips") or [])  # the image as it is and each mirrored copy
     with torch.no_grad(), autocast:
         whole = torch.randn(1, in_channels, *size, device=target)
-        infer_s = _timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
-            step_s / batch * math.prod(size) / math.prod(train_size) / 2)  # windows: about a third of a step each
+        infer_s = copies * (_timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
+            step_s / batch * math.prod(size) / math.prod(train_size) / 2))  # windows: about a third of a step each
     infer_s += metric_seconds(value, size, num_classes)
     return Throughput(step_s, augment_seconds(value, spatial_dims, in_channels, train_size), infer_s,
                       value["data.batch_size"], tuple(train_size), tuple(size))

@@ -329,6 +329,9 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     if len(fp["classes"]["voxel_fraction"]) == 2:
         plan["task.auroc_thresholds"] = Planned(AUROC_THRESHOLDS, "binned pixel AUROC: its time per image grows "
                                                                   "with the bins (1000 cost more than the network)")
-    plan["task.tta_flips"] = Planned([], "no mirrored copies in validation: they would triple its time, which the "
-                                         "budget spends on training")
+    mirrored = plan["augmentation.flip_axes"].value
+    plan["task.tta_flips"] = Planned([[axis] for axis in mirrored], "each planned mirror axis averaged with the image "
+                                     "as it is in validation and test (nnU-Net's test-time mirroring; the schedule "
+                                     "counts its time)" if mirrored else "nothing mirrored in training: no mirrored "
+                                                                         "copies in evaluation")
     return plan

@@ -147,3 +147,10 @@ def test_volumes_of_several_shapes_train_on_patches_of_their_median_shape():
     assert plan["task.roi_size"].value == [32, 48, 40]
     same = fingerprint(spatial_dims=3, shape={**crops["shape"], "one_shape": True}, spacing=crops["spacing"])
     assert rules.segmentation_plan(same, [32, 48, 40], "cpu", cores=2)["data.patch_size"].value is None
+
+
+def test_evaluation_mirrors_along_the_planned_mirror_axes_only():
+    assert rules.segmentation_plan(fingerprint(), [64, 64], "cpu", 2)["task.tta_flips"].value == [[0], [1]]
+    oriented = fingerprint(orientation={"asymmetry": [0.4, 0.4], "agreeing_cases": [1.0, 1.0],
+                                        "one_orientation": [True, True]}, classes={"voxel_fraction": [0.9, 0.05, 0.05]})
+    assert rules.segmentation_plan(oriented, [64, 64], "cpu", 2)["task.tta_flips"].value == []
