@@ -13,8 +13,10 @@ prepare_hydra()
 
 @hydra.main(version_base="1.3", config_path="pkg://medexp.conf", config_name="plan")
 def main(cfg: DictConfig) -> None:
-    from medexp.planning.planner import leak_summary, plan_experiment, plan_summary
+    from medexp.quiet import quiet_libraries
 
+    quiet_libraries()  # before MONAI is imported: its DICOM-decoder notices come on import and on each reader
+    from medexp.planning.planner import leak_summary, plan_experiment, plan_summary
     with user_errors():
         data = OmegaConf.to_container(cfg.data, resolve=True)
         result = plan_experiment(data, cfg.budget, cfg.device, cfg.output, name=cfg.name,

@@ -12,24 +12,29 @@ from medexp.planning.rules import Planned
 
 STARTUP_S = 30.0  # a training process's imports, store checks and loader start, before its data is read
 PROBE_STEPS = 3
+BF16_GAIN = 1.25  # bfloat16 autocast is planned when the probe steps at least this much faster with it
 
 
 @dataclass(frozen=True)
 class Throughput:
-    """Seconds per training step (one batch, forward + backward + update), per augmented sample, and per
-    inference of one whole planned image, on this machine."""
+    """Seconds per training step (one batch of ``batch`` images, each giving samples of ``size``: forward +
+    backward + update), per augmented sample, and per inference of one whole planned image of ``image`` (default:
+    ``size``, whole images trained on), on this machine."""
 
     step_s: float
     augment_s: float
     infer_s: float
     batch: int
     size: tuple[int, ...]
+    image: tuple[int, ...] | None = None
 
-    def scaled(self, size: Sequence[int], batch: int) -> Throughput:
-        """The figures for another training size and batch, in proportion to the voxels (convolutions cost that)."""
+    def scaled(self, size: Sequence[int], batch: int, image: Sequence[int] | None = None) -> Throughput:
+        """The figures for another training size (patch or whole image), batch and whole image, in proportion to
+        the voxels (convolutions cost that)."""
         ratio = math.prod(size) / math.prod(self.size)
-        return Throughput(self.step_s * ratio * batch / self.batch, self.augment_s * ratio, self.infer_s * ratio,
-                          batch, tuple(size))
+        image_ratio = math.prod(image or size) / math.prod(self.image or self.size)
+        return Throughput(self.step_s * ratio * batch / self.batch, self.augment_s * ratio,
+                          self.infer_s * image_ratio, batch, tuple(size), None if image is None else tuple(image))
 
 
 def fastest_threads(measure: Callable[[], Throughput], cores: int) -> tuple[Planned, Throughput]:
@@ -47,10 +52,21 @@ def fastest_threads(measure: Callable[[], Throughput], cores: int) -> tuple[Plan
     return Planned(best, f"the faster in the probe ({measured})"), timed[best]
 
 
+def faster_precision(measure: Callable[[str], Throughput]) -> Planned:
+    """``trainer.precision``: bfloat16 autocast where ``measure`` (a probe at a precision) steps BF16_GAIN times
+    faster with it than in float32 (3D convolutions on CPUs with AVX512-BF16/AMX, GPUs from Ampere on), else 32."""
+    full, half = measure("32").step_s, measure("bf16-mixed").step_s
+    timed = f"probe: {full:.3g} s/step in float32, {half:.3g} s/step with bfloat16 autocast"
+    if half * BF16_GAIN <= full:
+        return Planned("bf16-mixed", f"{timed} (>= {BF16_GAIN}x faster)")
+    return Planned(32, f"{timed} (< {BF16_GAIN}x faster: float32 kept)")
+
+
 def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spatial_dims: int, device: str,
-          size: Sequence[int]) -> Throughput:
+          size: Sequence[int], precision: str = "32") -> Throughput:
     """Time PROBE_STEPS training steps of the planned network, loss and optimiser on random batches of the planned
-    shape (after one warm-up step), one whole-image inference, and the planned augmentation of one sample."""
+    shape (after one warm-up step), one whole-image inference (times its mirrored copies), and the planned
+    augmentation of one sample; at ``precision`` (Lightning's name: "32" or "bf16-mixed", autocast as the trainer does)."""
     import torch
     from monai.losses import DiceCELoss
     from monai.networks.nets import DynUNet
@@ -66,21 +82,26 @@ def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spati
     images = torch.randn(batch, in_channels, *train_size, device=target)
     labels = torch.randint(0, num_classes, (batch, 1, *train_size), device=target)
 
+    autocast = torch.autocast(target.type, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
+
     def step() -> None:
         optimiser.zero_grad()
-        loss(net(images), labels).backward()
+        with autocast:
+            loss_value = loss(net(images), labels)
+        loss_value.backward()
         optimiser.step()
 
     step()
     step_s = _timed(step, PROBE_STEPS, target)
     net.eval()
-    with torch.no_grad():
+    copies = 1 + len(value.get("task.tta_flips") or [])  # the image as it is and each mirrored copy
+    with torch.no_grad(), autocast:
         whole = torch.randn(1, in_channels, *size, device=target)
-        infer_s = _timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
-            step_s / batch * math.prod(size) / math.prod(train_size) / 2)  # windows: about a third of a step each
+        infer_s = copies * (_timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
+            step_s / batch * math.prod(size) / math.prod(train_size) / 2))  # windows: about a third of a step each
     infer_s += metric_seconds(value, size, num_classes)
     return Throughput(step_s, augment_seconds(value, spatial_dims, in_channels, train_size), infer_s,
-                      value["data.batch_size"], tuple(size))
+                      value["data.batch_size"], tuple(train_size), tuple(size))
 
 
 def metric_seconds(value: Mapping[str, Any], size: Sequence[int], num_classes: int) -> float:

@@ -25,7 +25,7 @@ import numpy as np
 
 from medexp.errors import ConfigError, DataError
 
-FINGERPRINT_VERSION = 1
+FINGERPRINT_VERSION = 2  # 2: near-duplicates compared after standardising each image
 ORIENTATION_GRID = 32  # masks are compared with their mirror images on this many cells per axis
 THUMBNAIL_CELLS = {2: 16, 3: 8}  # near-duplicate detection compares images on this coarse grid
 LEAK_ROWS = 1024  # images compared with all others per block
@@ -272,6 +272,12 @@ def orientation(cases: Sequence[CaseFigures], spatial_dims: int) -> dict[str, li
     return {"asymmetry": asymmetry, "agreeing_cases": agreeing, "one_orientation": one_orientation}
 
 
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    """Each row less its mean, divided by its norm: correlation becomes a dot product."""
+    centred = rows - rows.mean(1, keepdims=True)
+    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-9)
+
+
 def leakage(cases: Sequence[CaseFigures]) -> dict[str, Any]:
     """Patients with cases in two splits, and near-identical images in two splits: either lets the test score a
     case the network has, in effect, seen. Images are compared as thumbnails less the dataset's mean thumbnail (what
@@ -280,10 +286,10 @@ def leakage(cases: Sequence[CaseFigures]) -> dict[str, Any]:
     for case in cases:
         splits_of.setdefault(case.patient_id, set()).add(case.split)
     patients = sorted(p for p, s in splits_of.items() if len(s) > 1)
-    thumbs = np.stack([c.thumbnail.ravel() for c in cases]).astype(np.float64)
-    thumbs -= thumbs.mean(0)
-    thumbs -= thumbs.mean(1, keepdims=True)
-    thumbs /= np.maximum(np.linalg.norm(thumbs, axis=1, keepdims=True), 1e-9)
+    # each image standardised first (MR scales differ from case to case: a scale is no picture), then less what
+    # every image shares
+    thumbs = _unit_rows(np.stack([c.thumbnail.ravel() for c in cases]).astype(np.float64))
+    thumbs = _unit_rows(thumbs - thumbs.mean(0))
     names = np.array([c.split for c in cases])
     pairs = []
     for start in range(0, len(cases), LEAK_ROWS):  # rows in blocks: memory stays bounded on large datasets

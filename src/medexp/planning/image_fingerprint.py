@@ -36,6 +36,7 @@ from medexp.planning.fingerprint import (
     orientation,
 )
 
+CLASS_NAMING_FORMATS = ("voc", "coco")  # box formats whose annotations name their classes
 ONE_ORIENTATION_AGREEING = 0.9  # this share of images closer to the mean image as they are than mirrored
 ONE_ORIENTATION_ASYMMETRY = 0.05  # and the mean image this far from its mirror image (see image_orientation)
 
@@ -132,10 +133,18 @@ def read_classification(data: Mapping[str, Any], records: Sequence[Mapping[str, 
 
 def detection_records(data: Mapping[str, Any]) -> tuple[list[dict], Any]:
     """The detection datalist split as training splits it, and the data module's loader (boxes to MONAI's standard
-    mode on the image grid, as training reads them)."""
+    mode on the image grid, as training reads them). Classes that the annotations name (Pascal VOC, COCO) set the
+    module's class count, as the plan will (``image_rules.detection_classes``)."""
     from hydra.utils import instantiate
 
+    from medexp.data.box_formats import class_indices
+    from medexp.data.datalist import build_datalist
+
     module = instantiate(dict(data), validate=False, _convert_="all")
+    spec = module.datalist_spec
+    if isinstance(spec, Mapping) and spec.get("kind") in CLASS_NAMING_FORMATS:
+        named = class_indices(build_datalist(spec, module.root), module.given_class_names)
+        module.num_classes = len(named) or module.num_classes
     module.setup()
     assigned = [{**r, "split": name} for name in ("train", "val", "test") for r in getattr(module.split, name)]
     return assigned, module

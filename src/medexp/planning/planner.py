@@ -11,7 +11,7 @@ from typing import Any
 
 from medexp.errors import ConfigError, DataError
 from medexp.planning import rules
-from medexp.planning.budget import Schedule, Throughput, fastest_threads, probe, schedule
+from medexp.planning.budget import Schedule, Throughput, faster_precision, fastest_threads, probe, schedule
 from medexp.planning.rules import Plan, Planned
 from medexp.planning.search import search_space
 
@@ -57,6 +57,7 @@ def plan_experiment(data: Mapping[str, Any], budget: str | float, device: str, o
               "detection": choose_detection}[fp["task"]]
     plan, timing, speed = choose(fp, budget_s, device, os.cpu_count() or 1)
     plan.update(training_schedule(budget, timing, speed))
+    plan.update(evaluation(fp))
     name = name or experiment_name(data)
     groups = {"data": (name, "the data config planned from, copied beside this file"), **task_groups(fp)}
     header = [
@@ -125,10 +126,12 @@ def leak_summary(report: Mapping[str, Any]) -> str:
 
 
 def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int) -> tuple[Plan, Schedule, Throughput]:
-    """The largest planned size above the resolution floor whose predicted epochs reach rules.MIN_EPOCHS; when none
-    does at the device's width, the same search at half the width (down to rules.MIN_BASE_FEATURES); when none
-    does at all, the floor size at the narrowest width. Predictions scale one probe per width (at the smallest size)
-    by voxels; the chosen plan is probed again for its schedule."""
+    """The largest planned size above the resolution floor, with the largest patch, that the budget trains long
+    enough (``fits``); sizes are tried largest first and, at each, patches from the whole-image rule's down to
+    ``rules.patch_limits``. When nothing fits at the device's width, the same search at half the width (down to
+    rules.MIN_BASE_FEATURES); when nothing fits at all, the floor size, smallest patch and narrowest width.
+    Predictions scale one probe per width (at the smallest size) by voxels; the chosen plan is probed again for its
+    schedule. Every probe runs at the planned precision (``faster_precision``)."""
     dims = int(fp["spatial_dims"])
     if dims == 2:
         floor = rules.resolution_floor(fp)
@@ -140,41 +143,60 @@ def choose_size(fp: Mapping[str, Any], budget_s: float, device: str, cores: int)
     read_s = float(fp.get("seconds", 0.0))
     num_classes = len(fp["classes"]["voxel_fraction"])
 
-    def measured(size, base) -> tuple[Plan, Throughput]:
-        plan = rules.segmentation_plan(fp, size, device, cores, base)
-        return plan, probe(plan, fp["channels"], num_classes, dims, device, size)
-
     smallest = rules.segmentation_plan(fp, sizes[-1], device, cores)
     threads = planned_threads(device, lambda: probe(smallest, fp["channels"], num_classes, dims, device, sizes[-1]),
                               cores)
+    precision = faster_precision(lambda p: probe(smallest, fp["channels"], num_classes, dims, device, sizes[-1], p))
+
+    def measured(size, limit, base) -> tuple[Plan, Throughput]:
+        plan = rules.segmentation_plan(fp, size, device, cores, base, limit)
+        return plan, probe(plan, fp["channels"], num_classes, dims, device, size, precision.value)
+
     widths = [w for w in (rules.BASE_FEATURES[device], rules.BASE_FEATURES[device] // 2)
               if w >= rules.MIN_BASE_FEATURES]
-    chosen = (sizes[-1], widths[-1])
+    chosen = (sizes[-1], rules.patch_limits(fp, sizes[-1])[-1], widths[-1])
     for base in widths:
-        _, speed = measured(sizes[-1], base)
-        fitting = [size for size in sizes if _predicted_epochs(fp, size, base, speed, budget_s, device, cores)
-                   >= rules.MIN_EPOCHS]
+        _, speed = measured(sizes[-1], None, base)
+        fitting = [(size, limit) for size in sizes for limit in rules.patch_limits(fp, size)
+                   if fits(predicted_schedule(fp, size, limit, base, speed, budget_s, device, cores))]
         if fitting:
-            chosen = (fitting[0], base)
+            chosen = (*fitting[0], base)
             break
     plan, speed = measured(*chosen)
     plan["threads"] = threads
     plan["data.cache"] = rules.case_cache(fp, chosen[0], machine_memory_bytes())
+    plan["trainer.precision"] = precision
     timing = schedule(budget_s, speed, cases, read_s)
+    steps = optimiser_steps(timing, cases, plan["data.batch_size"].value)
     if dims == 2:
         key = "data.preprocessing.resize"
-        why = (f"the largest of {sizes} (floor x{floor.value}: {floor.reason}) whose ~{timing.epochs} epochs reach "
-               f"{rules.MIN_EPOCHS} in the budget" if timing.epochs >= rules.MIN_EPOCHS
-               else f"the smallest the floor allows ({floor.reason}): ~{timing.epochs} epochs in the budget")
+        why = (f"the largest of {sizes} (floor x{floor.value}: {floor.reason}) whose ~{timing.epochs} epochs "
+               f"(~{steps} steps) reach {rules.MIN_EPOCHS} epochs and {rules.MIN_STEPS} steps in the budget"
+               if fits((timing, steps)) else f"the smallest the floor allows ({floor.reason}): ~{timing.epochs} epochs "
+                                             f"(~{steps} steps) in the budget")
         plan[key] = Planned(plan[key].value, f"{plan[key].reason}; {why}")
     return plan, timing, speed
 
 
-def _predicted_epochs(fp: Mapping[str, Any], size, base: int, speed: Throughput, budget_s: float, device: str,
-                      cores: int) -> int:
-    candidate = rules.segmentation_plan(fp, size, device, cores, base)
-    guess = speed.scaled(candidate["data.patch_size"].value or size, candidate["data.batch_size"].value)
-    return schedule(budget_s, guess, fp["cases_per_split"], float(fp.get("seconds", 0.0))).epochs
+def fits(predicted: tuple[Schedule, int]) -> bool:
+    """A plan the budget trains long enough: rules.MIN_EPOCHS passes over the data and rules.MIN_STEPS updates."""
+    timing, steps = predicted
+    return timing.epochs >= rules.MIN_EPOCHS and steps >= rules.MIN_STEPS
+
+
+def predicted_schedule(fp: Mapping[str, Any], size, limit: int | None, base: int, speed: Throughput,
+                       budget_s: float, device: str, cores: int) -> tuple[Schedule, int]:
+    """The schedule and optimiser steps of a candidate plan, from a probe of another one scaled by voxels."""
+    candidate = rules.segmentation_plan(fp, size, device, cores, base, limit)
+    batch = candidate["data.batch_size"].value
+    guess = speed.scaled(candidate["data.patch_size"].value or size, batch, size)
+    timing = schedule(budget_s, guess, fp["cases_per_split"], float(fp.get("seconds", 0.0)))
+    return timing, optimiser_steps(timing, fp["cases_per_split"], batch)
+
+
+def optimiser_steps(timing: Schedule, cases: Mapping[str, int], batch: int) -> int:
+    """Updates a schedule holds: its epochs times the batches of training images in one."""
+    return timing.epochs * math.ceil(cases["train"] / batch)
 
 
 def machine_memory_bytes() -> float:
@@ -183,10 +205,19 @@ def machine_memory_bytes() -> float:
 
 
 def resampled_shape(fp: Mapping[str, Any]) -> list[int]:
-    """The median shape at the planned target spacing (3D)."""
+    """The median shape at the planned target spacing (3D), rounded up to what the pooling divides: the median case
+    fits a patch of it whole (Hippocampus: 35x50x36 -> 40x56x40, nnU-Net's patch)."""
     target = rules.target_spacing(fp).value
     shape = [s * m / t for s, m, t in zip(fp["shape"]["median"], fp["spacing"]["median"], target, strict=True)]
-    return rules.divisible_shape(shape, target)
+    return rules.divisible_shape(shape, target, up=True)
+
+
+def evaluation(fp: Mapping[str, Any]) -> Plan:
+    """A dataset without test cases (MSD's Hippocampus folds: the official test labels are not public) is scored on
+    its validation split, as its recipe does; a run would otherwise stop before training, asking for test=false."""
+    if fp["cases_per_split"].get("test"):
+        return {}
+    return {"test": Planned(False, "no test cases: the validation split scores the chosen checkpoint")}
 
 
 def training_schedule(budget: str | float, timing: Schedule, speed: Throughput) -> Plan:

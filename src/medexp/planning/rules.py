@@ -17,7 +17,7 @@ from typing import Any
 MIN_EDGE = 4  # nnU-Net: pool an axis while its feature map stays at least this many voxels
 MAX_POOLS = 5
 BASE_FEATURES = {"gpu": 32, "cpu": 16}  # nnU-Net's 32; half on a CPU, where time goes with the feature count
-MIN_BASE_FEATURES = 8  # a budget too short for MIN_EPOCHS at the resolution floor halves the width down to this
+MIN_BASE_FEATURES = 8  # a budget too short at the resolution floor and the smallest patch halves the width down to this
 MAX_FEATURES = {2: 512, 3: 320}  # nnU-Net's caps
 MIN_HALF_THICKNESS = 8.0  # voxels the thinnest 5% of structures keep after resizing
 ANISOTROPY = 3.0  # nnU-Net: an axis 3x coarser than the others is planned apart
@@ -28,6 +28,9 @@ MAX_WHOLE_IMAGE_VOXELS = {2: 512 * 512, 3: 128 ** 3}  # larger planned images tr
 LONGEST_SIDES = (1024, 768, 512, 384, 320, 256, 224, 192, 160, 128, 96, 64)  # 2D resize candidates
 AUROC_THRESHOLDS = 100  # pixel AUROC to two decimals
 MEMORY_CACHE_SHARE = 0.25  # a prepared set larger than this share of the machine's memory is kept on disk
+MIN_STEPS = 1000  # optimiser updates a plan fits in its budget (the hand-tuned recipes train 3,000-4,000): a
+# smaller patch, then a lower resolution, then a narrower network until it does
+PATCH_CONTEXT = {2: 128, 3: 64}  # voxels per axis a patch keeps, however short the budget (see patch_context)
 MIN_EPOCHS = 40  # the plan lowers the resolution (above the detail floor) until the budget fits this many
 
 
@@ -63,10 +66,12 @@ def candidate_sizes(fp: Mapping[str, Any], floor: float) -> list[list[int]]:
     return [divisible_shape([rows * side / longest, cols * side / longest]) for side in sides]
 
 
-def divisible_shape(shape: Sequence[float], spacing: Sequence[float] | None = None) -> list[int]:
-    """Round a shape to the nearest multiple of what its pooling needs on each axis (at least one multiple)."""
+def divisible_shape(shape: Sequence[float], spacing: Sequence[float] | None = None, up: bool = False) -> list[int]:
+    """Round a shape to the nearest multiple (``up``: the next) of what its pooling needs on each axis (at least
+    one multiple)."""
     pools = pools_per_axis(shape, spacing)
-    return [max(2 ** p, round(s / 2 ** p) * 2 ** p) for s, p in zip(shape, pools, strict=True)]
+    to_multiple = math.ceil if up else round
+    return [max(2 ** p, to_multiple(s / 2 ** p) * 2 ** p) for s, p in zip(shape, pools, strict=True)]
 
 
 def target_spacing(fp: Mapping[str, Any]) -> Planned:
@@ -169,34 +174,43 @@ def normalisation(fp: Mapping[str, Any]) -> Plan:
                                                               "per image and channel (nnU-Net)")}
 
 
-def mirroring(fp: Mapping[str, Any]) -> Planned:
+def mirroring(fp: Mapping[str, Any], keep_orientation: bool = True) -> Planned:
     """Mirror along the axes where the anatomy's orientation varies; an axis where nearly every case agrees with
-    one asymmetric mean foreground map keeps its orientation (mirroring would train on anatomy that never occurs)."""
+    one asymmetric mean foreground map keeps its orientation (mirroring would train on anatomy that never occurs),
+    unless ``keep_orientation`` is false: then every axis is mirrored, as nnU-Net does."""
     orient = fp["orientation"]
     axes = [a for a, one in enumerate(orient["one_orientation"]) if not one]
     kept = [a for a, one in enumerate(orient["one_orientation"]) if one]
     why = (f"asymmetry of the mean (foreground, image or boxes) {orient['asymmetry']} per axis, cases agreeing "
            f"{orient['agreeing_cases']}")
+    if kept and not keep_orientation:
+        return Planned(list(range(len(orient["one_orientation"]))),
+                       f"one foreground class: mirrored on every axis, though axes {kept} have one orientation "
+                       f"({why}); a mirrored structure is still that structure (nnU-Net)")
     if kept:
         return Planned(axes, f"axes {kept} have one orientation ({why}): not mirrored there")
     return Planned(axes, f"orientation varies on every axis ({why}): mirror all (nnU-Net)")
 
 
-def mirror_plan(fp: Mapping[str, Any]) -> Plan:
+def mirror_plan(fp: Mapping[str, Any], keep_orientation: bool = True) -> Plan:
     """The mirror axes (``mirroring``) and each one's probability."""
-    mirror = mirroring(fp)
+    mirror = mirroring(fp, keep_orientation)
     return {"augmentation.flip_axes": mirror,
             "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time")}
 
 
 def augmentation(fp: Mapping[str, Any]) -> Plan:
     """nnU-Net's recipe, milder in rotation and scale (a short budget learns the common pose first): affine and
-    intensity transforms on a fraction of the samples, mirroring where orientation varies."""
+    intensity transforms on a fraction of the samples, mirroring. Axes with one orientation are not mirrored where
+    two or more foreground classes are segmented: they may be told apart by where they lie along it (Hippocampus'
+    head lies ahead of its body in every crop; its recipe does not mirror); one class is mirrored on every axis
+    (CHASEDB1's vessels, whose searched recipe mirrors)."""
+    foreground_classes = len(fp["classes"]["voxel_fraction"]) - 1
     return {
         "augmentation.rotate_deg": Planned(15, "small rotations (nnU-Net rotates up to 180 degrees over 1000 epochs)"),
         "augmentation.scale": Planned([0.85, 1.15], "zoom range (nnU-Net: 0.7-1.4)"),
         "augmentation.affine_prob": Planned(0.2, "nnU-Net's probability for rotation and scaling"),
-        **mirror_plan(fp),
+        **mirror_plan(fp, keep_orientation=foreground_classes > 1),
         "augmentation.contrast": Planned([0.75, 1.25], "nnU-Net's contrast range"),
         "augmentation.gamma": Planned([0.7, 1.5], "nnU-Net's gamma range"),
         "augmentation.intensity_prob": Planned(0.15, "nnU-Net's probability for intensity transforms"),
@@ -228,17 +242,45 @@ def sliding_window(size: Sequence[int], patch: Sequence[int] | None, batch: int)
             "task.sw_batch_size": Planned(batch, "windows per forward pass = the training batch")}
 
 
-def patch(size: Sequence[int], spatial_dims: int) -> Planned:
-    """Whole images when the planned image is small enough to train on whole; else the largest pooling-divisible
-    patch within that many voxels, taken around foreground and background in turn."""
-    cap = MAX_WHOLE_IMAGE_VOXELS[spatial_dims]
+def patch(size: Sequence[int], spatial_dims: int, max_voxels: int | None = None, one_shape: bool = True) -> Planned:
+    """Whole images when the planned images have one shape and are small enough to train on whole; volumes of
+    several shapes (resampled, not resized) train on patches of the median shape ``size``, smaller cases zero-padded
+    (nnU-Net); else the largest pooling-divisible patch within that many voxels (``max_voxels``: fewer, for the
+    budget, see ``patch_limits``), taken around foreground and background in turn."""
+    cap = max_voxels or MAX_WHOLE_IMAGE_VOXELS[spatial_dims]
     if math.prod(size) <= cap:
+        if not one_shape:
+            return Planned(list(size), "volumes of several shapes at the target spacing: patches of their median "
+                                       "shape, smaller cases zero-padded (nnU-Net)")
         return Planned(None, f"planned images ({math.prod(size)} voxels) train whole")
     shape = [float(s) for s in size]
     while math.prod(shape) > cap:
         largest = max(range(len(shape)), key=lambda a: shape[a])
         shape[largest] *= 0.9
-    return Planned(divisible_shape(shape), f"images of {list(size)} exceed {cap} voxels: patches of that size")
+    why = f"images of {list(size)} exceed {cap} voxels: patches of that size"
+    if max_voxels is not None:
+        why += f" (smaller than the {MAX_WHOLE_IMAGE_VOXELS[spatial_dims]} a patch may have, for {MIN_STEPS} steps)"
+    return Planned(divisible_shape(shape), why)
+
+
+def patch_context(fp: Mapping[str, Any], size: Sequence[int]) -> list[float]:
+    """Voxels per axis a patch keeps at least: PATCH_CONTEXT, or the largest structures whole (4x their p95
+    half-thickness: the diameter of a disk) at the planned size, within the image."""
+    scale = max(size) / max(fp["shape"]["median"])
+    structure = 4 * float(fp["structures"]["half_thickness_voxels"]["p95"]) * scale
+    return [min(float(s), max(PATCH_CONTEXT[len(size)], structure)) for s in size]
+
+
+def patch_limits(fp: Mapping[str, Any], size: Sequence[int]) -> list[int | None]:
+    """Patch sizes (in voxels) to try at a planned image size, largest first: the whole-image rule's (None), then
+    halving while a patch still holds ``patch_context`` (a short budget trains more steps on smaller patches)."""
+    floor = math.prod(patch_context(fp, size))
+    limits: list[int | None] = [None]
+    cap = min(math.prod(size), MAX_WHOLE_IMAGE_VOXELS[len(size)]) / 2
+    while cap >= floor:
+        limits.append(int(cap))
+        cap /= 2
+    return limits
 
 
 def workers(cores: int) -> Planned:
@@ -262,11 +304,13 @@ def case_cache(fp: Mapping[str, Any], size: Sequence[int], memory_bytes: float) 
 
 
 def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, cores: int,
-                      base: int | None = None) -> Plan:
+                      base: int | None = None, max_patch_voxels: int | None = None) -> Plan:
     """Every value of a 2D/3D segmentation plan at a chosen planned image size (2D) or target spacing (3D) and
-    network width (``base`` features), but where its cases are kept (``case_cache``: the machine's memory)."""
+    network width (``base`` features), with patches of at most ``max_patch_voxels`` (None: the whole-image rule's), but
+    where its cases are kept (``case_cache``: the machine's memory)."""
     dims = int(fp["spatial_dims"])
-    planned_patch = patch(size, dims)
+    one_shape = dims == 2 or bool(fp["shape"]["one_shape"])  # 2D images are resized to one shape
+    planned_patch = patch(size, dims, max_patch_voxels, one_shape)
     train_size = planned_patch.value or list(size)
     plan: Plan = {}
     if dims == 2:
@@ -283,9 +327,9 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     plan["data.patch_size"] = planned_patch
     plan["data.sampler"] = Planned("posneg", "patches centred on foreground and background alike (nnU-Net "
                                              "oversamples foreground)")
-    plan["data.samples_per_image"] = Planned(1 if planned_patch.value is None else 2,
-                                             "one whole image per sample" if planned_patch.value is None
-                                             else "two patches per loaded image")
+    whole = planned_patch.value is None or list(planned_patch.value) == list(size)
+    plan["data.samples_per_image"] = Planned(1 if whole else 2, "one whole image (or median-shape patch) per sample"
+                                             if whole else "two patches per loaded image")
     plan.update(network(train_size, dims, device, fp["spacing"]["median"] if dims == 3 else None, base))
     dataset_voxels = fp["cases_per_split"]["train"] * float(math.prod(size))
     plan["data.batch_size"] = batch_size(train_size, plan["model.filters"].value, plan["model.strides"].value, device,
@@ -299,6 +343,9 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     if len(fp["classes"]["voxel_fraction"]) == 2:
         plan["task.auroc_thresholds"] = Planned(AUROC_THRESHOLDS, "binned pixel AUROC: its time per image grows "
                                                                   "with the bins (1000 cost more than the network)")
-    plan["task.tta_flips"] = Planned([], "no mirrored copies in validation: they would triple its time, which the "
-                                         "budget spends on training")
+    mirrored = plan["augmentation.flip_axes"].value
+    plan["task.tta_flips"] = Planned([[axis] for axis in mirrored], "each planned mirror axis averaged with the image "
+                                     "as it is in validation and test (nnU-Net's test-time mirroring; the schedule "
+                                     "counts its time)" if mirrored else "nothing mirrored in training: no mirrored "
+                                                                         "copies in evaluation")
     return plan

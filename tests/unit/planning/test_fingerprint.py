@@ -93,3 +93,20 @@ def test_foreground_fraction_counts_only_cases_with_foreground():
     cases = [empty, disk_case("a", "train", 10), disk_case("b", "val", 16)]
     fractions = summarise(cases, "segmentation", 2, 2)["structures"]["foreground_fraction"]
     assert fractions["min"] == fractions["max"] > 0.05  # the empty case is left out, not counted as 0
+
+
+def test_same_anatomy_at_different_intensity_scales_is_no_duplicate_but_a_rescaled_copy_is():
+    """MR crops of one structure (Hippocampus): alike in layout, each case stored on its own scale. Before each
+    thumbnail was standardised, the scale alone made most train/validation pairs 'near-duplicates'."""
+    def crop(i: int, split: str, scale: float, case_id: str):
+        rng = np.random.default_rng(i)
+        rows, cols = np.mgrid[:32, :32]
+        label = ((rows - 15.5) ** 2 + (cols - 14 - i % 4) ** 2 < 36).astype(np.int64)
+        image = (100 + 60 * label + rng.normal(0, 20, (1, 32, 32))) * scale
+        record = {"case_id": case_id, "patient_id": case_id, "split": split}
+        return case_figures(record, image.astype(np.float32), label, (1.0, 1.0))
+
+    cases = [crop(i, "train" if i < 8 else "val", 0.5 + i / 4, f"h{i}") for i in range(12)]
+    assert leakage(cases)["near_duplicates_across_splits"] == []
+    copied = leakage(cases + [crop(0, "val", 3.0, "h0_rescaled")])  # h0 (train) stored again at 6x the scale
+    assert copied["near_duplicates_across_splits"] == [["h0", "h0_rescaled"]]

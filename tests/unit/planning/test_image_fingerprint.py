@@ -105,3 +105,22 @@ def test_detection_data_is_read_with_its_boxes(tmp_path):
     fp = fingerprint_data(data)
     assert fp["task"] == "detection" and fp["cases_per_split"] == {"train": 12, "val": 4, "test": 4}
     assert 1 <= fp["boxes"]["per_image"]["median"] <= 3 and 0 < fp["boxes"]["size"]["median"] < 64
+
+
+def test_voc_classes_named_by_the_annotations_need_no_class_count(tmp_path):
+    """`medexp-plan data=voc data.root=<folder>`: the VOC config says one class; the annotations name three."""
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from medexp.planning.image_rules import detection_classes
+    from tests.unit.data.test_box_formats import write_voc
+
+    data = OmegaConf.load(Path(__file__).parents[3] / "conf" / "data" / "voc.yaml")
+    data.root = str(write_voc(tmp_path / "voc"))
+    data = OmegaConf.to_container(data, resolve=True)
+    assert data["num_classes"] == 1
+    fp = fingerprint_data(data)
+    planned = detection_classes(fp)
+    assert planned["data.num_classes"].value == 3
+    assert planned["data.class_names"].value == ["Platelets", "RBC", "WBC"]

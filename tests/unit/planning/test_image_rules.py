@@ -30,7 +30,7 @@ def detection_fp(**changes) -> dict:
         "cases_per_split": {"train": 205, "val": 87, "test": 72},
         "shape": {"median": [480.0, 640.0], "one_shape": True},
         "orientation": {"asymmetry": [0.02, 0.02], "agreeing_cases": [0.6, 0.6], "one_orientation": [False, False]},
-        "labels": {"num_classes": 3},
+        "labels": {"num_classes": 3, "class_names": ["Platelets", "RBC", "WBC"]},
         "boxes": {"n": 4886, "per_image": {"median": 13.5, "max": 30.0}, "size": {"p05": 42.0, "p95": 166.0},
                   "smallest_side": {"p05": 39.0}, "overlap": {"p95": 0.47}},
     }
@@ -88,6 +88,17 @@ def test_imbalanced_classes_are_weighted_and_balanced_or_multi_label_ones_not():
     assert image_rules.class_balance(even)["task.class_weights"].value is None
     multi = classification_fp(labels={"multi_label": True, "counts": {"train": [5, 500]}, "imbalance": 100.0})
     assert image_rules.class_balance(multi)["task.class_weights"].value is None
+
+
+def test_few_validation_images_of_a_class_test_the_final_checkpoint_else_the_best():
+    def labels(val):
+        return {"multi_label": False, "counts": {"train": [929, 259], "val": val}, "imbalance": 3.59}
+
+    few = image_rules.checkpoint_choice(classification_fp(labels=labels([76, 22])))
+    assert few["callbacks.model_checkpoint.monitor"].value is None
+    assert "22" in few["callbacks.model_checkpoint.monitor"].reason
+    assert image_rules.checkpoint_choice(classification_fp(labels=labels([135, 389]))) == {}
+    assert image_rules.checkpoint_choice(classification_fp(labels=labels([0, 0]))) == {}  # no validation split
 
 
 def test_ct_images_are_windowed_to_their_percentiles():

@@ -88,7 +88,16 @@ def test_mirroring_only_along_axes_whose_orientation_varies():
                                        "one_orientation": [False, True]})
     planned = rules.mirroring(one_way)
     assert planned.value == [0] and "[1]" in planned.reason
-    assert rules.augmentation(one_way)["augmentation.flip_axes"].value == [0]
+
+
+def test_oriented_axes_are_mirrored_for_one_foreground_class_but_not_for_several():
+    one_way = {"orientation": {"asymmetry": [0.02, 0.4], "agreeing_cases": [0.5, 1.0],
+                               "one_orientation": [False, True]}}
+    one_class = fingerprint(**one_way)
+    planned = rules.augmentation(one_class)["augmentation.flip_axes"]
+    assert planned.value == [0, 1] and "one foreground class" in planned.reason
+    two_classes = fingerprint(**one_way, classes={"voxel_fraction": [0.9, 0.05, 0.05]})
+    assert rules.augmentation(two_classes)["augmentation.flip_axes"].value == [0]
 
 
 def test_patches_only_when_the_planned_image_is_too_large_to_train_whole():
@@ -118,3 +127,40 @@ def test_a_whole_plan_sets_the_channels_and_every_value_has_a_reason():
     assert plan["data.in_channels"].value == 3
     assert plan["data.preprocessing.resize"].value == [80, 128]
     assert all(p.reason and "\n" not in p.reason for p in plan.values())
+
+
+def test_a_short_budget_may_shrink_the_patch_down_to_the_context_the_structures_need():
+    thin = fingerprint(shape={"median": [960.0, 1000.0], "min": [960.0, 1000.0], "max": [960.0, 1000.0],
+                              "one_shape": True},
+                       structures={"half_thickness_voxels": {"p05": 3.0, "p95": 4.0},
+                                   "foreground_fraction": {"median": 0.07}})
+    limits = rules.patch_limits(thin, [992, 1024])
+    assert limits[0] is None and limits == [None] + sorted(limits[1:], reverse=True)
+    assert min(limits[1:]) >= 128 * 128 > min(limits[1:]) / 2  # halved down to the 128-px context, no further
+    smallest = rules.patch([992, 1024], 2, limits[-1])
+    assert math.prod(smallest.value) <= limits[-1] and f"for {rules.MIN_STEPS} steps" in smallest.reason
+    # a head 4 x 140 px half-thick (a 560 px disk) keeps whole-image training at every planned size
+    head = fingerprint(structures={"half_thickness_voxels": {"p05": 66.0, "p95": 140.0},
+                                   "foreground_fraction": {"median": 0.3}})
+    assert rules.patch_limits(head, [352, 512]) == [None]
+
+
+def test_volumes_of_several_shapes_train_on_patches_of_their_median_shape():
+    """Hippocampus: 1 mm crops from 31x40x24 to 43x59x47 voxels cannot be stacked whole (its first plan stopped at
+    the first batch); they train on median-shape patches, smaller ones zero-padded, one per case."""
+    crops = fingerprint(spatial_dims=3, shape={"median": [35.0, 50.0, 36.0], "min": [31.0, 40.0, 24.0],
+                                               "max": [43.0, 59.0, 47.0], "one_shape": False},
+                        spacing={"median": [1.0, 1.0, 1.0], "p10": [1.0, 1.0, 1.0], "min": [1.0, 1.0, 1.0],
+                                 "max": [1.0, 1.0, 1.0], "anisotropy": 1.0})
+    plan = rules.segmentation_plan(crops, [32, 48, 40], "cpu", cores=2)
+    assert plan["data.patch_size"].value == [32, 48, 40] and plan["data.samples_per_image"].value == 1
+    assert plan["task.roi_size"].value == [32, 48, 40]
+    same = fingerprint(spatial_dims=3, shape={**crops["shape"], "one_shape": True}, spacing=crops["spacing"])
+    assert rules.segmentation_plan(same, [32, 48, 40], "cpu", cores=2)["data.patch_size"].value is None
+
+
+def test_evaluation_mirrors_along_the_planned_mirror_axes_only():
+    assert rules.segmentation_plan(fingerprint(), [64, 64], "cpu", 2)["task.tta_flips"].value == [[0], [1]]
+    oriented = fingerprint(orientation={"asymmetry": [0.4, 0.4], "agreeing_cases": [1.0, 1.0],
+                                        "one_orientation": [True, True]}, classes={"voxel_fraction": [0.9, 0.05, 0.05]})
+    assert rules.segmentation_plan(oriented, [64, 64], "cpu", 2)["task.tta_flips"].value == []
