@@ -365,31 +365,6 @@ def training_steps(
             + monai_augmentation(recipe, keys, spatial_dims) + output_transforms(keys))
 
 
-def train_pipeline(
-    loader: LoadCased,
-    preprocessing: Mapping[str, Any] | None,
-    recipe: AugmentationRecipe,
-    spatial_dims: int,
-    patch_size: Sequence[int] | None = None,
-    samples_per_image: int = 1,
-    pos_neg_ratio: float = 1.0,
-    sampler: str = "posneg",
-) -> Compose:
-    """Load → preprocess → compact (cached) → sample patches → augment → tensors."""
-    keys = (loader.image_key, loader.label_key)
-    return Compose(case_preparation(loader, preprocessing)
-                   + training_steps(keys, recipe, spatial_dims, patch_size, samples_per_image, pos_neg_ratio, sampler))
-
-
-def eval_pipeline(
-    loader: LoadCased, preprocessing: Mapping[str, Any] | None, fov_threshold: float | None = None
-) -> Compose:
-    """Whole images for validation and test: load → field of view → preprocess → compact → tensors; no
-    randomness."""
-    keys = (loader.image_key, loader.label_key, *loader.mask_keys)
-    return Compose(case_preparation(loader, preprocessing, fov_threshold) + output_transforms(keys))
-
-
 class CheckImageLayoutd(MapTransform):
     """Stop with one line when a new image cannot go into the trained model: other spatial dims or channels."""
 

@@ -10,11 +10,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from monai.transforms import Compose
 from PIL import Image
 
 from medexp.data.io import LoadCased
 from medexp.data.segmentation import SegmentationDataModule
-from medexp.data.transforms import eval_pipeline
+from medexp.data.transforms import case_preparation, output_transforms
 from medexp.errors import ConfigError, DataError
 from tests.conftest import SHARED_DATA
 from tests.fixtures_data import (
@@ -187,7 +188,8 @@ def test_no_augmentation_and_whole_images_reproduce_the_eval_pipeline(chase_root
     )
     module.setup("fit")
     train_case = module._dataset("train")[0]
-    eval_view = eval_pipeline(module._loader(), module.preprocessing)(
+    loader = module._loader()
+    eval_view = Compose(case_preparation(loader, module.preprocessing) + output_transforms(("image", "label")))(
         {k: module.split.train[0][k] for k in ("image", "label")})
     assert torch.equal(train_case["image"], eval_view["image"]) and torch.equal(train_case["label"], eval_view["label"])
 

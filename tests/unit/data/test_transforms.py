@@ -9,10 +9,11 @@ from monai.transforms import Compose, RandomizableTransform
 from medexp.data.augmentation import AugmentationRecipe
 from medexp.data.io import LoadCased
 from medexp.data.transforms import (
+    case_preparation,
     monai_augmentation,
     preprocessing_transforms,
     sampling_transforms,
-    train_pipeline,
+    training_steps,
 )
 from medexp.errors import ConfigError
 from tests.fixtures_data import phantom_volume
@@ -177,9 +178,9 @@ def test_images_smaller_than_a_patch_are_padded():
     assert [tuple(p["label"].shape) for p in patches] == [(1, 64, 64)] * 2
 
 
-def test_deterministic_steps_come_first_so_they_are_cached():
-    pipeline = train_pipeline(LoadCased(), {"spacing": [1.0, 1.0]}, SPATIAL, spatial_dims=2, patch_size=[16, 16])
-    kinds = [isinstance(t, RandomizableTransform) for t in pipeline.transforms]
-    first_random = kinds.index(True)
-    assert isinstance(pipeline.transforms[0], LoadCased)
-    assert not any(kinds[:first_random]) and first_random >= 3  # load, spacing, zscore (+ pad)
+def test_the_kept_preparation_is_deterministic_and_each_epoch_starts_random():
+    kept = case_preparation(LoadCased(), {"spacing": [1.0, 1.0]})
+    epoch = training_steps(("image", "label"), SPATIAL, spatial_dims=2, patch_size=[16, 16])
+    assert isinstance(kept[0], LoadCased) and len(kept) >= 4  # load, spacing, zscore, compact
+    assert not any(isinstance(t, RandomizableTransform) for t in kept)
+    assert isinstance(epoch[0], RandomizableTransform)  # the patch sampler: nothing random is cached
