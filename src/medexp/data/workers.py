@@ -24,7 +24,14 @@ _SERVER_PRELOAD = ["__main__", "medexp.data.segmentation"]  # torch and MONAI wi
 
 
 def worker_context() -> multiprocessing.context.BaseContext:
-    """The ``forkserver`` start method, its server preloading the data modules (set before it first starts)."""
+    """The ``forkserver`` start method, its server preloading the data modules (set before it first starts).
+
+    Tensors travel to the workers as shared-memory files named in the pickle (torch's ``file_system`` strategy), not
+    as file descriptors: the fork server hands a new process at most 256 descriptors, and a memory cache of
+    hundreds of cases holds thousands of tensors (HC18's 999 images stopped the first worker with "too many fds")."""
+    import torch.multiprocessing
+
+    torch.multiprocessing.set_sharing_strategy("file_system")
     multiprocessing.set_forkserver_preload(_SERVER_PRELOAD)
     return multiprocessing.get_context("forkserver")
 

@@ -1,5 +1,6 @@
 """Loader workers: ``auto`` sized to the cores each training process gets, started without ``fork``."""
 import pytest
+import torch
 
 from medexp.data import workers
 from medexp.errors import ConfigError
@@ -21,3 +22,24 @@ def test_a_number_is_kept_and_anything_else_is_one_line():
 
 def test_workers_start_from_a_fork_server_not_a_fork():
     assert workers.worker_context().get_start_method() == "forkserver"
+
+
+class _Tensors(torch.utils.data.Dataset):
+    """A memory cache in miniature: one small tensor per case, handed to the worker with the dataset."""
+
+    def __init__(self, count: int) -> None:
+        self.cases = [torch.full((4,), float(i)) for i in range(count)]
+
+    def __len__(self) -> int:
+        return len(self.cases)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return self.cases[index]
+
+
+def test_a_worker_receives_a_cache_of_more_tensors_than_the_fork_server_passes_descriptors():
+    # HC18's 999 cached cases (3 tensors each) stopped the first worker with "too many fds": the fork server
+    # passes at most 256 file descriptors to a new process
+    loader = torch.utils.data.DataLoader(_Tensors(600), batch_size=200, num_workers=1,
+                                         multiprocessing_context=workers.worker_context())
+    assert torch.cat(list(loader))[:, 0].tolist() == [float(i) for i in range(600)]
