@@ -282,11 +282,14 @@ def read_network(source: str) -> SourceWeights:
     return SourceWeights(source, state, data.get("in_channels"))
 
 
-def check_resumable(ckpt_path: str, task) -> None:
+def check_resumable(ckpt_path: str, task) -> str:
     """A checkpoint to resume from must be a medexp checkpoint (its config data, see the module docstring) holding
     this task's weights with the same shapes: one line naming the first difference, not Lightning's page of missing
-    and unexpected keys. Its classes are not checked: the resumed run builds from its own config."""
-    state = read(ckpt_path, trust=True).get("state_dict", {})
+    and unexpected keys. Its classes are not checked: the resumed run builds from its own config. Returns where the
+    checkpoint was saved (``saved in epoch 2, step 40``; epochs counted from 0 as in checkpoint names) for the resume
+    notice."""
+    ckpt = read(ckpt_path, trust=True)
+    state = ckpt.get("state_dict", {})
     own = task.state_dict()
     missing = [key for key in own if key not in state]
     shapes = [(key, tuple(state[key].shape), tuple(value.shape)) for key, value in own.items()
@@ -298,6 +301,7 @@ def check_resumable(ckpt_path: str, task) -> None:
     if missing:
         raise DataError(f"checkpoint {ckpt_path} lacks {len(missing)} weights of this model (first: {missing[0]}): "
                         "resume with the config it was trained with")
+    return f"saved in epoch {ckpt.get('epoch', '?')}, step {ckpt.get('global_step', '?')}"
 
 
 def slim(ckpt: Mapping[str, Any], path: Path, datamodule_key: str) -> Path:

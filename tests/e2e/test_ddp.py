@@ -34,7 +34,10 @@ def test_ddp_trains_resumes_and_matches_single_process_metrics(tmp_path, trackin
 
     run_dir = tmp_path / "run"
     train("trainer.max_epochs=1", f"hydra.run.dir={run_dir}", cwd=tmp_path, uri=tracking_uri)
-    train("trainer.max_epochs=2", f"hydra.run.dir={run_dir}", "ckpt_path=last", cwd=tmp_path, uri=tracking_uri)
+    resumed = train("trainer.max_epochs=2", f"hydra.run.dir={run_dir}", "ckpt_path=last", cwd=tmp_path,
+                    uri=tracking_uri)
+    assert resumed.stdout.count("medexp: resuming from ") == 1, resumed.stdout[-3000:]  # rank 0 only
+    assert "last.ckpt (saved in epoch 0, step " in resumed.stdout
     client, (run,) = runs(tracking_uri)  # the resumed run logged into the same MLflow run
     assert run.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "epoch")][-1] >= 2

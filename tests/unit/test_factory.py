@@ -65,8 +65,9 @@ MEDEXP_CONFIG = {"hyper_parameters": {"config": {"seed": 0}}}  # a checkpoint is
 def test_a_checkpoint_to_resume_from_must_hold_this_models_weights(tmp_path):
     model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2))
     fits = tmp_path / "fits.ckpt"
-    torch.save({**MEDEXP_CONFIG, "state_dict": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict()}, fits)
-    check_resumable(str(fits), model)
+    torch.save({**MEDEXP_CONFIG, "state_dict": nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2)).state_dict(),
+                "epoch": 2, "global_step": 40}, fits)
+    assert check_resumable(str(fits), model) == "saved in epoch 2, step 40"
     other = tmp_path / "other.ckpt"
     torch.save({**MEDEXP_CONFIG, "state_dict": nn.Sequential(nn.Linear(4, 5), nn.Linear(5, 2)).state_dict()}, other)
     with pytest.raises(DataError, match=r"does not fit this model: 0.weight is \[5, 4\] there but \[3, 4\] here "

@@ -78,8 +78,7 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
         datamodule.test_dataloader()  # a split without test cases stops the run now, not after the training
     task = build_task(cfg, datamodule, config)
     ckpt_path = resolve_resume(cfg.ckpt_path, run_dir)
-    if ckpt_path is not None:
-        check_resumable(ckpt_path, task)
+    resumed_at = check_resumable(ckpt_path, task) if ckpt_path is not None else None
     tracking = tracking_seam.attach(cfg, config, run_dir, datamodule, resumed=ckpt_path is not None,
                                     model_files=write_run_model)
     on_signal = SaveOnSignal(run_dir / "checkpoints")
@@ -87,6 +86,8 @@ def _run(cfg: DictConfig, launched_at: float) -> dict[str, float]:
     callbacks = [*build_callbacks(cfg, has_logger=bool(tracking.loggers)), *on_budget,
                  RunTimer(run_dir, launched_at), on_signal, *tracking.callbacks, *trial_callbacks]
     trainer = build_trainer(cfg, tracking.loggers, callbacks)
+    if resumed_at is not None and trainer.is_global_zero:
+        say(f"medexp: resuming from {ckpt_path} ({resumed_at})")
     try:
         with tracking.closing():
             if cfg.train:
