@@ -191,19 +191,21 @@ def boxes_through_affine(boxes: torch.Tensor, to_output: torch.Tensor, spatial_s
                          ) -> tuple[torch.Tensor, torch.Tensor]:
     """Standard-mode boxes ``(N, 2 * dims)`` of an image of ``spatial_shape`` moved by ``to_output`` (``(dims,
     dims + 1)``, input -> output in ``affine_grid``'s coordinates): the bounding box of the moved corners, clipped
-    to the image, and which boxes to keep (``MIN_VISIBLE_FRACTION``)."""
-    dims = len(spatial_shape)
-    size = torch.tensor(spatial_shape, dtype=boxes.dtype, device=boxes.device)
+    to the image, and which boxes to keep (``MIN_VISIBLE_FRACTION``). Computed in float64, so that a flip gives
+    ``S - high, S - low`` exactly in the boxes' own precision."""
+    dims, device = len(spatial_shape), boxes.device
+    size = torch.tensor(spatial_shape, dtype=torch.float64, device=device)
     # the 2^dims corners (N, 2^dims, dims): on each axis the low (column a) or the high (column a + dims) side
-    sides = torch.tensor(list(itertools.product((0, 1), repeat=dims)), device=boxes.device)
-    corners = boxes[:, sides * dims + torch.arange(dims, device=boxes.device)]
+    sides = torch.tensor(list(itertools.product((0, 1), repeat=dims)), device=device)
+    corners = boxes.double()[:, sides * dims + torch.arange(dims, device=device)]
     # to affine_grid's coordinates: [-1, 1] from the first pixel's outer edge to the last's (align_corners=False,
     # as box corners lie on pixel edges), and its coordinate 0 is the last spatial axis
     normalised = (2 * corners / size - 1).flip(-1)
-    moved = normalised @ to_output[:, :dims].T.to(boxes.dtype) + to_output[:, dims].to(boxes.dtype)
+    to_output = to_output.double()
+    moved = normalised @ to_output[:, :dims].T + to_output[:, dims]
     pixels = (moved.flip(-1) + 1) * size / 2
     low, high = pixels.amin(dim=1), pixels.amax(dim=1)
     inside_low, inside_high = torch.maximum(low, torch.zeros_like(size)), torch.minimum(high, size)
     visible = (inside_high - inside_low).clamp_min(0).prod(dim=1)
     keep = (visible > 0) & (visible >= MIN_VISIBLE_FRACTION * (high - low).prod(dim=1))
-    return torch.cat([inside_low, inside_high], dim=1), keep
+    return torch.cat([inside_low, inside_high], dim=1).to(boxes.dtype), keep
