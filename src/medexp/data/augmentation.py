@@ -4,8 +4,10 @@ The recipe (``conf/augmentation/*.yaml``) states what a methods section would: r
 flips, intensity shift/contrast/gamma, Gaussian noise, elastic deformation, each with its probability.
 In-memory datasets apply it batched on the device (``BatchAugmentation``); file-based segmentation does too by
 default (``data.augment_on: device``), image and mask together, keeping only an elastic deformation per sample in
-the loader; ``data.augment_on: loader`` (and detection, whose boxes follow MONAI's box transforms) applies it per
-sample with MONAI dictionary transforms (``medexp.data.transforms.monai_augmentation``).
+the loader, and so does detection, image and boxes together (``BoxBatchAugmentation``; quarter turns stay per case
+in the loader, an elastic deformation is refused). ``data.augment_on: loader`` applies it per sample with MONAI
+dictionary transforms (``medexp.data.transforms.monai_augmentation``; for detection MONAI's box transforms,
+``medexp.data.detection.box_augmentation``).
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """The batched engine of an ``AugmentationRecipe``: per-sample random parameters from one random draw per batch,
 one kernel call per step for the whole batch.
 
-For data that sits in memory (MedMNIST-size sets) and for file-based segmentation patches (2D and 3D, masks
-following the image), augmenting the whole batch on its device after transfer is far cheaper than per-sample
-Python transforms in worker processes, and it runs on the GPU when there is one.
+For data that sits in memory (MedMNIST-size sets), for file-based segmentation patches (2D and 3D, masks following
+the image) and for detection images (``BoxBatchAugmentation``, boxes following the image), augmenting the whole
+batch on its device after transfer is far cheaper than per-sample Python transforms in worker processes, and it
+runs on the GPU when there is one.
 Semantics follow the per-sample MONAI engine (``medexp.data.transforms``) so one recipe means the same thing on both
 (``tests/unit/data/test_augmentation.py`` compares them): a zoom factor above 1 enlarges the content, translations are
 fractions of the image extent, the intensity steps (shift, contrast, gamma) fire independently in that order, all
@@ -11,7 +12,9 @@ on the normalised image. Elastic deformation is per-sample only.
 """
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -56,11 +59,18 @@ class BatchAugmentation(nn.Module):
         self.recipe = recipe
 
     def forward(self, images: torch.Tensor, masks: torch.Tensor | None = None):
+        draws = torch.rand(images.shape[0], DRAWS, device=images.device)
+        images, masks, _ = self.apply(images, draws, masks)
+        return images if masks is None else (images, masks)
+
+    def apply(self, images: torch.Tensor, draws: torch.Tensor, masks: torch.Tensor | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """The recipe with the given random numbers (a ``(B, DRAWS)`` row per sample): the augmented images, masks,
+        and the output -> input affine that moved them (``affine_grid``'s theta; None when there is none)."""
         if images.ndim not in (4, 5):
             raise ValueError(f"BatchAugmentation takes 2D or 3D batches (B, C, *spatial), got shape "
                              f"{tuple(images.shape)}")
         r = self.recipe
-        draws = torch.rand(images.shape[0], DRAWS, device=images.device)
         theta = self._random_affine(draws, images.ndim - 2)
         if theta is not None:
             grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
@@ -73,7 +83,7 @@ class BatchAugmentation(nn.Module):
         if r.noise_prob > 0 and r.noise_std > 0:
             hit = (draws[:, NOISE_HIT] < r.noise_prob).view(_per_sample(images))
             images = images + hit * torch.randn_like(images) * r.noise_std
-        return images if masks is None else (images, masks)
+        return images, masks, theta
 
     def _random_affine(self, draws: torch.Tensor, dims: int) -> torch.Tensor | None:
         """Per-sample ``dims x (dims + 1)`` matrices (output -> input; affine_grid's coordinate 0 is the last
@@ -131,3 +141,71 @@ class BatchAugmentation(nn.Module):
 def _per_sample(images: torch.Tensor) -> tuple[int, ...]:
     """The shape that broadcasts one value per sample over a batch."""
     return (-1,) + (1,) * (images.ndim - 1)
+
+
+# A box keeps its object only while this fraction of its (moved) area or volume stays inside the image: less shows
+# too little of the object to train on as one (MONAI's clip in the loader keeps any sliver of positive size; a
+# sliver at the border matches anchors as a whole object would), and a box pushed wholly out keeps nothing.
+MIN_VISIBLE_FRACTION = 0.25
+
+
+class BoxBatchAugmentation(BatchAugmentation):
+    """The recipe on a detection training batch, boxes following their image: lists of images ``(C, *spatial)``, of
+    their boxes ``(N_i, 2 * dims)`` (MONAI's standard mode, corners on the image's array axes: x = first spatial
+    axis) and of their labels ``(N_i,)``, as ``medexp.data.detection.collate_cases`` gives them.
+
+    One random draw for the whole batch; images of one shape are augmented as one batch (quarter turns of
+    non-square images, done per case in the loader, and whole images of different sizes give several shapes).
+    Each box goes through the affine that moved its image (``boxes_through_affine``): flips map it exactly, zoom
+    and shift as the pixels move, a rotation to the bounding box of its turned corners, larger than the object
+    (as for any axis-aligned box); boxes left mostly outside the image are dropped with their labels
+    (``MIN_VISIBLE_FRACTION``). Intensity steps and noise touch the images only; the recipe's elastic deformation
+    is not applied (detection refuses it: no box follows it)."""
+
+    def forward(self, images: Sequence[torch.Tensor], boxes: Sequence[torch.Tensor], labels: Sequence[torch.Tensor],
+                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        draws = torch.rand(len(images), DRAWS, device=images[0].device)
+        images, boxes, labels = list(images), list(boxes), list(labels)
+        shapes: dict[tuple[int, ...], list[int]] = {}
+        for index, image in enumerate(images):
+            shapes.setdefault(tuple(image.shape), []).append(index)
+        for shape, members in shapes.items():
+            augmented, _, theta = self.apply(torch.stack([images[i] for i in members]), draws[members])
+            to_output = None if theta is None else inverted(theta)
+            for row, index in enumerate(members):
+                images[index] = augmented[row]
+                if to_output is not None:
+                    moved, keep = boxes_through_affine(boxes[index], to_output[row], shape[1:])
+                    boxes[index], labels[index] = moved[keep], labels[index][keep]
+        return images, boxes, labels
+
+
+def inverted(theta: torch.Tensor) -> torch.Tensor:
+    """Affines ``(n, d, d + 1)`` (``x -> A x + t``) inverted: the output -> input maps ``affine_grid`` samples with,
+    as the input -> output maps that carry a point of the input image to where the output shows it."""
+    matrix = torch.linalg.inv(theta[..., :-1])
+    return torch.cat([matrix, -(matrix @ theta[..., -1:])], dim=-1)
+
+
+def boxes_through_affine(boxes: torch.Tensor, to_output: torch.Tensor, spatial_shape: Sequence[int],
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Standard-mode boxes ``(N, 2 * dims)`` of an image of ``spatial_shape`` moved by ``to_output`` (``(dims,
+    dims + 1)``, input -> output in ``affine_grid``'s coordinates): the bounding box of the moved corners, clipped
+    to the image, and which boxes to keep (``MIN_VISIBLE_FRACTION``). Computed in float64, so that a flip gives
+    ``S - high, S - low`` exactly in the boxes' own precision."""
+    dims, device = len(spatial_shape), boxes.device
+    size = torch.tensor(spatial_shape, dtype=torch.float64, device=device)
+    # the 2^dims corners (N, 2^dims, dims): on each axis the low (column a) or the high (column a + dims) side
+    sides = torch.tensor(list(itertools.product((0, 1), repeat=dims)), device=device)
+    corners = boxes.double()[:, sides * dims + torch.arange(dims, device=device)]
+    # to affine_grid's coordinates: [-1, 1] from the first pixel's outer edge to the last's (align_corners=False,
+    # as box corners lie on pixel edges), and its coordinate 0 is the last spatial axis
+    normalised = (2 * corners / size - 1).flip(-1)
+    to_output = to_output.double()
+    moved = normalised @ to_output[:, :dims].T + to_output[:, dims]
+    pixels = (moved.flip(-1) + 1) * size / 2
+    low, high = pixels.amin(dim=1), pixels.amax(dim=1)
+    inside_low, inside_high = torch.maximum(low, torch.zeros_like(size)), torch.minimum(high, size)
+    visible = (inside_high - inside_low).clamp_min(0).prod(dim=1)
+    keep = (visible > 0) & (visible >= MIN_VISIBLE_FRACTION * (high - low).prod(dim=1))
+    return torch.cat([inside_low, inside_high], dim=1).to(boxes.dtype), keep

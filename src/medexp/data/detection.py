@@ -194,17 +194,31 @@ def resampled_boxes(preprocessing: Mapping[str, Any] | None) -> list:
     ]
 
 
-def box_augmentation(recipe: AugmentationRecipe, spatial_dims: int, rotate90_prob: float = 0.0) -> list:
-    """The augmentation recipe with boxes kept aligned: zoom (``scale``, MONAI's ``RandZoomBoxd``), rotation and
-    shift (``rotate_deg``, ``translate``: boxes drawn as ellipses, moved with the image, boxed again, as MONAI's
-    LUNA16 recipe rotates), flips (``RandFlipBoxd``), quarter turns in the first two axes (``rotate90_prob``) and
-    the recipe's intensity steps. Zoom and rotation/shift each fire with ``affine_prob``."""
-    r = recipe
-    if r.elastic_prob > 0 and len(r.elastic_sigma) > 0:
+def check_boxes_can_follow(recipe: AugmentationRecipe) -> None:
+    """Detection takes every step of the recipe but an elastic deformation, which no box can follow."""
+    if recipe.elastic_prob > 0 and len(recipe.elastic_sigma) > 0:
         raise ConfigError(
             "augmentation.elastic_prob > 0: an elastic deformation cannot keep boxes aligned; set "
             "augmentation.elastic_prob=0 for detection"
         )
+
+
+def quarter_turns(rotate90_prob: float) -> list:
+    """Random quarter turns in the first two axes with their boxes, per case: exact, and on a non-square image they
+    change its shape (so the batched engine, which keeps shapes, leaves them to the loader)."""
+    if rotate90_prob <= 0:
+        return []
+    return [RandRotateBox90d(IMAGE, BOX, IMAGE, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1))]
+
+
+def box_augmentation(recipe: AugmentationRecipe, spatial_dims: int, rotate90_prob: float = 0.0) -> list:
+    """The augmentation recipe with boxes kept aligned, per case (``augment_on: loader``): zoom (``scale``, MONAI's
+    ``RandZoomBoxd``), rotation and shift (``rotate_deg``, ``translate``: boxes drawn as ellipses, moved with the
+    image, boxed again, as MONAI's LUNA16 recipe rotates), flips (``RandFlipBoxd``), quarter turns in the first two
+    axes (``rotate90_prob``) and the recipe's intensity steps. Zoom and rotation/shift each fire with
+    ``affine_prob``."""
+    r = recipe
+    check_boxes_can_follow(r)
     steps: list = []
     if r.affine_prob > 0 and tuple(r.scale) != (1.0, 1.0):
         steps += [
@@ -221,8 +235,7 @@ def box_augmentation(recipe: AugmentationRecipe, spatial_dims: int, rotate90_pro
         ]
     if r.flip_prob > 0:
         steps += [RandFlipBoxd(IMAGE, BOX, IMAGE, prob=r.flip_prob, spatial_axis=axis) for axis in r.flip_axes]
-    if rotate90_prob > 0:
-        steps.append(RandRotateBox90d(IMAGE, BOX, IMAGE, prob=rotate90_prob, max_k=3, spatial_axes=(0, 1)))
+    steps += quarter_turns(rotate90_prob)
     intensity_only = replace(r, affine_prob=0.0, flip_prob=0.0, elastic_prob=0.0)
     return steps + monai_augmentation(intensity_only, keys=(IMAGE,), spatial_dims=spatial_dims)
 
@@ -259,7 +272,11 @@ class DetectionDataModule(SegmentationDataModule):
             null = the box format's own (``array`` for a MONAI datalist).
         box_coordinates: ``image`` (voxels) or ``world`` (the image affine's units, e.g. LUNA16's mm).
         affine_lps_to_ras: world boxes in LPS (ITK, DICOM) while the affine is RAS (NIfTI via nibabel).
-        rotate90_prob: probability of a random quarter turn in the first two axes (training).
+        rotate90_prob: probability of a random quarter turn in the first two axes (training; per case in the
+            loader with either ``augment_on``).
+        augment_on: ``device`` (default): the recipe batched on the training device after transfer, boxes following
+            (``medexp.data.batch_augment.BoxBatchAugmentation``), the loader only preparing and sampling patches;
+            ``loader``: per case with MONAI's box transforms (``box_augmentation``).
         patch_size: train on patches that keep whole boxes, ``pos_neg_ratio`` of them centred on a box
             (``RandCropBoxByPosNegLabeld``, ``samples_per_image`` per image); null = whole images.
         num_classes: foreground classes (labels 0..num_classes-1), as MONAI's RetinaNet counts them.
@@ -274,11 +291,8 @@ class DetectionDataModule(SegmentationDataModule):
                  box_axes: str | None = None, box_coordinates: str = "image", affine_lps_to_ras: bool = False,
                  rotate90_prob: float = 0.0, num_classes: int = 1, class_names: Sequence[str] | None = None,
                  **kwargs: Any) -> None:
-        if kwargs.pop("augment_on", "loader") != "loader":
-            raise ConfigError("data.augment_on=device is for segmentation: detection augments each case with its "
-                              "boxes in the loader; set data.augment_on=loader")
-        super().__init__(datalist=datalist, num_classes=num_classes, class_names=class_names, augment_on="loader",
-                         **kwargs)
+        super().__init__(datalist=datalist, num_classes=num_classes, class_names=class_names, **kwargs)
+        check_boxes_can_follow(self.recipe)
         self.given_class_names = list(class_names) if class_names else None
         box_mode, box_axes = _box_convention(self.datalist_spec, box_mode, box_axes)
         self.box_settings = {"box_mode": box_mode, "box_axes": box_axes, "box_coordinates": box_coordinates,
@@ -324,7 +338,9 @@ class DetectionDataModule(SegmentationDataModule):
             items = [{k: r[k] for k in _ITEM_KEYS if k in r} for r in getattr(self.split, name)]
             steps = [self._loader(), *resampled_boxes(self.preprocessing)]
             if name == "train":
-                steps += self._patch_sampling() + box_augmentation(self.recipe, self.spatial_dims, self.rotate90_prob)
+                steps += self._patch_sampling() + (
+                    box_augmentation(self.recipe, self.spatial_dims, self.rotate90_prob)
+                    if self.augment_on == "loader" else quarter_turns(self.rotate90_prob))
             self._datasets[name] = self._cached(items, Compose(steps + detection_outputs()), name)
         return self._datasets[name]
 
@@ -335,6 +351,18 @@ class DetectionDataModule(SegmentationDataModule):
             IMAGE, BOX, LABEL, spatial_size=self.patch_size, pos=self.pos_neg_ratio, neg=1.0,
             num_samples=self.samples_per_image, whole_box=True, allow_smaller=True,
         )]
+
+    def augment_batch(self, batch: dict) -> dict:
+        """The recipe on a training batch (``augment_on: device``), all cases at once, boxes and labels following
+        their images (``BoxBatchAugmentation``)."""
+        if self.recipe.is_identity:
+            return batch
+        if self._augment is None:
+            from medexp.data.batch_augment import BoxBatchAugmentation
+
+            self._augment = BoxBatchAugmentation(self.recipe)
+        images, boxes, labels = self._augment(batch[IMAGE], batch[BOX], batch[LABEL])
+        return {**batch, IMAGE: images, BOX: boxes, LABEL: labels}
 
     def _dataloader(self, name: str, batch_size: int, shuffle: bool, **kwargs):
         return super()._dataloader(name, batch_size, shuffle, collate_fn=collate_cases, **kwargs)

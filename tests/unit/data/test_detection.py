@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -123,6 +124,50 @@ def test_2d_png_datalist_centre_size_boxes_column_first(tmp_path):
     assert bright_box(batch["image"][0], threshold=0.0) == [5, 20, 15, 30]  # z-scored: bright pixels > 0
     train = next(iter(dm.train_dataloader()))
     assert len(train["image"]) == 2 and train["label"][0].dtype == torch.long
+
+
+def step_names(dm: DetectionDataModule) -> list[str]:
+    return [type(step).__name__ for step in dm._dataset("train").transform.transforms]
+
+
+def test_training_batches_are_augmented_on_their_device_with_their_boxes(tmp_path, monkeypatch):
+    """augment_on=device (the default): the loader only turns cases by quarters (one or three change a non-square
+    image's shape) and the batch, after transfer, is flipped with its boxes in one random draw; evaluation batches
+    never."""
+    root = png_datalist(tmp_path, box=[5, 20, 15, 30])
+    recipe = {"flip_axes": [1], "flip_prob": 1.0, "scale": [0.9, 1.1], "affine_prob": 0.0}
+    dm = datamodule(root, box_mode="xyxy", augmentation=recipe, rotate90_prob=1.0)
+    assert dm.augment_on == "device"
+    names = step_names(dm)
+    assert "RandRotateBox90d" in names and not any("Flip" in n or "Zoom" in n for n in names)
+    batch = next(iter(dm.train_dataloader()))
+    for image, boxes in zip(batch["image"], batch["box"], strict=True):
+        assert image.shape[1:] in (PNG_SHAPE, PNG_SHAPE[::-1]) and boxes.tolist() == [bright_box(image, threshold=0.0)]
+    draws = []
+    real_rand = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: draws.append(a) or real_rand(*a, **k))
+    dm.trainer = SimpleNamespace(training=True)
+    out = dm.on_after_batch_transfer(batch, 0)
+    assert len(draws) == 1
+    for image, boxes, moved, flipped in zip(batch["image"], batch["box"], out["box"], out["image"], strict=True):
+        assert torch.allclose(flipped, image.flip(-1), atol=1e-5)
+        assert torch.allclose(moved[:, [1, 3]], image.shape[-1] - boxes[:, [3, 1]], atol=1e-4)
+        assert moved.round().tolist() == [bright_box(flipped, threshold=0.0)]
+    assert all(map(torch.equal, out["label"], batch["label"])) and out["case_id"] == batch["case_id"]
+    dm.trainer = SimpleNamespace(training=False)
+    assert dm.on_after_batch_transfer(batch, 0) is batch
+
+
+def test_augment_on_loader_keeps_the_per_case_box_transforms(tmp_path):
+    root = png_datalist(tmp_path, box=[5, 20, 15, 30])
+    dm = datamodule(root, box_mode="xyxy", augmentation={"flip_axes": [1], "flip_prob": 1.0}, augment_on="loader")
+    assert "RandFlipBoxd" in step_names(dm)
+    batch = next(iter(dm.train_dataloader()))
+    assert [boxes.tolist() for boxes in batch["box"]] == [[[5.0, 18.0, 15.0, 28.0]]] * 2
+    dm.trainer = SimpleNamespace(training=True)
+    assert dm.on_after_batch_transfer(batch, 0) is batch
+    with pytest.raises(ConfigError, match="elastic_prob=0"):
+        datamodule(root, augmentation={"elastic_sigma": [9, 13], "elastic_magnitude": [0, 1], "elastic_prob": 0.2})
 
 
 WORLD_BOX = [10.5, 13.5, 12.0, 9.0, 9.0, 12.0]  # cccwhd, mm: voxel corners [4, 6, 2] .. [10, 12, 6] at 1.5 x 1.5 x 3 mm
