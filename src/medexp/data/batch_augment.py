@@ -71,7 +71,7 @@ class BatchAugmentation(nn.Module):
             raise ValueError(f"BatchAugmentation takes 2D or 3D batches (B, C, *spatial), got shape "
                              f"{tuple(images.shape)}")
         r = self.recipe
-        theta = self._random_affine(draws, images.ndim - 2)
+        theta = self._random_affine(draws, images.shape[2:])
         if theta is not None:
             grid = F.affine_grid(theta.to(images.dtype), list(images.shape), align_corners=False)
             images = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -85,10 +85,11 @@ class BatchAugmentation(nn.Module):
             images = images + hit * torch.randn_like(images) * r.noise_std
         return images, masks, theta
 
-    def _random_affine(self, draws: torch.Tensor, dims: int) -> torch.Tensor | None:
+    def _random_affine(self, draws: torch.Tensor, spatial_shape: Sequence[int]) -> torch.Tensor | None:
         """Per-sample ``dims x (dims + 1)`` matrices (output -> input; affine_grid's coordinate 0 is the last
-        spatial axis, columns), or None if all are the identity."""
-        r = self.recipe
+        spatial axis, columns), or None if all are the identity. Rotations turn pixels (as MONAI's do), not
+        affine_grid's [-1, 1] box, which on a non-square image would shear them."""
+        r, dims = self.recipe, len(spatial_shape)
         use_affine = r.affine_prob > 0 and (r.rotate_deg or tuple(r.scale) != (1.0, 1.0) or r.translate)
         use_flip = r.flip_prob > 0 and len(r.flip_axes) > 0
         if not (use_affine or use_flip):
@@ -102,7 +103,10 @@ class BatchAugmentation(nn.Module):
             angles = angles * (math.pi / 180) * hit[:, None]
             zoom = torch.where(hit, _scaled(draws[:, ZOOM], r.scale[0], r.scale[1]), 1.0)
             # theta maps output to input coordinates: content zoomed by f means coordinates scaled by 1/f
-            theta[:, :, :dims] = _rotation(angles[:, 0] if dims == 2 else angles) / zoom[:, None, None]
+            rotation = _rotation(angles[:, 0] if dims == 2 else angles)
+            # in [-1, 1] coordinates: a pixel rotation R reads R_ij * extent_j / extent_i (extents in grid order)
+            extents = torch.tensor(spatial_shape[::-1], dtype=rotation.dtype, device=device)
+            theta[:, :, :dims] = rotation * (extents[None, :] / extents[:, None]) / zoom[:, None, None]
             # affine_grid spans [-1, 1]: a shift by a fraction f of the extent is 2f
             theta[:, :, dims] = _scaled(draws[:, SHIFTS : SHIFTS + dims], -2 * r.translate, 2 * r.translate) * hit[:, None]
         if use_flip:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from medexp.data.augmentation import AugmentationRecipe
-from medexp.data.batch_augment import BatchAugmentation, BoxBatchAugmentation
+from medexp.data.batch_augment import ANGLES, DRAWS, BatchAugmentation, BoxBatchAugmentation
 from medexp.errors import ConfigError
 
 
@@ -68,6 +68,21 @@ def test_3d_flips_are_exact_per_axis_and_masks_follow_rotations():
     assert not torch.equal(moved, masks)
     # each sample turned about its own three angles: the moved boxes differ from one another
     assert len({tuple(m.nonzero().float().mean(0).round().tolist()) for m in moved}) > 4
+
+
+def test_rotation_of_a_non_square_image_turns_pixels_without_shear():
+    """A spot 8 px right of the centre of a 20 x 40 image, turned by 90 degrees, lands 8 px above or below it (an
+    affine in [-1, 1] coordinates would land it 4 px away: 8 * 20 / 40)."""
+    image = torch.zeros(1, 1, 20, 40)
+    image[0, 0, 9:11, 27:29] = 1.0  # centred on (9.5, 27.5): the image centre is (9.5, 19.5)
+    engine = BatchAugmentation(AugmentationRecipe(rotate_deg=90, affine_prob=1.0))
+    draws = torch.zeros(1, DRAWS)
+    draws[0, ANGLES] = 1.0  # the top of [-90, 90]
+    turned, _, _ = engine.apply(image, draws)
+    weights = turned[0, 0] / turned.sum()
+    rows, cols = torch.meshgrid(torch.arange(20.0), torch.arange(40.0), indexing="ij")
+    assert float((weights * cols).sum()) == pytest.approx(19.5, abs=0.3)
+    assert abs(float((weights * rows).sum()) - 9.5) == pytest.approx(8.0, abs=0.3)
 
 
 def test_batched_engine_rejects_other_ranks():
