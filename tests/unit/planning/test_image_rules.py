@@ -82,10 +82,13 @@ def test_binary_shapes_get_no_intensity_augmentation_and_large_sets_less_affine(
     assert image_rules.classification_augmentation(large)["augmentation.affine_prob"].value == 0.5
 
 
-def test_imbalanced_classes_are_weighted_and_balanced_or_multi_label_ones_not():
-    assert image_rules.class_balance(classification_fp())["task.class_weights"].value == "balanced"
+def test_only_extremely_imbalanced_classes_are_weighted_and_multi_label_ones_never():
+    one_to_three = image_rules.class_balance(classification_fp())["task.class_weights"]  # PneumoniaMNIST's 2.88x
+    assert one_to_three.value is None and "2.88x" in one_to_three.reason
     even = classification_fp(labels={"multi_label": False, "counts": {"train": [100, 120]}, "imbalance": 1.2})
     assert image_rules.class_balance(even)["task.class_weights"].value is None
+    rare = classification_fp(labels={"multi_label": False, "counts": {"train": [30, 3000]}, "imbalance": 100.0})
+    assert image_rules.class_balance(rare)["task.class_weights"].value == "balanced"
     multi = classification_fp(labels={"multi_label": True, "counts": {"train": [5, 500]}, "imbalance": 100.0})
     assert image_rules.class_balance(multi)["task.class_weights"].value is None
 
