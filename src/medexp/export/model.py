@@ -83,9 +83,10 @@ class DeployableClassifier(DeployedGraph):
     """Stored images -> class (or label) probabilities, the way ``medexp-predict`` computes them."""
 
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float], multi_label: bool,
-                 spatial_dims: int = 2, scale: float = INTEGER_SCALE):
+                 spatial_dims: int = 2, scale: float = INTEGER_SCALE, flips: Sequence[Sequence[int]] = ()):
         super().__init__()
         self.net = net
+        self.flips = [list(dims) for dims in flips]  # the task's tta_flips (tensor dims): copies averaged as it does
         self.scale = float(scale)  # the training images' (InMemoryClassificationDataModule.input_scale)
         shape = (1, -1) + (1,) * spatial_dims  # per channel, over (N, C, *spatial)
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(shape))
@@ -95,8 +96,13 @@ class DeployableClassifier(DeployedGraph):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # the same operations, in the same order, as InMemoryClassificationDataModule.standardise: bit-identical input
         x = (image / self.scale - self.mean) / self.std
-        logits = self.net(x).float()
-        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
+        probs = self.probabilities(self.net(x))
+        for dims in self.flips:
+            probs = probs + self.probabilities(self.net(x.flip(dims)))
+        return probs / (1 + len(self.flips))
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(logits.float()) if self.multi_label else torch.softmax(logits.float(), dim=1)
 
 
 def percentile(flat: torch.Tensor, q: float) -> torch.Tensor:
@@ -243,7 +249,7 @@ def deployable(loaded: Loaded) -> nn.Module:
     # a checkpoint from before the scale was saved: its sets were 8-bit (the only kind it exported correctly)
     scale = datamodule.input_scale if datamodule.input_scale is not None else INTEGER_SCALE
     return DeployableClassifier(task.net, datamodule.mean, datamodule.std, task.multi_label,
-                                datamodule.spatial_dims, scale).eval()
+                                datamodule.spatial_dims, scale, task.tta_flips).eval()
 
 
 def stored_test_images(datamodule, limit: int | None = None) -> np.ndarray:

@@ -94,14 +94,18 @@ def probe(plan: Mapping[str, Planned], in_channels: int, num_classes: int, spati
     step()
     step_s = _timed(step, PROBE_STEPS, target)
     net.eval()
-    copies = 1 + len(value.get("task.tta_flips") or [])  # the image as it is and each mirrored copy
     with torch.no_grad(), autocast:
         whole = torch.randn(1, in_channels, *size, device=target)
-        infer_s = copies * (_timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
+        infer_s = evaluated_copies(value) * (_timed(lambda: net(whole), 2, target) if value["data.patch_size"] is None else (
             step_s / batch * math.prod(size) / math.prod(train_size) / 2))  # windows: about a third of a step each
     infer_s += metric_seconds(value, size, num_classes)
     return Throughput(step_s, augment_seconds(value, spatial_dims, in_channels, train_size), infer_s,
                       value["data.batch_size"], tuple(train_size), tuple(size))
+
+
+def evaluated_copies(value: Mapping[str, Any]) -> int:
+    """Inferences per evaluated image: the image as it is and each mirrored copy (``task.tta_flips``)."""
+    return 1 + len(value.get("task.tta_flips") or [])
 
 
 def metric_seconds(value: Mapping[str, Any], size: Sequence[int], num_classes: int) -> float:
@@ -181,7 +185,7 @@ def probe_classification(plan: Mapping[str, Planned], in_channels: int, num_clas
     step_s = _timed(step, PROBE_STEPS, target)
     net.eval()
     with torch.no_grad():
-        infer_s = _timed(lambda: net(images), 2, target) / batch
+        infer_s = evaluated_copies(value) * _timed(lambda: net(images), 2, target) / batch
     return Throughput(step_s, 0.0, infer_s, batch, tuple(size))
 
 

@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from medexp.planning.rules import Plan, Planned, mirror_plan, workers
+from medexp.planning.rules import Plan, Planned, mirror_plan, mirrored_evaluation, workers
 
 # ----------------------------------------------------------------------------------------- classification
 MIN_CLASSIFICATION_EPOCHS = 30  # image files are planned at the largest size whose epochs reach this in the budget
@@ -205,6 +205,7 @@ def classification_plan(fp: Mapping[str, Any], size: Sequence[int] | None, devic
     if fp.get("source") == "files":
         plan["data.workers"] = Planned(max(1, min(8, cores)), "threads decoding the files once")
     plan.update(classification_augmentation(fp))
+    plan.update(mirrored_evaluation(plan))
     plan.update(class_balance(fp))
     plan.update(checkpoint_choice(fp))
     plan.update(classification_optimiser(fp))

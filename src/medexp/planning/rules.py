@@ -199,6 +199,16 @@ def mirror_plan(fp: Mapping[str, Any], keep_orientation: bool = True) -> Plan:
             "augmentation.flip_prob": Planned(0.5 if mirror.value else 0.0, "each planned mirror axis half the time")}
 
 
+def mirrored_evaluation(plan: Plan) -> Plan:
+    """Evaluation averages each axis mirrored in training with the image as it is (nnU-Net's test-time
+    mirroring): the network has learnt both orientations, and averaging them removes what it learnt differently."""
+    mirrored = plan["augmentation.flip_axes"].value
+    return {"task.tta_flips": Planned([[axis] for axis in mirrored], "each planned mirror axis averaged with the image "
+                                      "as it is in validation and test (nnU-Net's test-time mirroring; the schedule "
+                                      "counts its time)" if mirrored else "nothing mirrored in training: no mirrored "
+                                                                          "copies in evaluation")}
+
+
 def augmentation(fp: Mapping[str, Any]) -> Plan:
     """nnU-Net's recipe, milder in rotation and scale (a short budget learns the common pose first): affine and
     intensity transforms on a fraction of the samples, mirroring. Axes with one orientation are not mirrored where
@@ -343,9 +353,5 @@ def segmentation_plan(fp: Mapping[str, Any], size: Sequence[int], device: str, c
     if len(fp["classes"]["voxel_fraction"]) == 2:
         plan["task.auroc_thresholds"] = Planned(AUROC_THRESHOLDS, "binned pixel AUROC: its time per image grows "
                                                                   "with the bins (1000 cost more than the network)")
-    mirrored = plan["augmentation.flip_axes"].value
-    plan["task.tta_flips"] = Planned([[axis] for axis in mirrored], "each planned mirror axis averaged with the image "
-                                     "as it is in validation and test (nnU-Net's test-time mirroring; the schedule "
-                                     "counts its time)" if mirrored else "nothing mirrored in training: no mirrored "
-                                                                         "copies in evaluation")
+    plan.update(mirrored_evaluation(plan))
     return plan

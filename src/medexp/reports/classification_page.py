@@ -41,16 +41,15 @@ class ClassificationReportData:
 
 
 def collect_classification(task, datamodule) -> ClassificationReportData:
-    """Run the task's network (as tested) over the in-memory validation and test splits; Grad-CAM for the worst
-    and best test cases."""
+    """Run the task (as tested: its mirrored copies averaged) over the in-memory validation and test splits;
+    Grad-CAM for the worst and best test cases."""
     import torch
 
     def probabilities(split: str) -> tuple[np.ndarray, np.ndarray]:
         images, labels = datamodule.tensors[split]
         with torch.no_grad():
-            logits = torch.cat([task(datamodule.standardise(images[i : i + 512].to(task.device)))
-                                for i in range(0, len(images), 512)])
-        probs = torch.softmax(logits.float(), dim=1)
+            probs = torch.cat([task.predict_probabilities(datamodule.standardise(images[i : i + 512].to(task.device)))
+                               for i in range(0, len(images), 512)])
         return labels.cpu().numpy(), probs.cpu().numpy()
 
     was_training = task.training

@@ -19,7 +19,7 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics import classification as tmc
 
 from medexp.errors import ConfigError
-from medexp.tasks.base import STAGES, BaseTask
+from medexp.tasks.base import STAGES, BaseTask, mirror_dims
 
 
 def classification_metrics(num_classes: int, multi_label: bool = False) -> MetricCollection:
@@ -79,9 +79,13 @@ class ClassificationTask(BaseTask):
                  loss: Callable[..., nn.Module] = nn.CrossEntropyLoss, scheduler: Callable | None = None,
                  class_weights: Sequence[float] | None = None, monitor: str = "val/auroc",
                  monitor_mode: str = "max", class_names: Sequence[str] | None = None,
-                 channels_last: bool | str = "auto", multi_label: bool = False):
+                 channels_last: bool | str = "auto", multi_label: bool = False,
+                 tta_flips: Sequence[Sequence[int]] = ()):
         super().__init__(net, optimizer, scheduler, monitor, monitor_mode, channels_last)
         self.num_classes, self.multi_label = num_classes, multi_label
+        # test-time mirroring: spatial axes (0 = first spatial axis) to mirror, one more inference per entry whose
+        # probabilities are averaged with the image's own (as segmentation's tta_flips; a class needs no mapping back)
+        self.tta_flips = mirror_dims(tta_flips)
         # what ``predict_step`` returns, per sample: class probabilities (medexp.workflows.predict writes them to a CSV)
         self.prediction_kind = "multilabel_classification" if multi_label else "classification"
         self.class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
@@ -104,9 +108,16 @@ class ClassificationTask(BaseTask):
     def _probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(logits.float()) if self.multi_label else torch.softmax(logits.float(), dim=1)
 
-    def _scores(self, logits: torch.Tensor) -> torch.Tensor:
+    def predict_probabilities(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Class (or label) probabilities of ``images``, averaged over the mirrored copies of ``tta_flips``;
+        ``logits``: the network's output for ``images`` where it was already computed."""
+        probs = self._probabilities(self(images) if logits is None else logits)
+        for dims in self.tta_flips:
+            probs += self._probabilities(self(images.flip(dims)))
+        return probs / (1 + len(self.tta_flips))
+
+    def _scores(self, probs: torch.Tensor) -> torch.Tensor:
         """What the metrics score: the positive class's probability for a binary task, else all of them."""
-        probs = self._probabilities(logits)
         return probs[:, 1] if self.num_classes == 2 and not self.multi_label else probs
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -129,7 +140,7 @@ class ClassificationTask(BaseTask):
         images, labels = batch
         logits = self(images)
         self.eval_losses[STAGES.index(stage)].update(self._loss(logits, labels), weight=len(labels))
-        scores = self._scores(logits)
+        scores = self._scores(self.predict_probabilities(images, logits))
         self.metrics(stage).update(scores, labels)
         return scores, labels
 
@@ -141,7 +152,7 @@ class ClassificationTask(BaseTask):
 
     def predict_step(self, batch, batch_idx):
         images = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self._probabilities(self(images))
+        return self.predict_probabilities(images)
 
     def _end_epoch(self, stage: str) -> None:
         values = self.metrics(stage).compute()
@@ -167,7 +178,7 @@ class ClassificationTask(BaseTask):
         if self._train_outputs:
             logits, labels = (torch.cat(parts) for parts in zip(*self._train_outputs, strict=True))
             self._train_outputs = []
-            self.metrics("train").update(self._scores(logits), labels)
+            self.metrics("train").update(self._scores(self._probabilities(logits)), labels)
         self._end_epoch("train")
 
     def on_validation_epoch_end(self) -> None:

@@ -24,7 +24,7 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from medexp.reports.segmentation_page import SegmentationCases, SegmentationReportData, write_segmentation_page
-from medexp.tasks.base import BaseTask
+from medexp.tasks.base import BaseTask, mirror_dims
 from medexp.tasks.circumference import CircumferenceTable
 
 EVAL_STAGES = ("val", "test")
@@ -97,7 +97,7 @@ class SegmentationTask(BaseTask):
         self._circumference: CircumferenceTable | None = None
         self.hc_errors = nn.ModuleList([MeanMetric() for _ in EVAL_STAGES]) if circumference else None
         # test-time augmentation: spatial axes (0 = first spatial axis) to mirror, one inference per entry
-        self.tta_flips = [[2 + axis for axis in axes] for axes in tta_flips]
+        self.tta_flips = mirror_dims(tta_flips)
         self.cases: dict[str, list] = {s: [] for s in EVAL_STAGES}
         # per-case Dice/HD95 for report/index.html: the test pass, and the validation of the checkpoint kept
         self.scored = {s: SegmentationCases() for s in EVAL_STAGES}

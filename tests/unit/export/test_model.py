@@ -80,6 +80,26 @@ def test_classifier_gives_its_network_the_data_modules_standardised_images(multi
     torch.testing.assert_close(probabilities, expected)
 
 
+def test_deployed_classifier_averages_the_mirrored_copies_its_task_averages():
+    from functools import partial
+
+    from medexp.tasks.classification import ClassificationTask
+
+    dm = InMemoryClassificationDataModule(batch_size=2, num_classes=2, in_channels=1, spatial_dims=3, image_size=4)
+    dm.mean, dm.std = [0.3], [0.2]
+    torch.manual_seed(0)
+    network = nn.Sequential(nn.Flatten(), nn.Linear(4 * 5 * 6, 2))
+    task = ClassificationTask(network, partial(torch.optim.SGD, lr=0.1), num_classes=2, tta_flips=[[0]]).eval()
+    stored = np.random.default_rng(0).integers(0, 256, (3, 1, 4, 5, 6)).astype(np.uint8)
+    deployed = DeployableClassifier(network, dm.mean, dm.std, multi_label=False, spatial_dims=3,
+                                    flips=task.tta_flips)
+    with torch.no_grad():
+        expected = task.predict_probabilities(dm.standardise(stored))
+        torch.testing.assert_close(deployed(torch.from_numpy(stored).float()), expected, atol=1e-5, rtol=1e-5)
+        unmirrored = DeployableClassifier(network, dm.mean, dm.std, multi_label=False, spatial_dims=3)
+        assert not torch.allclose(unmirrored(torch.from_numpy(stored).float()), expected, atol=1e-4)
+
+
 def test_deployed_standardisation_matches_the_data_module_per_channel_in_3d():
     dm = InMemoryClassificationDataModule(batch_size=2, num_classes=2, in_channels=2, spatial_dims=3, image_size=4)
     dm.mean, dm.std = [0.2, 0.7], [0.5, 0.1]
@@ -105,7 +125,7 @@ def test_deployed_classifier_of_float_images_takes_them_as_training_did():
     datamodule = Arrays(images, {s: np.arange(len(x)) % 2 for s, x in images.items()})
     datamodule.setup()
     network = Seen(nn.Sequential(nn.Flatten(), nn.Linear(64, 2)))
-    task = SimpleNamespace(task_kind="classification", net=network, multi_label=False)
+    task = SimpleNamespace(task_kind="classification", net=network, multi_label=False, tta_flips=[])
     with torch.no_grad():
         deployable(SimpleNamespace(datamodule=datamodule, task=task))(torch.from_numpy(stored_test_images(datamodule)))
     batch, _ = next(iter(datamodule.test_dataloader()))

@@ -73,6 +73,14 @@ def test_mirroring_only_along_axes_whose_orientation_varies():
     assert image_rules.classification_augmentation(free)["augmentation.flip_axes"].value == [1]
 
 
+def test_evaluation_averages_the_axes_mirrored_in_training():
+    assert image_rules.classification_plan(classification_fp(), None, "cpu", 2)["task.tta_flips"].value == []
+    free = classification_fp(orientation={"asymmetry": [0.0, 0.3], "agreeing_cases": [0.5, 0.99],
+                                          "one_orientation": [False, True]})
+    plan = image_rules.classification_plan(free, None, "cpu", 2)
+    assert plan["task.tta_flips"].value == [[0]] and "mirror" in plan["task.tta_flips"].reason
+
+
 def test_binary_shapes_get_no_intensity_augmentation_and_large_sets_less_affine():
     shapes = image_rules.classification_augmentation(classification_fp(binary_images=True))
     assert shapes["augmentation.intensity_prob"].value == 0.0 and "binary" in shapes["augmentation.noise_prob"].reason
