@@ -88,8 +88,13 @@ def make_split(
     test too whenever the settings ask for one (``test_patients``, or kind ratio with ``test_ratio > 0``)."""
     if kind not in KINDS:
         raise DataError(f"split kind {kind!r} is unknown: use one of {list(KINDS)}")
+    given = sum(1 for r in records if r.get("split"))
     if kind == "auto":
-        kind = "official" if any(r.get("split") for r in records) else "ratio"
+        kind = "official" if given else "ratio"
+    elif kind == "ratio" and given:  # drawing a split of its own would silently drop the one the user wrote
+        raise DataError(f"the datalist gives {given} of {len(records)} cases a split (train/val/test) but "
+                        "data.split.kind=ratio draws its own: set data.split.kind=auto to use it, or drop the split "
+                        "column")
     settings = {"kind": kind, "seed": seed, **({"stratify": True} if stratify else {})}
     rng = random.Random(seed)
     order = _strata_order if stratify else (lambda patients, _records: patients)

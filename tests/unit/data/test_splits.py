@@ -57,6 +57,13 @@ def test_auto_uses_official_split_and_carves_val_from_train():
     assert_no_patient_leak(split)
 
 
+def test_a_ratio_split_refuses_to_drop_the_split_a_datalist_gives():
+    data = records(10, splits={p: "test" if p > 8 else "train" for p in range(1, 11)})
+    with pytest.raises(DataError, match="gives 20 of 20 cases a split .* data.split.kind=auto"):
+        make_split(data, kind="ratio", seed=0)
+    assert make_split(records(10), kind="ratio", seed=0).settings["kind"] == "ratio"  # none given: drawn
+
+
 def test_official_val_records_are_used_as_they_are():
     data = records(4, splits={1: "train", 2: "train", 3: "val", 4: "test"})
     split = make_split(data, kind="official")
