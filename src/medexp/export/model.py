@@ -55,6 +55,7 @@ from medexp.export import (
     TORCHSCRIPT,
 )
 from medexp.factory import Loaded, load_for_inference
+from medexp.tasks.mirroring import mirrored_mean
 
 EXAMPLE_SIZE = 2
 
@@ -96,13 +97,11 @@ class DeployableClassifier(DeployedGraph):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         # the same operations, in the same order, as InMemoryClassificationDataModule.standardise: bit-identical input
         x = (image / self.scale - self.mean) / self.std
-        probs = self.probabilities(self.net(x))
-        for dims in self.flips:
-            probs = probs + self.probabilities(self.net(x.flip(dims)))
-        return probs / (1 + len(self.flips))
+        return mirrored_mean(self.probabilities, x, self.flips)
 
-    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits.float()) if self.multi_label else torch.softmax(logits.float(), dim=1)
+    def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.net(x).float()
+        return torch.sigmoid(logits) if self.multi_label else torch.softmax(logits, dim=1)
 
 
 def percentile(flat: torch.Tensor, q: float) -> torch.Tensor:

@@ -10,7 +10,7 @@ import inspect
 import math
 import os
 import random
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +37,6 @@ def fused_on_cuda(optimizer_factory: Callable, params: list[torch.Tensor]) -> di
         return {}
     on_cuda = bool(params) and all(p.is_cuda for p in params)
     return {"fused": True} if takes_fused and on_cuda and not {"fused", "foreach"} & set(chosen) else {}
-
-
-def mirror_dims(tta_flips: Sequence[Sequence[int]]) -> list[list[int]]:
-    """A task's ``tta_flips`` (spatial axes, 0 = the first) as tensor dims of an (N, C, *spatial) batch."""
-    return [[2 + axis for axis in axes] for axes in tta_flips]
 
 
 class BaseTask(pl.LightningModule):

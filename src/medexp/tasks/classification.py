@@ -19,7 +19,8 @@ from torchmetrics import MeanMetric, MetricCollection
 from torchmetrics import classification as tmc
 
 from medexp.errors import ConfigError
-from medexp.tasks.base import STAGES, BaseTask, mirror_dims
+from medexp.tasks.base import STAGES, BaseTask
+from medexp.tasks.mirroring import mirror_dims, mirrored_mean
 
 
 def classification_metrics(num_classes: int, multi_label: bool = False) -> MetricCollection:
@@ -111,10 +112,8 @@ class ClassificationTask(BaseTask):
     def predict_probabilities(self, images: torch.Tensor, logits: torch.Tensor | None = None) -> torch.Tensor:
         """Class (or label) probabilities of ``images``, averaged over the mirrored copies of ``tta_flips``;
         ``logits``: the network's output for ``images`` where it was already computed."""
-        probs = self._probabilities(self(images) if logits is None else logits)
-        for dims in self.tta_flips:
-            probs += self._probabilities(self(images.flip(dims)))
-        return probs / (1 + len(self.tta_flips))
+        return mirrored_mean(lambda x: self._probabilities(self(x)), images, self.tta_flips,
+                             first=None if logits is None else self._probabilities(logits))
 
     def _scores(self, probs: torch.Tensor) -> torch.Tensor:
         """What the metrics score: the positive class's probability for a binary task, else all of them."""

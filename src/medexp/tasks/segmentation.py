@@ -24,8 +24,9 @@ from torchmetrics import MeanMetric
 from torchmetrics.classification import BinaryAUROC
 
 from medexp.reports.segmentation_page import SegmentationCases, SegmentationReportData, write_segmentation_page
-from medexp.tasks.base import BaseTask, mirror_dims
+from medexp.tasks.base import BaseTask
 from medexp.tasks.circumference import CircumferenceTable
+from medexp.tasks.mirroring import mirror_dims, mirrored_mean
 
 EVAL_STAGES = ("val", "test")
 
@@ -122,10 +123,8 @@ class SegmentationTask(BaseTask):
     def predict_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """Class probabilities by sliding windows over whole images, averaged over the mirrored copies of
         ``tta_flips`` (nnU-Net's mirroring), each mapped back before averaging."""
-        probs = torch.softmax(self.inferer(images, self.net).float(), dim=1)
-        for dims in self.tta_flips:
-            probs += torch.softmax(self.inferer(images.flip(dims), self.net).float(), dim=1).flip(dims)
-        return probs / (1 + len(self.tta_flips))
+        return mirrored_mean(lambda x: torch.softmax(self.inferer(x, self.net).float(), dim=1), images, self.tta_flips,
+                             on_grid=True)
 
     def _eval_step(self, stage: str, batch) -> None:
         images, labels = as_tensor(batch["image"]), as_tensor(batch["label"]).long()

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from medexp.tasks.base import BaseTask, fused_on_cuda, mirror_dims
+from medexp.tasks.base import BaseTask, fused_on_cuda
 
 
 def task() -> BaseTask:
@@ -67,7 +67,3 @@ def test_compiled_network_trains_and_keeps_its_weight_names():
     optimizer.step()
     assert module.net._compiled_call_impl is not None  # the forward above ran through torch.compile
     assert list(module.state_dict()) == names  # checkpoints load into an uncompiled network
-
-
-def test_mirror_dims_skip_the_batch_and_channel_axes():
-    assert mirror_dims([[0], [1, 2]]) == [[2], [3, 4]] and mirror_dims([]) == []
